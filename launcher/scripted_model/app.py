@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ def create_app(state: ModelState | None = None) -> Starlette:
     def trace(request: Request, body: dict[str, Any], step: Step | None) -> None:
         if trace_path:
             entry = {
+                "time": time.time(),
                 "path": request.url.path,
                 "headers": dict(request.headers),
                 "body": body,

@@ -154,11 +154,15 @@ class Toolbox:
         self.declared = conversation.tools
 
     def broker(self, logical: str) -> str | None:
-        """The declared name of broker tool ``logical`` (any MCP prefix), or ``None``."""
+        """The declared name of broker tool ``logical`` (any MCP prefix), or ``None``.
+
+        A prefixed MCP name wins over an exact one: qwen has a ``list_agents`` tool of its own.
+        """
+        prefixed = re.compile(rf".+_{re.escape(logical)}$")
         for tool in self.declared:
-            if tool.name == logical or re.search(rf"(?:^|_){re.escape(logical)}$", tool.name):
+            if prefixed.match(tool.name):
                 return tool.name
-        return None
+        return logical if any(t.name == logical for t in self.declared) else None
 
     def own(self, *names: str) -> ToolDeclaration | None:
         """The first declared CLI tool with one of these exact names."""

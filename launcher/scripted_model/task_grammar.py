@@ -107,7 +107,7 @@ def parse_task_prompt(prompt: str) -> list[Operation]:
                 )
             i += 1
             operations.append(WriteFile(path, "".join(f"{b}\n" for b in body)))
-        elif m := _CREATE.match(line):
+        elif m := _CREATE.match(lines[i - 1].lstrip()):
             operations.append(WriteFile(_checked_path(m["path"], number), m["text"]))
         elif m := _PROGRESS.match(line):
             operations.append(ReportProgress(m["message"]))

