@@ -1,0 +1,3 @@
+from aiswarm_server.cli import main
+
+main()

@@ -1,0 +1,183 @@
+"""The ASGI app: streamable HTTP MCP at ``/mcp`` (one MCP server per role, chosen by token), ``/health``, ``/metrics``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+
+from aiswarm_server import __version__
+from aiswarm_server.config import BrokerSettings
+from aiswarm_server.models import Role
+from aiswarm_server.service import Broker
+from aiswarm_server.store import open_store
+from aiswarm_server.tools import BrokerRef, build_servers
+
+log = logging.getLogger("aiswarm.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def transport_security(settings: BrokerSettings) -> TransportSecuritySettings:
+    """Host/Origin checks (DNS-rebinding protection): loopback names always, the bind address when remote."""
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    if not settings.is_loopback:
+        bound = f"[{settings.host}]" if ":" in settings.host else settings.host
+        hosts.append(f"{bound}:*")
+        origins.append(f"http://{bound}:*")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:  # type: ignore[assignment]
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BrokerApp:
+    """The whole HTTP surface as one small ASGI callable (no framework routing on the hot path)."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.ref = BrokerRef()
+        self.servers: dict[Role, MCPServer] = build_servers(self.ref)
+        security = transport_security(settings)
+        self.role_apps: dict[Role, ASGIApp] = {
+            role: server.streamable_http_app(
+                streamable_http_path="/mcp", transport_security=security, host=settings.host
+            )
+            for role, server in self.servers.items()
+        }
+        self.broker: Broker | None = None
+        self.on_ready: list[Callable[[Broker], None]] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        settings = self.settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        broker = Broker(open_store(settings.database_path, settings.durability), settings)
+        await broker.start()
+        try:
+            await broker.tokens.ensure_local_token(settings.home, Role.ADMIN)
+            await broker.tokens.ensure_local_token(settings.home, Role.PRIMARY)
+            self.broker = broker
+            self.ref.broker = broker
+            async with contextlib.AsyncExitStack() as stack:
+                for server in self.servers.values():
+                    await stack.enter_async_context(server.session_manager.run())
+                for callback in self.on_ready:
+                    callback(broker)
+                yield
+        finally:
+            self.ref.broker = None
+            await broker.stop()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        path: str = scope["path"]
+        if path == "/mcp" or path == "/mcp/":
+            await self._mcp(scope, receive, send)
+        elif path == "/health":
+            await _send_json(send, 200, {"status": "ok", "service": "aiswarm", "version": __version__})
+        elif path == "/metrics":
+            await self._metrics(send)
+        else:
+            await _send_json(send, 404, {"error": f"no such endpoint {path}; MCP is served at /mcp"})
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send) -> None:
+        broker = self.broker
+        if broker is None:
+            await _send_json(send, 503, {"error": "the broker is starting or stopping; retry shortly"})
+            return
+        token = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                text = value.decode("latin-1")
+                if text[:7].lower() == "bearer ":
+                    token = text[7:].strip()
+                break
+        identity = await broker.tokens.authenticate(token)
+        if identity is None:
+            reason = "missing" if token is None else "invalid or revoked"
+            await _send_json(
+                send,
+                401,
+                {
+                    "error": f"aiswarm token {reason}: send `Authorization: Bearer <token>`. "
+                    "The primary token is in $AISWARM_HOME/primary.token; `aiswarm token issue --agent NAME` makes "
+                    "a worker token."
+                },
+                [(b"www-authenticate", b'Bearer realm="aiswarm"')],
+            )
+            return
+        await self.role_apps[identity.role](scope, receive, send)
+
+    async def _metrics(self, send: Send) -> None:
+        broker = self.broker
+        lines = [f'aiswarm_info{{version="{__version__}"}} 1']
+        if broker is not None:
+            status = await broker.status()
+            lines += [f'aiswarm_tasks{{status="{k}"}} {v}' for k, v in sorted(status.tasks.items())]
+            lines += [f'aiswarm_agents{{status="{k}"}} {v}' for k, v in sorted(status.agents.items())]
+            lines += [
+                f"aiswarm_parked_waits {status.parked_waits}",
+                f"aiswarm_watched_tasks {status.watched_tasks}",
+            ]
+        body = ("\n".join(lines) + "\n").encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/plain; version=0.0.4"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        context = self.lifespan()
+        try:
+            await context.__aenter__()
+        except BaseException as error:
+            log.error("broker failed to start: %s", error)
+            await send({"type": "lifespan.startup.failed", "message": str(error)})
+            raise
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        try:
+            await context.__aexit__(None, None, None)
+        finally:
+            await send({"type": "lifespan.shutdown.complete"})

@@ -1,0 +1,112 @@
+"""Tokens: the broker issues them, stores only their hashes, and resolves each request's identity."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+from aiswarm_server.errors import InvalidRequest
+from aiswarm_server.models import Identity, Role
+from aiswarm_server.store import Store
+
+AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ADMIN_TOKEN_FILE = "admin.token"
+PRIMARY_TOKEN_FILE = "primary.token"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(role: Role) -> str:
+    return f"asw_{role.value[0]}_{secrets.token_urlsafe(32)}"
+
+
+def validate_agent_name(name: str) -> str:
+    if not AGENT_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"{name!r} is not a valid agent name: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (e.g. qwen-1)."
+        )
+    return name
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (0600), atomically: it never exists with wider permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_token_file(path: Path) -> str | None:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return token or None
+
+
+class TokenRegistry:
+    """Resolves bearer tokens to identities; cached in memory, the store is the truth."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cache: dict[str, Identity] = {}
+
+    async def authenticate(self, token: str | None) -> Identity | None:
+        if not token:
+            return None
+        digest = hash_token(token)
+        identity = self._cache.get(digest)
+        if identity is None:
+            identity = await self._store.find_token(digest)
+            if identity is not None:
+                self._cache[digest] = identity
+        return identity
+
+    def authenticate_cached(self, token: str | None) -> Identity | None:
+        """The identity for a token already seen by :meth:`authenticate` (every HTTP request passes there first)."""
+        return self._cache.get(hash_token(token)) if token else None
+
+    async def issue(self, identity: Identity) -> str:
+        if identity.role is Role.WORKER:
+            if identity.agent is None:
+                raise InvalidRequest("a worker token must name its agent")
+            validate_agent_name(identity.agent)
+        token = new_token(identity.role)
+        await self._store.add_token(hash_token(token), identity, time.time())
+        return token
+
+    async def revoke_agent(self, agent: str) -> int:
+        count = await self._store.revoke_tokens(agent=agent, now=time.time())
+        self._cache = {h: i for h, i in self._cache.items() if i.agent != agent}
+        return count
+
+    async def revoke(self, token: str) -> int:
+        digest = hash_token(token)
+        self._cache.pop(digest, None)
+        return await self._store.revoke_tokens(token_hash=digest, now=time.time())
+
+    async def ensure_local_token(self, home: Path, role: Role) -> str:
+        """The admin or primary token kept in the aiswarm home (0600); created on first start."""
+        path = home / (ADMIN_TOKEN_FILE if role is Role.ADMIN else PRIMARY_TOKEN_FILE)
+        token = read_token_file(path)
+        if token is not None:
+            identity = await self.authenticate(token)
+            if identity is not None and identity.role is role:
+                return token
+        token = await self.issue(Identity(role=role, label=f"local {role.value}"))
+        write_secret(path, token + "\n")
+        return token

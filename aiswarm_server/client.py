@@ -1,0 +1,206 @@
+"""A typed MCP client for the broker, used by the CLI commands, the launcher, the benchmark and the tests.
+
+It speaks real MCP over streamable HTTP: ``mode="2026-07-28"`` (one self-contained POST per call, the Python
+SDK's generation) or ``mode="legacy"`` (the ``initialize`` handshake and session that gemini-cli and qwen-code use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from pydantic import BaseModel
+
+from aiswarm_server.auth import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE, read_token_file
+from aiswarm_server.config import BrokerSettings
+from aiswarm_server.replies import (
+    AgentsReply,
+    AgentStatusReply,
+    ClaimReply,
+    CompletionReply,
+    HeartbeatReply,
+    ProgressReply,
+    RegisterReply,
+    StatusReply,
+    TaskReply,
+    TasksReply,
+    TokenReply,
+    WaitReply,
+    WaitTasksReply,
+)
+from aiswarm_server.server import read_broker_info
+
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
+Mode = Literal["2026-07-28", "legacy"]
+
+
+class BrokerCallError(Exception):
+    """The broker refused a tool call; the message says why and what to do."""
+
+    def __init__(self, tool: str, message: str) -> None:
+        super().__init__(message)
+        self.tool = tool
+
+
+class BrokerUnreachable(Exception):
+    """No broker answers at the URL."""
+
+
+def local_broker_url(settings: BrokerSettings) -> str:
+    """The URL of the broker serving this home (from ``broker.json``), else the configured address."""
+    info = read_broker_info(settings.home)
+    return info.url if info is not None else settings.url
+
+
+def local_token(home: Path, role: Literal["admin", "primary"] = "admin") -> str:
+    token = os.environ.get("AISWARM_TOKEN") or read_token_file(
+        home / (ADMIN_TOKEN_FILE if role == "admin" else PRIMARY_TOKEN_FILE)
+    )
+    if token is None:
+        raise BrokerUnreachable(
+            f"no {role} token in {home}: start the broker once with `aiswarm serve` (it creates the tokens), "
+            "or set AISWARM_TOKEN."
+        )
+    return token
+
+
+class BrokerClient:
+    """``async with BrokerClient(url, token) as broker: await broker.submit_task(...)``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        mode: Mode = "2026-07-28",
+        timeout: float = 30.0,
+        read_timeout: float = 600.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.mode: Mode = mode
+        self._timeout = httpx2.Timeout(timeout, read=read_timeout)
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Client | None = None
+
+    async def __aenter__(self) -> BrokerClient:
+        stack = contextlib.AsyncExitStack()
+        try:
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers={"Authorization": f"Bearer {self.token}"}, timeout=self._timeout)
+            )
+            client = Client(streamable_http_client(self.url, http_client=http), mode=self.mode, cache=None)
+            self._client = await stack.enter_async_context(client)
+        except BaseException as error:
+            await stack.aclose()
+            raise BrokerUnreachable(
+                f"cannot talk to the broker at {self.url}: {_root_cause(error)}"
+            ) from error
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = None
+        self._client = None
+
+    async def call(self, tool: str, reply: type[ReplyT], /, **arguments: Any) -> ReplyT:
+        """Call a tool; raise :class:`BrokerCallError` with the broker's message if it refuses."""
+        if self._client is None:
+            raise RuntimeError("use `async with BrokerClient(...)`")
+        args = {k: v for k, v in arguments.items() if v is not None}
+        result = await self._client.call_tool(tool, args)
+        if result.is_error:
+            text = " ".join(getattr(block, "text", "") for block in result.content).strip()
+            raise BrokerCallError(tool, text.removeprefix(f"Error executing tool {tool}: "))
+        return reply.model_validate(result.structured_content)
+
+    async def list_tool_names(self) -> list[str]:
+        if self._client is None:
+            raise RuntimeError("use `async with BrokerClient(...)`")
+        return sorted(tool.name for tool in (await self._client.list_tools()).tools)
+
+    # worker
+    async def register_agent(self, **kwargs: Any) -> RegisterReply:
+        return await self.call("register_agent", RegisterReply, **kwargs)
+
+    async def wait_for_next_event(
+        self, cursor: str | None = None, timeout_seconds: int | None = None
+    ) -> WaitReply:
+        return await self.call(
+            "wait_for_next_event", WaitReply, cursor=cursor, timeout_seconds=timeout_seconds
+        )
+
+    async def claim_task(self, task_id: int | None = None) -> ClaimReply:
+        return await self.call("claim_task", ClaimReply, task_id=task_id)
+
+    async def report_progress(self, task_id: int, fence_token: int, message: str) -> ProgressReply:
+        return await self.call(
+            "report_progress", ProgressReply, task_id=task_id, fence_token=fence_token, message=message
+        )
+
+    async def report_task_completion(self, task_id: int, fence_token: int, **kwargs: Any) -> CompletionReply:
+        return await self.call(
+            "report_task_completion", CompletionReply, task_id=task_id, fence_token=fence_token, **kwargs
+        )
+
+    async def update_heartbeat(self) -> HeartbeatReply:
+        return await self.call("update_heartbeat", HeartbeatReply)
+
+    async def get_agent_status(self) -> AgentStatusReply:
+        return await self.call("get_agent_status", AgentStatusReply)
+
+    # primary
+    async def submit_task(self, title: str, prompt: str, **kwargs: Any) -> TasksReply:
+        return await self.call("submit_task", TasksReply, title=title, prompt=prompt, **kwargs)
+
+    async def submit_tasks(self, tasks: list[dict[str, Any]]) -> TasksReply:
+        return await self.call("submit_tasks", TasksReply, tasks=tasks)
+
+    async def get_task(self, task_id: int) -> TaskReply:
+        return await self.call("get_task", TaskReply, task_id=task_id)
+
+    async def list_tasks(self, status: str | None = None, limit: int = 50, offset: int = 0) -> TasksReply:
+        return await self.call("list_tasks", TasksReply, status=status, limit=limit, offset=offset)
+
+    async def wait_for_tasks(
+        self, task_ids: list[int], mode: Literal["all", "any"] = "all", timeout_seconds: int | None = None
+    ) -> WaitTasksReply:
+        return await self.call(
+            "wait_for_tasks", WaitTasksReply, task_ids=task_ids, mode=mode, timeout_seconds=timeout_seconds
+        )
+
+    async def cancel_task(self, task_id: int, reason: str | None = None) -> TaskReply:
+        return await self.call("cancel_task", TaskReply, task_id=task_id, reason=reason)
+
+    async def list_agents(self) -> AgentsReply:
+        return await self.call("list_agents", AgentsReply)
+
+    # admin
+    async def issue_agent_token(self, agent: str) -> TokenReply:
+        return await self.call("issue_agent_token", TokenReply, agent=agent)
+
+    async def release_task(
+        self, agent: str, task_id: int, reason: str = "released by the launcher"
+    ) -> CompletionReply:
+        return await self.call("release_task", CompletionReply, agent=agent, task_id=task_id, reason=reason)
+
+    async def broker_status(self) -> StatusReply:
+        return await self.call("broker_status", StatusReply)
+
+
+def _root_cause(error: BaseException) -> str:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    if error.__cause__ is not None and str(error) == "":
+        error = error.__cause__
+    return str(error) or type(error).__name__

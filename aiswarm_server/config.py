@@ -1,0 +1,93 @@
+"""Broker settings: one pydantic-settings model, every field with an ``AISWARM_*`` environment fallback."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8765
+# The CLIs abort a tool call after 600 s (gemini, qwen) and qwen also after 5 idle minutes, so the
+# longest wait the broker grants stays well inside both; the launcher sets client timeouts above it.
+MAX_WAIT_SECONDS = 290
+DEFAULT_WAIT_SECONDS = 240
+
+
+def default_home() -> Path:
+    return Path.home() / ".aiswarm"
+
+
+class BrokerSettings(BaseSettings):
+    """How the broker runs. Read from ``AISWARM_*`` environment variables; CLI options override."""
+
+    model_config = SettingsConfigDict(env_prefix="AISWARM_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="Where the database, tokens and logs live.")
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port of the HTTP server (0 picks one).")
+    allow_remote: bool = Field(False, description="Required to bind to a non-loopback address.")
+    durability: Literal["normal", "full"] = Field(
+        "normal",
+        description="SQLite synchronous mode: NORMAL survives process crashes, FULL also power loss.",
+    )
+    lease_seconds: float = Field(
+        300.0, gt=0, le=86_400, description="How long a claim holds without a renewal."
+    )
+    agent_lost_seconds: float = Field(
+        600.0, gt=0, le=86_400, description="An agent not heard from for this long is marked lost."
+    )
+    sweep_interval_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often leases and agents are checked."
+    )
+    offer_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="A woken agent that does not claim its task within this is passed over.",
+    )
+    max_wait_seconds: int = Field(MAX_WAIT_SECONDS, ge=1, le=590)
+    max_prompt_chars: int = Field(200_000, ge=1)
+    max_result_chars: int = Field(1_000_000, ge=1)
+    max_batch: int = Field(200, ge=1)
+    default_max_attempts: int = Field(3, ge=1, le=100)
+    default_task_timeout_seconds: int = Field(1800, ge=1)
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("host must not be empty; use 127.0.0.1")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _remote_needs_flag(self) -> BrokerSettings:
+        if not self.is_loopback and not self.allow_remote:
+            raise ValueError(
+                f"refusing to bind to {self.host}: it is not a loopback address. "
+                "Pass --allow-remote (AISWARM_ALLOW_REMOTE=1) if you mean it; tokens stay required."
+            )
+        if self.agent_lost_seconds <= self.max_wait_seconds:
+            # A parked wait is the agent being alive; it must not be declared lost while it waits.
+            self.agent_lost_seconds = float(self.max_wait_seconds + 30)
+        return self
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def database_path(self) -> Path:
+        return self.home / "aiswarm.db"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/mcp"

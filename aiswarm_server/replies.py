@@ -1,0 +1,104 @@
+"""What the broker's tools answer. Every reply carries a ``message``: what happened and what to do next."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from aiswarm_server.models import Agent, Task, TaskStatus
+
+
+class EventView(BaseModel):
+    kind: Literal["task_available", "task_cancelled", "lease_lost"]
+    task_id: int | None = None
+    title: str | None = None
+    detail: str = ""
+    event_id: int | None = Field(
+        default=None, description="Set for events from the durable log; task_available has none."
+    )
+
+
+class WaitReply(BaseModel):
+    events: list[EventView]
+    cursor: str = Field(description="Pass this back as `cursor` on your next wait_for_next_event call.")
+    message: str
+
+
+class RegisterReply(BaseModel):
+    agent: Agent
+    cursor: str
+    message: str
+
+
+class ClaimReply(BaseModel):
+    claimed: bool
+    task: Task | None = None
+    fence_token: int | None = Field(default=None, description="Pass this with every report about the task.")
+    lease_expires_at: float | None = None
+    message: str
+
+
+class ProgressReply(BaseModel):
+    task_id: int
+    lease_expires_at: float | None
+    message: str
+
+
+class CompletionReply(BaseModel):
+    task_id: int
+    status: TaskStatus
+    message: str
+
+
+class HeartbeatReply(BaseModel):
+    agent: Agent
+    current_task_id: int | None
+    lease_expires_at: float | None
+    message: str
+
+
+class AgentStatusReply(BaseModel):
+    agent: Agent
+    current_task: Task | None
+    message: str
+
+
+class TaskReply(BaseModel):
+    task: Task
+    message: str
+
+
+class TasksReply(BaseModel):
+    tasks: list[Task]
+    message: str
+
+
+class WaitTasksReply(BaseModel):
+    done: bool = Field(description="True when the wait condition (any / all finished) was met.")
+    tasks: list[Task]
+    finished: list[int]
+    pending: list[int]
+    message: str
+
+
+class AgentsReply(BaseModel):
+    agents: list[Agent]
+    message: str
+
+
+class TokenReply(BaseModel):
+    agent: str
+    token: str
+    message: str
+
+
+class StatusReply(BaseModel):
+    version: str
+    database: str
+    tasks: dict[str, int]
+    agents: dict[str, int]
+    parked_waits: int
+    watched_tasks: int
+    uptime_seconds: float
+    message: str

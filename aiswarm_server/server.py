@@ -1,0 +1,123 @@
+"""Running the broker: one process owns the aiswarm home (a lock file), serves HTTP with uvicorn, and
+advertises where it listens in ``$AISWARM_HOME/broker.json`` for the CLI, the stdio bridge and the launcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import uvicorn
+from pydantic import BaseModel
+
+from aiswarm_server.app import BrokerApp
+from aiswarm_server.config import BrokerSettings
+from aiswarm_server.errors import BrokerError
+
+BROKER_FILE = "broker.json"
+LOCK_FILE = "broker.lock"
+
+
+class BrokerInfo(BaseModel):
+    """What a running broker advertises in its home."""
+
+    url: str
+    pid: int
+    host: str
+    port: int
+    started_at: float
+
+
+class HomeLocked(BrokerError):
+    """Another broker process owns this aiswarm home."""
+
+
+def read_broker_info(home: Path) -> BrokerInfo | None:
+    try:
+        return BrokerInfo.model_validate_json((home / BROKER_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def own_home(home: Path) -> Any:
+    """Hold the home's lock for as long as this process serves it."""
+    home.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(home / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        info = read_broker_info(home)
+        where = f" (pid {info.pid}, {info.url})" if info else ""
+        raise HomeLocked(
+            f"another aiswarm broker already owns {home}{where}. Use it, stop it, or set AISWARM_HOME to another "
+            "directory."
+        ) from None
+    try:
+        yield handle
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+
+
+def bind_socket(settings: BrokerSettings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as error:
+        sock.close()
+        raise BrokerError(
+            f"cannot listen on {settings.host}:{settings.port} ({error.strerror}). Another program uses the port: "
+            "pick another with --port (AISWARM_PORT), or --port 0 for any free one."
+        ) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    settings: BrokerSettings, *, log_level: str = "warning", port_file: Path | None = None
+) -> None:
+    """Serve until cancelled or signalled (SIGINT/SIGTERM stop gracefully)."""
+    with own_home(settings.home):
+        sock = bind_socket(settings)
+        port = sock.getsockname()[1]
+        bound = settings.model_copy(update={"port": port})
+        app = BrokerApp(bound)
+        info = BrokerInfo(url=bound.url, pid=os.getpid(), host=bound.host, port=port, started_at=time.time())
+
+        def advertise(_broker: object) -> None:
+            (settings.home / BROKER_FILE).write_text(info.model_dump_json(), encoding="utf-8")
+            if port_file is not None:
+                port_file.write_text(str(port), encoding="utf-8")
+
+        app.on_ready.append(advertise)
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=3,
+            ws="none",
+        )
+        server = uvicorn.Server(config)
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            current = read_broker_info(settings.home)
+            if current is not None and current.pid == os.getpid():
+                (settings.home / BROKER_FILE).unlink(missing_ok=True)
+        if not server.started:
+            raise BrokerError("the broker failed to start; see the message above.")
+
+
+def run(settings: BrokerSettings, *, log_level: str = "warning", port_file: Path | None = None) -> None:
+    asyncio.run(serve(settings, log_level=log_level, port_file=port_file))

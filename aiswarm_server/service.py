@@ -1,0 +1,622 @@
+"""The broker service: every coordination rule lives here. Tools call it; stores do the I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from aiswarm_server import __version__
+from aiswarm_server.auth import TokenRegistry, validate_agent_name
+from aiswarm_server.config import BrokerSettings
+from aiswarm_server.errors import InvalidRequest, NotFound
+from aiswarm_server.models import Identity, NewTask, Role, Task, TaskChange, TaskStatus
+from aiswarm_server.replies import (
+    AgentsReply,
+    AgentStatusReply,
+    ClaimReply,
+    CompletionReply,
+    EventView,
+    HeartbeatReply,
+    ProgressReply,
+    RegisterReply,
+    StatusReply,
+    TaskReply,
+    TasksReply,
+    TokenReply,
+    WaitReply,
+    WaitTasksReply,
+)
+from aiswarm_server.store import Store
+from aiswarm_server.waiters import AgentWaiters, TaskWatchers
+
+log = logging.getLogger("aiswarm.broker")
+
+_CURSOR = re.compile(r"^(\d{1,18})(?:\.(\d{1,9}))?$")
+_LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def format_cursor(event_id: int, sequence: int) -> str:
+    """Cursors change on every call (``event.sequence``) so idle waits never repeat identical arguments."""
+    return f"{event_id}.{sequence}"
+
+
+def parse_cursor(cursor: str | None) -> tuple[int | None, int]:
+    if cursor is None or cursor == "":
+        return None, 0
+    match = _CURSOR.fullmatch(cursor.strip())
+    if match is None:
+        raise InvalidRequest(
+            f"cursor {cursor[:40]!r} is not one this broker gave out. Pass the `cursor` value returned by your "
+            "last wait_for_next_event or register_agent call (like '12.3'), or omit it to resume where you left off."
+        )
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def normalize_labels(values: Sequence[str], what: str) -> list[str]:
+    labels: list[str] = []
+    for value in values:
+        label = value.strip().lower()
+        if not _LABEL.fullmatch(label):
+            raise InvalidRequest(
+                f"{what} {value[:70]!r} is not valid: use lowercase letters, digits, '.', '_' or '-' "
+                "(1-64 characters), e.g. 'python' or 'code-review'."
+            )
+        labels.append(label)
+    return sorted(set(labels))
+
+
+class TaskSpec:
+    """A task as a caller asks for it, before defaults and limits are applied."""
+
+    __slots__ = (
+        "capabilities",
+        "depends_on",
+        "key",
+        "max_attempts",
+        "persona",
+        "priority",
+        "prompt",
+        "timeout_seconds",
+        "title",
+        "working_dir",
+    )
+
+    def __init__(
+        self,
+        title: str,
+        prompt: str,
+        *,
+        priority: int = 0,
+        persona: str | None = None,
+        capabilities: Sequence[str] = (),
+        depends_on: Sequence[int | str] = (),
+        working_dir: str | None = None,
+        max_attempts: int | None = None,
+        timeout_seconds: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.title = title
+        self.prompt = prompt
+        self.priority = priority
+        self.persona = persona
+        self.capabilities = list(capabilities)
+        self.depends_on = list(depends_on)
+        self.working_dir = working_dir
+        self.max_attempts = max_attempts
+        self.timeout_seconds = timeout_seconds
+        self.key = key
+
+
+class Broker:
+    """Agents, tasks, claims under leases with fencing tokens, events from durable cursors, and wake-ups."""
+
+    def __init__(
+        self, store: Store, settings: BrokerSettings, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.tokens = TokenRegistry(store)
+        self.agent_waiters = AgentWaiters()
+        self.task_watchers = TaskWatchers()
+        self._offers: dict[int, tuple[str, float]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._started_at = clock()
+
+    # lifecycle -----------------------------------------------------------------------------------
+    async def start(self, *, sweep: bool = True) -> None:
+        await self.store.open()
+        if sweep:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="aiswarm-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await self.store.close()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failed sweep (disk full ...) must not stop future ones
+                log.exception("sweep failed; retrying")
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+
+    async def sweep(self) -> TaskChange:
+        """Requeue expired leases, mark silent agents lost, and re-offer tasks nobody took up."""
+        now = self.clock()
+        change = await self.store.sweep(
+            now, now - self.settings.agent_lost_seconds, keep_alive=self.agent_waiters.parked_agents()
+        )
+        self._apply(change)
+        await self._reoffer(now)
+        return change
+
+    async def _reoffer(self, now: float) -> None:
+        # A woken agent may never claim (its client vanished with the answer): after `offer_seconds`
+        # the task goes to another parked agent. Only looked at while someone is parked.
+        idle = self.agent_waiters.idle_parked_count()
+        if idle == 0:
+            return
+        for task in await self.store.pending_tasks(limit=min(idle, 100)):
+            offered = self._offers.get(task.id)
+            if offered is not None and now - offered[1] < self.settings.offer_seconds:
+                continue
+            agent = self.agent_waiters.offer(task, exclude=[offered[0]] if offered else ())
+            if agent is not None:
+                self._offers[task.id] = (agent, now)
+
+    def _apply(self, change: TaskChange) -> None:
+        """Wake exactly who a change concerns: one fitting agent per claimable task, the agents with new events,
+        and the primaries watching finished tasks."""
+        now = self.clock()
+        for task in change.claimable:
+            agent = self.agent_waiters.offer(task)
+            if agent is not None:
+                self._offers[task.id] = (agent, now)
+        for agent in change.notified_agents:
+            self.agent_waiters.wake_agent(agent)
+        finished = list(change.finished)
+        if change.task is not None:
+            finished.append(change.task.id)
+        if finished:
+            self.task_watchers.notify(finished)
+            for task_id in finished:
+                self._offers.pop(task_id, None)
+        if len(self._offers) > 10_000:
+            self._offers.clear()
+
+    # identity ------------------------------------------------------------------------------------
+    @staticmethod
+    def agent_of(identity: Identity) -> str:
+        if identity.role is not Role.WORKER or identity.agent is None:
+            raise InvalidRequest(
+                "This tool is for worker agents: call it with a worker token (`aiswarm token issue --agent NAME`)."
+            )
+        return identity.agent
+
+    async def issue_agent_token(self, agent: str) -> TokenReply:
+        validate_agent_name(agent)
+        token = await self.tokens.issue(Identity(role=Role.WORKER, agent=agent, label=f"agent {agent}"))
+        return TokenReply(
+            agent=agent,
+            token=token,
+            message=f"Token for agent {agent}. Give it to that agent only (Authorization: Bearer ...).",
+        )
+
+    # worker side ---------------------------------------------------------------------------------
+    async def register_agent(
+        self,
+        identity: Identity,
+        *,
+        cli: str = "unknown",
+        persona: str | None = None,
+        capabilities: Sequence[str] = (),
+        pid: int | None = None,
+    ) -> RegisterReply:
+        """Register (or re-register) the calling agent. Idempotent by name."""
+        name = self.agent_of(identity)
+        if persona is not None:
+            persona = normalize_labels([persona], "persona")[0]
+        caps = normalize_labels(capabilities, "capability")
+        cli = cli.strip()[:64] or "unknown"
+        agent = await self.store.register_agent(name, cli, persona, caps, pid, self.clock())
+        self.agent_waiters.remember(name, agent.persona, agent.capabilities)
+        held = (
+            f" You still hold task #{agent.current_task_id}: finish and report it."
+            if agent.current_task_id
+            else ""
+        )
+        return RegisterReply(
+            agent=agent,
+            cursor=format_cursor(agent.cursor, 0),
+            message=f"Registered as {name}.{held} Next: call wait_for_next_event with this cursor to get work.",
+        )
+
+    async def wait_for_next_event(
+        self, identity: Identity, cursor: str | None, timeout_seconds: float
+    ) -> WaitReply:
+        """Return what is after ``cursor`` (or a claimable task) at once, else park until something arrives."""
+        name = self.agent_of(identity)
+        ack, sequence = parse_cursor(cursor)
+        timeout = min(max(timeout_seconds, 0.0), float(self.settings.max_wait_seconds))
+        deadline = self.clock() + timeout
+        while True:
+            # Park before reading the store, so a task committed after the read still wakes this wait.
+            with self.agent_waiters.park(name) as woken:
+                poll = await self.store.poll_agent(name, ack, self.clock())
+                self.agent_waiters.remember(name, poll.agent.persona, poll.agent.capabilities)
+                ack = poll.cursor
+                if poll.events or poll.claimable:
+                    return self._wait_reply(poll.cursor, sequence, poll.events, poll.claimable)
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    return self._wait_reply(poll.cursor, sequence, [], [])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, remaining)
+
+    def _wait_reply(
+        self, event_cursor: int, sequence: int, events: Sequence[Any], claimable: Sequence[Task]
+    ) -> WaitReply:
+        views = [
+            EventView(kind=e.kind.value, task_id=e.task_id, detail=e.detail, event_id=e.id) for e in events
+        ]
+        last = max([event_cursor, *(e.id for e in events)])
+        views += [
+            EventView(kind="task_available", task_id=t.id, title=t.title, detail=f"priority {t.priority}")
+            for t in claimable
+        ]
+        if claimable:
+            message = (
+                f"Task #{claimable[0].id} is available. Call claim_task(task_id={claimable[0].id}) to take it "
+                "(another agent may take it first; then call wait_for_next_event again with the new cursor)."
+            )
+        elif events:
+            message = "Read these events, act on them, then call wait_for_next_event with the new cursor."
+        else:
+            message = "Nothing new yet. Call wait_for_next_event again with the new cursor to keep waiting."
+        return WaitReply(events=views, cursor=format_cursor(last, sequence + 1), message=message)
+
+    async def claim_task(self, identity: Identity, task_id: int | None) -> ClaimReply:
+        """Claim a task atomically: the one named, or the best one this agent fits."""
+        name = self.agent_of(identity)
+        outcome = await self.store.claim(name, task_id, self.clock(), self.settings.lease_seconds)
+        if outcome.claim is None:
+            return ClaimReply(claimed=False, message=outcome.reason)
+        claim = outcome.claim
+        self._offers.pop(claim.task.id, None)
+        again = " (you already held it; same fence_token)" if claim.reclaimed else ""
+        where = f" Work in {claim.task.working_dir}." if claim.task.working_dir else ""
+        return ClaimReply(
+            claimed=True,
+            task=claim.task,
+            fence_token=claim.fence_token,
+            lease_expires_at=claim.lease_expires_at,
+            message=(
+                f"You hold task #{claim.task.id}{again}.{where} Do what its prompt asks, then call "
+                f"report_task_completion(task_id={claim.task.id}, fence_token={claim.fence_token}, success=..., "
+                f"result=...). For long work call report_progress every few minutes to keep your lease."
+            ),
+        )
+
+    async def report_progress(
+        self, identity: Identity, task_id: int, fence_token: int, message: str, percent: float | None = None
+    ) -> ProgressReply:
+        name = self.agent_of(identity)
+        note = message.strip()[:2000]
+        if percent is not None:
+            note = f"{percent:.0f}% {note}".strip()
+        task = await self.store.renew(
+            name, task_id, fence_token, self.clock(), self.settings.lease_seconds, note or None
+        )
+        return ProgressReply(
+            task_id=task_id,
+            lease_expires_at=task.lease_expires_at,
+            message="Progress recorded and lease renewed. Carry on; report completion when done.",
+        )
+
+    async def report_task_completion(
+        self,
+        identity: Identity,
+        task_id: int,
+        fence_token: int,
+        *,
+        success: bool,
+        result: str | None = None,
+        data: dict[str, Any] | None = None,
+        error: str | None = None,
+        retryable: bool = True,
+    ) -> CompletionReply:
+        name = self.agent_of(identity)
+        self._check_size("result", result, self.settings.max_result_chars)
+        self._check_size("error", error, self.settings.max_result_chars)
+        change = await self.store.complete(
+            name,
+            task_id,
+            fence_token,
+            success=success,
+            retryable=retryable,
+            result=result,
+            data=data,
+            error=error,
+            now=self.clock(),
+        )
+        self._apply(change)
+        task = change.task
+        status = task.status if task is not None else TaskStatus.COMPLETED
+        if success:
+            message = f"Task #{task_id} recorded as completed. Call wait_for_next_event for more work."
+        elif status is TaskStatus.PENDING:
+            message = f"Failure recorded; task #{task_id} goes back to the queue for another attempt."
+        else:
+            message = f"Failure recorded; task #{task_id} is now {status.value}."
+        return CompletionReply(task_id=task_id, status=status, message=message)
+
+    async def heartbeat(self, identity: Identity) -> HeartbeatReply:
+        name = self.agent_of(identity)
+        agent, task = await self.store.heartbeat(name, self.clock(), self.settings.lease_seconds)
+        cancelled = ""
+        if agent.current_task_id is None and task is None:
+            cancelled = " You hold no task."
+        return HeartbeatReply(
+            agent=agent,
+            current_task_id=task.id if task else None,
+            lease_expires_at=task.lease_expires_at if task else None,
+            message=f"Heartbeat recorded.{cancelled}",
+        )
+
+    async def agent_status(self, identity: Identity) -> AgentStatusReply:
+        name = self.agent_of(identity)
+        agent = await self.store.get_agent(name)
+        if agent is None:
+            raise NotFound(f"Agent {name} has not registered yet. Call register_agent first.")
+        task = await self.store.get_task(agent.current_task_id, False) if agent.current_task_id else None
+        return AgentStatusReply(
+            agent=agent,
+            current_task=task,
+            message=f"You hold task #{task.id}." if task else "You hold no task. Call wait_for_next_event.",
+        )
+
+    async def release_task(self, agent: str, task_id: int, reason: str) -> CompletionReply:
+        """Hand a task back to the queue without counting a failure (the launcher's graceful stop)."""
+        change = await self.store.release(agent, task_id, None, reason, self.clock())
+        self._apply(change)
+        status = change.task.status if change.task else TaskStatus.PENDING
+        return CompletionReply(
+            task_id=task_id, status=status, message=f"Task #{task_id} released: {status.value}."
+        )
+
+    # primary side --------------------------------------------------------------------------------
+    def _check_size(self, what: str, value: str | None, limit: int) -> None:
+        if value is not None and len(value) > limit:
+            raise InvalidRequest(
+                f"{what} is {len(value)} characters; the limit is {limit}. Shorten it (or write the details to a "
+                "file in the working directory and reference its path)."
+            )
+
+    def _new_task(self, spec: TaskSpec, resolved_deps: list[int], submitter: str) -> NewTask:
+        title = " ".join(spec.title.split())
+        if not title:
+            raise InvalidRequest(
+                "title must not be empty: give the task a short name, e.g. 'Add tests for parser'."
+            )
+        if len(title) > 200:
+            raise InvalidRequest(
+                f"title is {len(title)} characters; keep it under 200 and put details in prompt."
+            )
+        if "\x00" in spec.prompt or not spec.prompt.strip():
+            raise InvalidRequest(
+                "prompt must be non-empty text (no NUL bytes) saying what the agent should do."
+            )
+        self._check_size("prompt", spec.prompt, self.settings.max_prompt_chars)
+        if spec.working_dir is not None and (
+            "\x00" in spec.working_dir or not PurePosixPath(spec.working_dir).is_absolute()
+        ):
+            raise InvalidRequest(
+                f"working_dir {spec.working_dir[:80]!r} must be an absolute path, e.g. /home/me/project."
+            )
+        if not -1000 <= spec.priority <= 1000:
+            raise InvalidRequest("priority must be between -1000 and 1000 (higher runs first).")
+        max_attempts = spec.max_attempts or self.settings.default_max_attempts
+        if not 1 <= max_attempts <= 100:
+            raise InvalidRequest("max_attempts must be between 1 and 100.")
+        timeout = spec.timeout_seconds or self.settings.default_task_timeout_seconds
+        if not 1 <= timeout <= 7 * 86_400:
+            raise InvalidRequest("timeout_seconds must be between 1 and 604800 (7 days).")
+        return NewTask(
+            title=title,
+            prompt=spec.prompt,
+            priority=spec.priority,
+            persona=normalize_labels([spec.persona], "persona")[0] if spec.persona else None,
+            capabilities=normalize_labels(spec.capabilities, "capability"),
+            depends_on=resolved_deps,
+            working_dir=spec.working_dir,
+            max_attempts=max_attempts,
+            timeout_seconds=timeout,
+            submitted_by=submitter,
+        )
+
+    async def submit_tasks(self, identity: Identity, specs: Sequence[TaskSpec]) -> TasksReply:
+        """Submit tasks in one transaction. ``depends_on`` names existing task ids or earlier ``key``s in the batch."""
+        if not specs:
+            raise InvalidRequest("submit at least one task.")
+        if len(specs) > self.settings.max_batch:
+            raise InvalidRequest(
+                f"{len(specs)} tasks in one batch; the limit is {self.settings.max_batch}. Split it."
+            )
+        keys: dict[str, int] = {}
+        existing: set[int] = set()
+        for index, spec in enumerate(specs):
+            for dep in spec.depends_on:
+                if isinstance(dep, str) and not dep.lstrip("-").isdigit():
+                    if dep not in keys:
+                        raise InvalidRequest(
+                            f"task {index} depends on {dep!r}, which is not the key of an earlier task in this batch. "
+                            "Dependencies must name existing task ids or keys of tasks listed before it "
+                            "(so no cycle is possible)."
+                        )
+                else:
+                    existing.add(int(dep))
+            if spec.key is not None:
+                if spec.key in keys:
+                    raise InvalidRequest(
+                        f"key {spec.key!r} is used twice in this batch; keys must be unique."
+                    )
+                keys[spec.key] = index
+        missing = await self.store.missing_tasks(sorted(existing))
+        if missing:
+            raise InvalidRequest(
+                f"depends_on names task(s) {missing} that do not exist. Use ids from submit_task or list_tasks."
+            )
+        submitter = identity.label or identity.role.value
+        # Batch-local keys become ids inside the store's one transaction; validate everything first.
+        new_tasks: list[tuple[NewTask, list[int]]] = []
+        for spec in specs:
+            local = [keys[d] for d in spec.depends_on if isinstance(d, str) and d in keys]
+            ids = [int(d) for d in spec.depends_on if not (isinstance(d, str) and d in keys)]
+            new_tasks.append((self._new_task(spec, ids, submitter), local))
+        for new, local in new_tasks:
+            new.depends_on_batch = local
+        change = await self.store.create_tasks([new for new, _ in new_tasks], self.clock())
+        created = change.created
+        self._apply(change)
+        ids = ", ".join(f"#{t.id}" for t in created)
+        return TasksReply(
+            tasks=created,
+            message=(
+                f"Submitted {len(created)} task(s): {ids}. Call wait_for_tasks(task_ids=[...]) to wait for results, "
+                "or get_task(task_id) to look at one." + await self._fit_warning(created)
+            ),
+        )
+
+    async def _fit_warning(self, tasks: Sequence[Task]) -> str:
+        agents = [a for a in await self.store.list_agents() if a.status.value != "lost"]
+        unfit = [t.id for t in tasks if not any(t.fits(a.persona, a.capabilities) for a in agents)]
+        if not unfit:
+            return ""
+        return (
+            f" Note: no live agent currently fits task(s) {unfit} (persona/capabilities); they wait until one "
+            "registers (e.g. `aiswarm launch --persona NAME`)."
+        )
+
+    async def get_task(self, task_id: int) -> TaskReply:
+        task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
+        return TaskReply(task=task, message=_describe_task(task))
+
+    async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> TasksReply:
+        if not 1 <= limit <= 500:
+            raise InvalidRequest("limit must be between 1 and 500.")
+        if offset < 0:
+            raise InvalidRequest("offset must be 0 or more.")
+        tasks = await self.store.list_tasks(status, limit, offset)
+        return TasksReply(tasks=tasks, message=f"{len(tasks)} task(s), newest first.")
+
+    async def wait_for_tasks(
+        self, task_ids: Sequence[int], mode: Literal["all", "any"], timeout_seconds: float
+    ) -> WaitTasksReply:
+        """Wait until all (or any) of the tasks reach a final status, or the timeout passes."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            raise InvalidRequest("task_ids must name at least one task.")
+        if len(ids) > self.settings.max_batch:
+            raise InvalidRequest(f"wait for at most {self.settings.max_batch} tasks at once.")
+        missing = await self.store.missing_tasks(ids)
+        if missing:
+            raise NotFound(f"Task(s) {missing} do not exist. Use the ids returned by submit_task.")
+        timeout = min(max(timeout_seconds, 0.0), float(self.settings.max_wait_seconds))
+        deadline = self.clock() + timeout
+        while True:
+            with self.task_watchers.watch(ids) as changed:
+                tasks = await self.store.get_tasks(ids)
+                finished = [t.id for t in tasks if t.status.is_terminal]
+                met = len(finished) == len(ids) if mode == "all" else bool(finished)
+                remaining = deadline - self.clock()
+                if met or remaining <= 0:
+                    return _wait_tasks_reply(tasks, finished, met)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed, remaining)
+
+    async def cancel_task(self, task_id: int, reason: str | None) -> TaskReply:
+        reason = (reason or "cancelled by the primary agent").strip()[:500]
+        change = await self.store.cancel(task_id, reason, self.clock())
+        self._apply(change)
+        assert change.task is not None
+        task = change.task
+        if task.status is not TaskStatus.CANCELLED:
+            message = f"Task #{task_id} had already finished as {task.status.value}; nothing was cancelled."
+        else:
+            extra = (
+                f" {len(change.finished) - 1} dependent task(s) failed with it."
+                if len(change.finished) > 1
+                else ""
+            )
+            message = f"Task #{task_id} cancelled.{extra}"
+        return TaskReply(task=task, message=message)
+
+    async def list_agents(self) -> AgentsReply:
+        agents = await self.store.list_agents()
+        parked = set(self.agent_waiters.parked_agents())
+        live = sum(1 for a in agents if a.status.value != "lost")
+        return AgentsReply(
+            agents=agents,
+            message=f"{len(agents)} agent(s), {live} live, {len(parked & {a.name for a in agents})} waiting for work.",
+        )
+
+    async def status(self) -> StatusReply:
+        stats = await self.store.stats()
+        return StatusReply(
+            version=__version__,
+            database=str(self.settings.database_path),
+            tasks=stats.tasks,
+            agents=stats.agents,
+            parked_waits=len(self.agent_waiters),
+            watched_tasks=len(self.task_watchers),
+            uptime_seconds=round(self.clock() - self._started_at, 1),
+            message="Broker is running.",
+        )
+
+
+def _describe_task(task: Task) -> str:
+    match task.status:
+        case TaskStatus.COMPLETED:
+            return f"Task #{task.id} completed by {task.attempts[-1].agent if task.attempts else 'an agent'}."
+        case TaskStatus.FAILED | TaskStatus.DEAD:
+            return f"Task #{task.id} {task.status.value}: {task.error}. Resubmit it (changed) if it still matters."
+        case TaskStatus.CANCELLED:
+            return f"Task #{task.id} was cancelled: {task.error}."
+        case TaskStatus.CLAIMED:
+            return f"Task #{task.id} is being worked on by {task.claimed_by}. Call wait_for_tasks to wait for it."
+        case TaskStatus.BLOCKED:
+            return f"Task #{task.id} waits for its dependencies {task.depends_on}."
+        case _:
+            return f"Task #{task.id} is waiting for an agent. Call wait_for_tasks to wait for it."
+
+
+def _wait_tasks_reply(tasks: list[Task], finished: list[int], met: bool) -> WaitTasksReply:
+    pending = [t.id for t in tasks if not t.status.is_terminal]
+    failed = [t.id for t in tasks if t.status in (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)]
+    if met:
+        message = f"{len(finished)} task(s) finished."
+        if failed:
+            message += f" Not completed: {failed} (see each task's error)."
+        if pending:
+            message += f" Still running: {pending}."
+    else:
+        message = (
+            f"Timed out waiting; still running: {pending}. Call wait_for_tasks again to keep waiting "
+            "(or cancel_task to give up on one)."
+        )
+    return WaitTasksReply(done=met, tasks=tasks, finished=finished, pending=pending, message=message)

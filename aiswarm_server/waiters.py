@@ -1,0 +1,114 @@
+"""Parked calls and who to wake. Every wake-up is a hint: the woken call re-reads the truth from the store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from aiswarm_server.models import Task
+
+
+@dataclass(slots=True)
+class _Profile:
+    persona: str | None = None
+    capabilities: frozenset[str] = frozenset()
+    known: bool = False  # an agent not yet read from the store is offered anything; it re-checks on wake
+
+
+@dataclass(slots=True)
+class _Parked:
+    futures: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class AgentWaiters:
+    """``wait_for_next_event`` calls parked per agent. A new task wakes one agent it fits, not all of them.
+
+    Insertion order is park order, so the longest-waiting fitting agent is woken first.
+    """
+
+    def __init__(self) -> None:
+        self._parked: dict[str, _Parked] = {}
+        self._profiles: dict[str, _Profile] = {}
+
+    def remember(self, agent: str, persona: str | None, capabilities: Iterable[str]) -> None:
+        self._profiles[agent] = _Profile(persona, frozenset(capabilities), True)
+
+    @contextmanager
+    def park(self, agent: str) -> Iterator[asyncio.Future[None]]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = self._parked.pop(agent, None) or _Parked()
+        entry.futures.append(future)
+        self._parked[agent] = entry  # re-insert: moves to the back of the line
+        try:
+            yield future
+        finally:
+            entry.futures.remove(future)
+            if not entry.futures and self._parked.get(agent) is entry:
+                del self._parked[agent]
+
+    def wake_agent(self, agent: str) -> bool:
+        entry = self._parked.get(agent)
+        if entry is None:
+            return False
+        woke = False
+        for future in entry.futures:
+            if not future.done():
+                future.set_result(None)
+                woke = True
+        return woke
+
+    def offer(self, task: Task, exclude: Iterable[str] = ()) -> str | None:
+        """Wake the first parked, not-yet-woken agent that fits ``task``; return its name."""
+        skip = set(exclude)
+        for agent, entry in self._parked.items():
+            if agent in skip or all(f.done() for f in entry.futures):
+                continue
+            profile = self._profiles.get(agent, _Profile())
+            if profile.known and not task.fits(profile.persona, profile.capabilities):
+                continue
+            self.wake_agent(agent)
+            return agent
+        return None
+
+    def parked_agents(self) -> list[str]:
+        return list(self._parked)
+
+    def idle_parked_count(self) -> int:
+        return sum(1 for e in self._parked.values() if any(not f.done() for f in e.futures))
+
+    def __len__(self) -> int:
+        return sum(len(e.futures) for e in self._parked.values())
+
+
+class TaskWatchers:
+    """Primary-side waits on task completion, keyed by task id."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[int, set[asyncio.Future[None]]] = {}
+
+    @contextmanager
+    def watch(self, task_ids: Iterable[int]) -> Iterator[asyncio.Future[None]]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ids = set(task_ids)
+        for task_id in ids:
+            self._watchers.setdefault(task_id, set()).add(future)
+        try:
+            yield future
+        finally:
+            for task_id in ids:
+                group = self._watchers.get(task_id)
+                if group is not None:
+                    group.discard(future)
+                    if not group:
+                        del self._watchers[task_id]
+
+    def notify(self, task_ids: Iterable[int]) -> None:
+        for task_id in task_ids:
+            for future in self._watchers.get(task_id, ()):
+                if not future.done():
+                    future.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._watchers)
