@@ -1,0 +1,528 @@
+"""The adapter interface: everything the launcher knows about one agent CLI.
+
+A ``CliAdapter`` knows how to find the CLI's binary, how to give one agent a private
+config home (MCP entry for the broker, telemetry off, bounded retries, limits, the
+user's own login carried over), the headless command line and environment, and how to
+read the CLI's exit status, stderr and JSON output. Adding a CLI is adding one subclass.
+
+The public methods do the shared work (directories, atomic 0600 writes, credential links,
+exit-code bookkeeping) and call a small set of per-CLI hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from launcher.install import PINNED_CLIS, CliPin, cli_prefix, runtime_env
+
+DEFAULT_TOOL_TIMEOUT_MS = 900_000
+"""Per-tool-call timeout written into every CLI's MCP entry: above the broker's longest wait (240 s default)."""
+
+MCP_SERVER_NAME = "aiswarm"
+"""The MCP server name in every CLI's settings (gemini advises against ``_`` in server names)."""
+
+AGENT_HEADER = "X-Aiswarm-Agent"
+"""Header on model requests naming the agent, so a (scripted) model server can tell agents apart."""
+
+_AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ModelEndpoint(BaseModel):
+    """A custom model endpoint (tests, the offline demo, a self-hosted gateway)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_url: str
+    """OpenAI-style ``.../v1`` for qwen and opencode; the bare host URL for gemini."""
+    api_key: str = Field(default="aiswarm", repr=False)
+    model: str = "aiswarm-model"
+
+
+class AgentSpec(BaseModel):
+    """What the supervisor knows about one agent before it starts the CLI."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=_AGENT_NAME)
+    cli: str
+    token: str = Field(repr=False)
+    """The agent's broker token, sent as ``Authorization: Bearer <token>``."""
+    broker_url: str
+    """The broker's streamable HTTP MCP endpoint, e.g. ``http://127.0.0.1:8765/mcp``."""
+    aiswarm_home: Path
+    model: str | None = None
+    endpoint: ModelEndpoint | None = None
+    persona: str | None = None
+    max_turns: int = Field(default=60, ge=1)
+    max_wall_seconds: int = Field(default=1800, ge=10)
+    tool_timeout_ms: int = Field(default=DEFAULT_TOOL_TIMEOUT_MS, ge=1000)
+    model_max_attempts: int = Field(default=3, ge=1)
+    """Model request attempts before the CLI gives up, so a rate-limited agent fails in seconds, not minutes."""
+    user_home: Path | None = None
+    """Where the user's own CLI logins live; None means the real home directory."""
+
+    def resolved_user_home(self) -> Path:
+        """The user's home directory to carry credentials over from."""
+        return self.user_home if self.user_home is not None else Path.home()
+
+
+class CarriedCredential(BaseModel):
+    """One piece of the user's login made visible to an agent's private home."""
+
+    kind: str
+    """What it is: ``oauth``, ``google-accounts``, ``api-key-env``, ``settings``, ``dotenv``, ``auth-file`` ..."""
+    source: str
+    """The user's file, settings key or environment variable it came from."""
+    how: str
+    """``symlink``, ``copy``, ``settings`` (values merged into the agent's settings) or ``env`` (inherited)."""
+    target: Path | None = None
+
+
+class AgentHome(BaseModel):
+    """An agent's private config home, as prepared by ``CliAdapter.prepare_agent_home``."""
+
+    spec: AgentSpec
+    root: Path
+    """``$AISWARM_HOME/agents/<agent-name>``."""
+    settings_path: Path
+    """The CLI settings file aiswarm wrote (holds the agent token; mode 0600)."""
+    env: dict[str, str]
+    """Variables that point the CLI at this home (``QWEN_HOME``, ``GEMINI_CLI_HOME``, ``OPENCODE_CONFIG`` ...)."""
+    binary: Path | None
+    carried: list[CarriedCredential] = Field(default_factory=list)
+
+
+class OutcomeKind(StrEnum):
+    """How a CLI run ended, as far as the supervisor needs to know."""
+
+    DONE = "done"
+    AUTH_FAILURE = "auth_failure"
+    RATE_LIMITED = "rate_limited"
+    TURN_LIMIT = "turn_limit"
+    CRASHED = "crashed"
+    TIMED_OUT = "timed_out"
+
+
+class RunOutcome(BaseModel):
+    """The classified end of one CLI run."""
+
+    kind: OutcomeKind
+    reason: str
+    """One line a human can read in the agent's log."""
+    returncode: int | None
+
+
+class TokenUsage(BaseModel):
+    """Tokens one CLI run used, from the CLI's JSON output."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+    requests: int | None = None
+
+
+class CredentialFinding(BaseModel):
+    """A login the user already has for a CLI (reported by ``aiswarm doctor``)."""
+
+    kind: str
+    detail: str
+
+
+_RATE_LIMIT = re.compile(r"\b429\b|RESOURCE_EXHAUSTED|quota|rate[ _-]?limit|too many requests", re.I)
+_AUTH = re.compile(
+    r"\b401\b|\b403\b|UNAUTHENTICATED|PERMISSION_DENIED|invalid[_ ]api[_ ]key|api key not valid|"
+    r"incorrect api key|unauthori[sz]ed|authentication (?:failed|required|error)|please (?:log ?in|set an auth)|"
+    r"no auth type|oauth token (?:has )?expired|credentials? (?:expired|not found)|ProviderAuthError",
+    re.I,
+)
+
+
+class CliAdapter(ABC):
+    """Everything the launcher knows about one agent CLI. Subclasses set ``name`` and fill in the hooks."""
+
+    name: ClassVar[str]
+    exit_codes: ClassVar[Mapping[int, tuple[OutcomeKind, str]]] = {}
+    """Exit codes with a fixed meaning (measured; see shared/reference/clients.md)."""
+    rate_limit_lines: ClassVar[tuple[re.Pattern[str], ...]] = ()
+    """CLI-specific stderr lines that mean the model is rate limiting right now."""
+
+    @property
+    def pin(self) -> CliPin:
+        """The pinned npm package for this CLI (from ``launcher.install.PINNED_CLIS``)."""
+        return PINNED_CLIS[self.name]
+
+    @property
+    def package(self) -> str:
+        """npm package name."""
+        return self.pin.package
+
+    @property
+    def version(self) -> str:
+        """Pinned version."""
+        return self.pin.version
+
+    @property
+    def binary_name(self) -> str:
+        """Executable name in ``node_modules/.bin`` and on PATH."""
+        return self.pin.binary
+
+    @property
+    def min_node_major(self) -> int | None:
+        """Lowest Node major the CLI runs on (None: ships its own runtime)."""
+        return self.pin.min_node_major
+
+    # --- binary -------------------------------------------------------------------------
+
+    def find_binary(self, home: Path, *, path: str | None = None) -> Path | None:
+        """The aiswarm-installed binary under ``$AISWARM_HOME/clis/<name>``, else the one on PATH, else None."""
+        private = cli_prefix(home, self.name) / "node_modules" / ".bin" / self.binary_name
+        if private.exists():
+            return private
+        found = shutil.which(self.binary_name, path=path if path is not None else os.environ.get("PATH"))
+        return Path(found) if found else None
+
+    # --- private home -------------------------------------------------------------------
+
+    def agent_root(self, spec: AgentSpec) -> Path:
+        """``$AISWARM_HOME/agents/<agent-name>``."""
+        return spec.aiswarm_home / "agents" / spec.name
+
+    def prepare_agent_home(self, agent: AgentSpec, *, env: Mapping[str, str] | None = None) -> AgentHome:
+        """Create the agent's private config home and write the CLI's settings there.
+
+        Idempotent: call it before every run. The user's own files are only read (and linked to),
+        never modified. ``env`` is the environment the user's credentials are looked up in
+        (default: this process's).
+        """
+        if agent.cli != self.name:
+            raise ValueError(f"agent {agent.name} is for CLI {agent.cli!r}, not {self.name!r}")
+        env = os.environ if env is None else env
+        root = self.agent_root(agent)
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o700)
+        carried: list[CarriedCredential] = []
+        settings = self._build_settings(agent, root, env, carried)
+        settings_path = self._settings_path(root)
+        write_private_json(settings_path, settings)
+        return AgentHome(
+            spec=agent,
+            root=root,
+            settings_path=settings_path,
+            env=self._home_env(agent, root),
+            binary=self.find_binary(agent.aiswarm_home),
+            carried=carried,
+        )
+
+    # --- headless run -------------------------------------------------------------------
+
+    def command(self, agent_home: AgentHome, prompt: str, *, model: str | None = None) -> list[str]:
+        """The argv for one headless run of ``prompt`` (binary resolved at prepare time, else its bare name)."""
+        binary = str(agent_home.binary) if agent_home.binary else self.binary_name
+        chosen = (
+            model
+            or agent_home.spec.model
+            or (agent_home.spec.endpoint.model if agent_home.spec.endpoint else None)
+        )
+        return [binary, *self._arguments(agent_home, prompt, chosen)]
+
+    def env(self, agent_home: AgentHome, *, base_env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The full environment for a headless run: ``base_env`` plus Node on PATH, redirection, endpoint, privacy."""
+        env = runtime_env(agent_home.spec.aiswarm_home, base_env)
+        home = env.get("HOME")
+        if not home or not Path(home).is_dir():
+            # qwen crashes when $HOME does not exist; the agent's own directory always does.
+            env["HOME"] = str(agent_home.root)
+        env.update(agent_home.env)
+        env.update(self._run_env(agent_home))
+        return env
+
+    # --- reading the result -------------------------------------------------------------
+
+    def classify_exit(self, returncode: int | None, stdout: str, stderr: str) -> RunOutcome:
+        """Classify a finished run. ``returncode`` None means the supervisor killed it at its deadline."""
+        if returncode is None:
+            return RunOutcome(
+                kind=OutcomeKind.TIMED_OUT,
+                reason="killed by the launcher at the task deadline",
+                returncode=None,
+            )
+        if returncode < 0:
+            return RunOutcome(
+                kind=OutcomeKind.CRASHED, reason=f"killed by signal {-returncode}", returncode=returncode
+            )
+        known = self.exit_codes.get(returncode)
+        if known is not None:
+            kind, reason = known
+            return RunOutcome(kind=kind, reason=reason, returncode=returncode)
+        error = self._error_text(stdout, stderr)
+        if returncode == 0 and not error:
+            return RunOutcome(kind=OutcomeKind.DONE, reason="exited 0", returncode=0)
+        detail = _one_line(error or stderr or stdout) or "no output"
+        if _RATE_LIMIT.search(error or stderr):
+            return RunOutcome(
+                kind=OutcomeKind.RATE_LIMITED, reason=f"model rate limit: {detail}", returncode=returncode
+            )
+        if _AUTH.search(error or stderr):
+            return RunOutcome(
+                kind=OutcomeKind.AUTH_FAILURE, reason=f"not logged in: {detail}", returncode=returncode
+            )
+        if returncode == 0:
+            return RunOutcome(
+                kind=OutcomeKind.DONE, reason=f"exited 0 after an error: {detail}", returncode=0
+            )
+        return RunOutcome(
+            kind=OutcomeKind.CRASHED, reason=f"exit {returncode}: {detail}", returncode=returncode
+        )
+
+    def detect_rate_limit_line(self, line: str) -> bool:
+        """True when a live stderr line shows the CLI is being rate limited (so the supervisor can cool it down early)."""
+        return bool(_RATE_LIMIT.search(line)) or any(p.search(line) for p in self.rate_limit_lines)
+
+    @abstractmethod
+    def parse_usage(self, stdout: str) -> TokenUsage | None:
+        """Tokens used by the run, from the CLI's JSON output; None when the output has none."""
+
+    def find_credentials(self, user_home: Path, env: Mapping[str, str]) -> list[CredentialFinding]:
+        """The logins the user already has for this CLI (files under ``user_home``, keys in ``env``)."""
+        found = [
+            CredentialFinding(kind=kind, detail=str(path))
+            for kind, path in self._credential_files(user_home, env)
+            if path.is_file()
+        ]
+        found += [
+            CredentialFinding(kind="api-key-env", detail=var)
+            for var in self._credential_env_vars()
+            if env.get(var)
+        ]
+        return found + self._settings_credentials(user_home, env)
+
+    # --- hooks --------------------------------------------------------------------------
+
+    @abstractmethod
+    def _settings_path(self, root: Path) -> Path:
+        """Where the CLI reads its (user-level) settings inside the agent's root."""
+
+    @abstractmethod
+    def _build_settings(
+        self, agent: AgentSpec, root: Path, env: Mapping[str, str], carried: list[CarriedCredential]
+    ) -> dict[str, Any]:
+        """The CLI's settings document; link credentials into ``root`` and record them in ``carried``."""
+
+    @abstractmethod
+    def _home_env(self, agent: AgentSpec, root: Path) -> dict[str, str]:
+        """Variables that redirect the CLI to the agent's root."""
+
+    @abstractmethod
+    def _run_env(self, agent_home: AgentHome) -> dict[str, str]:
+        """Further variables for a headless run (endpoint, headers, privacy, trust)."""
+
+    @abstractmethod
+    def _arguments(self, agent_home: AgentHome, prompt: str, model: str | None) -> list[str]:
+        """The arguments after the binary."""
+
+    @abstractmethod
+    def _credential_files(self, user_home: Path, env: Mapping[str, str]) -> Iterable[tuple[str, Path]]:
+        """``(kind, path)`` of the user's credential files for this CLI."""
+
+    def _settings_credentials(self, user_home: Path, env: Mapping[str, str]) -> list[CredentialFinding]:
+        """Logins chosen in the user's settings file (an auth type, a provider with a key)."""
+        return []
+
+    def _credential_env_vars(self) -> tuple[str, ...]:
+        """Environment variables that carry an API key this CLI honours."""
+        return ()
+
+    def _error_text(self, stdout: str, stderr: str) -> str:
+        """The error the CLI reported in its output, if any (checked against rate-limit and auth patterns)."""
+        return ""
+
+
+# --- helpers shared by adapters ---------------------------------------------------------
+
+
+def write_private_json(path: Path, document: Mapping[str, Any]) -> None:
+    """Write JSON atomically with mode 0600 (it may hold tokens): temp file in the same dir, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(document, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def link_user_file(source: Path, target: Path) -> bool:
+    """Make ``target`` a symlink to the user's ``source`` file; never touches ``source``.
+
+    Returns False (and removes a stale link) when ``source`` does not exist. A regular file at
+    ``target`` (a CLI that refreshed its token replaces the link with its own copy) is kept unless
+    the user's file is newer, e.g. after the user logged in again.
+    """
+    if not source.is_file():
+        if target.is_symlink():
+            target.unlink()
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink():
+        if Path(os.readlink(target)) == source:
+            return True
+        target.unlink()
+    elif target.exists():
+        if target.stat().st_mtime >= source.stat().st_mtime:
+            return True
+        target.unlink()
+    target.symlink_to(source)
+    return True
+
+
+def copy_user_file(source: Path, target: Path) -> bool:
+    """Copy the user's ``source`` file to ``target`` (0600, atomically) unless ``target`` is as new; never touches ``source``.
+
+    For credential files a CLI rewrites in place when it refreshes a token (gemini): a symlink
+    would let the CLI write the user's file, and several agents write it at once. Returns False
+    when ``source`` does not exist.
+    """
+    if not source.is_file():
+        return False
+    if target.is_symlink():
+        target.unlink()
+    elif target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+        return True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(source.read_bytes())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def read_user_json(path: Path) -> dict[str, Any]:
+    """The user's JSON (or JSONC) settings file as a dict; {} when missing or unreadable. Read-only."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    try:
+        data = json.loads(strip_json_comments(text))
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def strip_json_comments(text: str) -> str:
+    """Remove ``//`` and ``/* */`` comments and trailing commas outside strings (settings files are JSONC)."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            out.append(ch)
+            i += 1
+    return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
+
+
+def deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``overlay`` (overlay wins); returns ``base``."""
+    for key, value in overlay.items():
+        current = base.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            deep_merge(current, value)  # pyright: ignore[reportUnknownArgumentType]
+        else:
+            base[key] = value
+    return base
+
+
+def pick(document: Mapping[str, Any], *dotted: str) -> dict[str, Any]:
+    """A new document holding only the given dotted keys of ``document`` (those present)."""
+    out: dict[str, Any] = {}
+    for key in dotted:
+        parts = key.split(".")
+        node: Any = document
+        for part in parts:
+            node = node.get(part) if isinstance(node, Mapping) else None
+            if node is None:
+                break
+        if node is None:
+            continue
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = json.loads(json.dumps(node))
+    return out
+
+
+def json_lines(text: str) -> Iterable[dict[str, Any]]:
+    """Every line of ``text`` that parses as a JSON object."""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+def last_json_value(text: str) -> Any:
+    """The whole of ``text`` as JSON if it parses, else the last parseable JSON value found at a line start."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    lines = text.splitlines()
+    for start in range(len(lines) - 1, -1, -1):
+        if lines[start].lstrip()[:1] in ("{", "["):
+            try:
+                value, _ = decoder.raw_decode("\n".join(lines[start:]).lstrip())
+            except ValueError:
+                continue
+            return value
+    return None
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    """The last non-empty line of ``text``, shortened."""
+    line = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
