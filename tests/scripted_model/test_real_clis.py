@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import InstalledClis, StandInBroker
 
 from launcher.scripted_model import ScriptedModelServer
+from tests.scripted_model.conftest import InstalledClis, StandInBroker
 
 pytestmark = pytest.mark.e2e
 
