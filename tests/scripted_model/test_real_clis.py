@@ -185,7 +185,7 @@ WORKER_PROMPT = (
 )
 
 
-def _run(run: Run, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(run: Run, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     run.cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [*run.argv],
@@ -228,3 +228,29 @@ def test_cli_claims_writes_with_its_own_tool_and_reports(
     assert (stats.get("coordination"), stats.get("work"), stats.get("answer")) == (2, 1, 1), stats
     assert stats.get("rejected") is None, stats
     assert stats["tools"]["write_file" if cli != "opencode" else "write"] == 1, stats
+
+
+def test_qwen_reads_before_overwriting_and_rides_out_a_burst_of_429s(
+    clis: InstalledClis, model: ScriptedModelServer, broker: StandInBroker, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    (work / "greetings").mkdir(parents=True)
+    (work / "greetings" / "hello.txt").write_text("stale\n")
+    broker.add_task(7, "greet", TASK_PROMPT.format(cli="qwen"), work)
+    model.inject_fault(agent="qwen-1", count=2, retry_after=1)
+
+    done = _run(qwen_run(clis, tmp_path, model, broker, WORKER_PROMPT.format(agent="qwen-1")))
+
+    diagnostics = f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, diagnostics
+    assert (work / "greetings" / "hello.txt").read_text() == "hello from qwen\nsecond line\n"
+    assert [r["success"] for r in broker.reports] == [True]
+    stats = model.stats()["agents"]["qwen-1"]
+    assert stats["rejected"] == 2, stats
+    # qwen refuses the first write of a file it has not read: write, read_file, write again.
+    assert stats["tools"] == {
+        "mcp__aiswarm__claim_task": 1,
+        "write_file": 2,
+        "read_file": 1,
+        "mcp__aiswarm__report_task_completion": 1,
+    }, stats
