@@ -41,7 +41,10 @@ def transport_security(settings: BrokerSettings) -> TransportSecuritySettings:
 
 
 async def _send_json(
-    send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = (),
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:  # type: ignore[assignment]
     payload = json.dumps(body).encode()
     await send(

@@ -26,34 +26,36 @@ class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AISWARM_", extra="ignore")
 
     home: Path = Field(default_factory=default_home, description="Where the database, tokens and logs live.")
-    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
-    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port of the HTTP server (0 picks one).")
-    allow_remote: bool = Field(False, description="Required to bind to a non-loopback address.")
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(
+        default=DEFAULT_PORT, ge=0, le=65535, description="TCP port of the HTTP server (0 picks one)."
+    )
+    allow_remote: bool = Field(default=False, description="Required to bind to a non-loopback address.")
     durability: Literal["normal", "full"] = Field(
-        "normal",
+        default="normal",
         description="SQLite synchronous mode: NORMAL survives process crashes, FULL also power loss.",
     )
     lease_seconds: float = Field(
-        300.0, gt=0, le=86_400, description="How long a claim holds without a renewal."
+        default=300.0, gt=0, le=86_400, description="How long a claim holds without a renewal."
     )
     agent_lost_seconds: float = Field(
-        600.0, gt=0, le=86_400, description="An agent not heard from for this long is marked lost."
+        default=600.0, gt=0, le=86_400, description="An agent not heard from for this long is marked lost."
     )
     sweep_interval_seconds: float = Field(
-        1.0, gt=0, le=60, description="How often leases and agents are checked."
+        default=1.0, gt=0, le=60, description="How often leases and agents are checked."
     )
     offer_seconds: float = Field(
-        5.0,
+        default=5.0,
         gt=0,
         le=600,
         description="A woken agent that does not claim its task within this is passed over.",
     )
-    max_wait_seconds: int = Field(MAX_WAIT_SECONDS, ge=1, le=590)
-    max_prompt_chars: int = Field(200_000, ge=1)
-    max_result_chars: int = Field(1_000_000, ge=1)
-    max_batch: int = Field(200, ge=1)
-    default_max_attempts: int = Field(3, ge=1, le=100)
-    default_task_timeout_seconds: int = Field(1800, ge=1)
+    max_wait_seconds: int = Field(default=MAX_WAIT_SECONDS, ge=1, le=590)
+    max_prompt_chars: int = Field(default=200_000, ge=1)
+    max_result_chars: int = Field(default=1_000_000, ge=1)
+    max_batch: int = Field(default=200, ge=1)
+    default_max_attempts: int = Field(default=3, ge=1, le=100)
+    default_task_timeout_seconds: int = Field(default=1800, ge=1)
 
     @field_validator("host")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -87,6 +88,8 @@ async def serve(
     settings: BrokerSettings, *, log_level: str = "warning", port_file: Path | None = None
 ) -> None:
     """Serve until cancelled or signalled (SIGINT/SIGTERM stop gracefully)."""
+    # The SDK logs every session at INFO; keep the broker's output to what matters unless asked.
+    logging.getLogger("mcp").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
     with own_home(settings.home):
         sock = bind_socket(settings)
         port = sock.getsockname()[1]

@@ -44,9 +44,9 @@ def worker(name: str) -> Identity:
     return Identity(role=Role.WORKER, agent=name, label=f"agent {name}")
 
 
-@pytest.fixture
-def live_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """A real ``aiswarm serve`` process on a loopback port, with short leases for the tests."""
-    broker = BrokerProcess(tmp_path / "live-home", {"AISWARM_LEASE_SECONDS": "30"}).start()
+@pytest.fixture(scope="module")
+def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    """A real ``aiswarm serve`` process on a loopback port, shared by one test module (tests use distinct agents)."""
+    broker = BrokerProcess(tmp_path_factory.mktemp("live") / "home", {"AISWARM_LEASE_SECONDS": "30"}).start()
     yield broker
     broker.stop()

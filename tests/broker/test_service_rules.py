@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from aiswarm_server.errors import InvalidRequest, NotFound, StaleClaim, TaskCancelled
-from aiswarm_server.models import AgentStatus, AttemptOutcome, TaskStatus
+from aiswarm_server.models import AgentStatus, AttemptOutcome, Identity, TaskStatus
 from aiswarm_server.service import Broker, TaskSpec
 from tests.broker_harness import FakeClock
 from tests.conftest import PRIMARY, worker
@@ -37,10 +37,10 @@ async def test_a_claim_goes_to_exactly_one_agent_under_concurrency(abroker: Brok
     ids = [await submit(abroker, f"t{i}") for i in range(20)]
     agents = [worker(f"a{i}") for i in range(8)]
 
-    async def drain(agent: object) -> list[int]:
+    async def drain(agent: Identity) -> list[int]:
         got = []
         while True:
-            reply = await abroker.claim_task(agent, None)  # type: ignore[arg-type]
+            reply = await abroker.claim_task(agent, None)
             if not reply.claimed:
                 return got
             assert reply.task is not None and reply.fence_token is not None
@@ -75,7 +75,7 @@ async def test_expired_lease_is_requeued_and_stale_report_rejected(abroker: Brok
 
     fresh = await abroker.claim_task(worker("fast"), None)
     assert fresh.task is not None and fresh.fence_token == (late.fence_token or 0) + 1
-    with pytest.raises(StaleClaim, match="lease expired.*held by fast"):
+    with pytest.raises(StaleClaim, match=r"lease expired.*held by fast"):
         await abroker.report_task_completion(
             worker("slow"), task_id, late.fence_token or 0, success=True, result="late"
         )

@@ -1,0 +1,181 @@
+"""The targets (ratios within one run) and the rich table that shows results against them.
+
+Every ratio divides by the **no-op floor measured with the same client**: the raw 2026-07-28 connection
+calling ``ping`` on the no-op MCPServer (mean of the runs at the start and at the end of the benchmark).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+WAKE_P50_RATIO = 1.5
+WAKE_P99_RATIO = 5.0
+LIFECYCLE_RATIO = 0.70
+SCALE_RSS_MB = 150.0
+SCALE_WAKE_ALL_S = 1.0
+STORE_RATIO = 0.50
+
+
+def noop_floor(results: dict[str, Any]) -> dict[str, float]:
+    """p50/p99 (ms) sequential and calls/s with 16 connections, averaged over the two no-op runs."""
+    runs = [results["floor"][k] for k in ("noop_raw", "noop_raw_again") if k in results["floor"]]
+    return {
+        "p50_ms": sum(r["sequential"]["p50_ms"] for r in runs) / len(runs),
+        "p99_ms": sum(r["sequential"]["p99_ms"] for r in runs) / len(runs),
+        "concurrent_calls_per_s": sum(r["concurrent"]["calls_per_s"] for r in runs) / len(runs),
+    }
+
+
+def _target(
+    name: str, value: float | None, limit: float, *, at_most: bool, unit: str = "x"
+) -> dict[str, Any]:
+    passed = value is not None and (value <= limit if at_most else value >= limit)
+    return {
+        "target": name,
+        "value": None if value is None else round(value, 3),
+        "limit": f"{'<=' if at_most else '>='} {limit}{unit}",
+        "result": "PASS" if passed else "MISS",
+    }
+
+
+def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its measured value and PASS/MISS."""
+    base = noop_floor(results)
+    judged: list[dict[str, Any]] = []
+    for count, section in results.get("wakeup", {}).items():
+        wake = section.get("wake")
+        p50 = wake["p50_ms"] / base["p50_ms"] if wake and wake["n"] else None
+        p99 = wake["p99_ms"] / base["p50_ms"] if wake and wake["n"] else None
+        judged.append(_target(f"wake-up p50 / no-op p50, {count} parked", p50, WAKE_P50_RATIO, at_most=True))
+        judged.append(_target(f"wake-up p99 / no-op p50, {count} parked", p99, WAKE_P99_RATIO, at_most=True))
+    for key, label in (("drain", "drain backlog"), ("end_to_end", "submit-wake-claim-complete")):
+        section = results.get("lifecycle", {}).get(key, {})
+        ratio = None
+        if "tasks_per_s" in section:
+            ratio = section["tasks_per_s"] * section["calls_per_task_ideal"] / base["concurrent_calls_per_s"]
+        judged.append(
+            _target(f"lifecycle {label}, 16 agents / same no-op calls", ratio, LIFECYCLE_RATIO, at_most=False)
+        )
+    scale = results.get("scale", {})
+    agents = scale.get("agents", 0)
+    judged.append(
+        _target(
+            f"{agents} parked: RSS above idle (MB)",
+            scale.get("rss_above_idle_mb"),
+            SCALE_RSS_MB,
+            at_most=True,
+            unit=" MB",
+        )
+    )
+    woke_all = (
+        scale.get("time_to_wake_all_s") if scale.get("all_woke") and not scale.get("error_count") else None
+    )
+    judged.append(
+        _target(
+            f"{agents} parked: all woken, no errors (s)", woke_all, SCALE_WAKE_ALL_S, at_most=True, unit=" s"
+        )
+    )
+    store = results.get("store", {})
+    judged.append(
+        _target(
+            "SqliteStore / plain sqlite3 lifecycles", store.get("store_vs_plain"), STORE_RATIO, at_most=False
+        )
+    )
+    return judged
+
+
+def render(results: dict[str, Any], console: Console | None = None) -> None:
+    """Print the measurements and the targets as rich tables."""
+    console = console or Console()
+    meta = results["meta"]
+    console.print(
+        f"aiswarm bench ({meta['mode']}): {meta['cpus']} CPUs, load average {meta['load_average_before']} "
+        f"before, {meta.get('load_average_after')} after, {meta.get('seconds')} s"
+    )
+    table = Table(title="Measurements")
+    for column in ("what", "n", "p50 ms", "p99 ms", "rate", "notes"):
+        table.add_column(column, justify="left" if column in ("what", "notes") else "right")
+    floor = results["floor"]
+    for key, label in (
+        ("noop_raw", "no-op ping, raw client"),
+        ("noop_raw_again", "no-op ping, raw client (end of run)"),
+        ("noop_sdk", "no-op ping, mcp.Client"),
+        ("broker_get_agent_status", "broker get_agent_status, raw"),
+        ("broker_update_heartbeat", "broker update_heartbeat, raw"),
+    ):
+        if key not in floor:
+            continue
+        for mode in ("sequential", "concurrent"):
+            row = floor[key][mode]
+            table.add_row(
+                f"{label}, {'1 client' if mode == 'sequential' else str(row['clients']) + ' clients'}",
+                str(row["n"]),
+                f"{row['p50_ms']:.2f}",
+                f"{row['p99_ms']:.2f}",
+                f"{row['calls_per_s']:.0f} calls/s",
+                "",
+            )
+    for count, section in results.get("wakeup", {}).items():
+        if "wake" not in section:
+            table.add_row(f"wake-up, {count} parked", "", "", "", "", section.get("error", ""))
+            continue
+        wake, submit = section["wake"], section["submit_rtt"]
+        table.add_row(
+            f"wake-up, {count} parked",
+            str(wake["n"]),
+            f"{wake['p50_ms']:.2f}",
+            f"{wake['p99_ms']:.2f}",
+            "",
+            f"submit RTT p50 {submit['p50_ms']:.2f} ms; errors {section['error_count']}, timeouts {section['timeouts']}",
+        )
+    for key, label in (
+        ("drain", "lifecycle: 16 agents drain backlog"),
+        ("end_to_end", "lifecycle: submit+wake+claim+complete"),
+    ):
+        section = results.get("lifecycle", {}).get(key, {})
+        if "tasks_per_s" not in section:
+            table.add_row(label, "", "", "", "", section.get("error", ""))
+            continue
+        table.add_row(
+            label,
+            str(section["completed"]),
+            "",
+            "",
+            f"{section['tasks_per_s']:.0f} tasks/s",
+            f"{section['calls']} calls; twice-claimed {section['claimed_twice']}"
+            + (f"; wasted claims {section['wasted_claims']}" if "wasted_claims" in section else ""),
+        )
+    scale = results.get("scale", {})
+    if "rss_mb" in scale:
+        rss, fds = scale["rss_mb"], scale["fds"]
+        table.add_row(
+            f"scale: {scale['agents']} parked agents",
+            str(scale["woke"]),
+            "",
+            "",
+            f"all woke in {scale['time_to_wake_all_s']} s",
+            f"RSS {rss['before']} -> {rss['parked']} MB (+{scale['rss_above_idle_mb']}), fds {fds['before']} -> "
+            f"{fds['parked']}; completed {scale['completed']}, errors {scale['error_count']}",
+        )
+    store = results.get("store", {})
+    if "store" in store:
+        table.add_row(
+            "store: SqliteStore (async) / inline / plain sqlite3",
+            str(store["store"]["lifecycles"]),
+            "",
+            "",
+            f"{store['store']['lifecycles_per_s']:.0f} / {store['store_inline']['lifecycles_per_s']:.0f} / "
+            f"{store['plain']['lifecycles_per_s']:.0f} per s",
+            f"statements per lifecycle {store['statements_per_lifecycle']}",
+        )
+    console.print(table)
+    targets = Table(title=f"Targets (ratios to the no-op floor: p50 {noop_floor(results)['p50_ms']:.2f} ms)")
+    for column in ("target", "value", "limit", "result"):
+        targets.add_column(column)
+    for row in results["targets"]:
+        style = "green" if row["result"] == "PASS" else "red"
+        targets.add_row(row["target"], str(row["value"]), row["limit"], f"[{style}]{row['result']}[/{style}]")
+    console.print(targets)
