@@ -3,11 +3,32 @@
 ``run_bench(quick, json_out)`` runs every section and returns (and writes) the results; ``render(results)``
 prints them with each target's PASS/MISS. ``python -m aiswarm_server.bench [--quick] [--json-out PATH]``.
 See ``docs/BENCHMARK.md`` for what is measured and how to read it.
+
+The imports are lazy: the benchmark's own subprocesses (``bench.fleet``, ``bench.noop_server``) import this
+package and should not pay for rich and the runner.
 """
 
 from __future__ import annotations
 
-from aiswarm_server.bench.runner import run_bench
-from aiswarm_server.bench.targets import render
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def run_bench(quick: bool, json_out: Path | None) -> dict[str, Any]:
+    """Run the benchmark (``quick``: small counts, a CI smoke test); return the results, write them as JSON."""
+    from aiswarm_server.bench.runner import run_bench as run
+
+    return run(quick, json_out)
+
+
+def render(results: dict[str, Any], console: Console | None = None) -> None:
+    """Print the measurements and every target with PASS/MISS as rich tables."""
+    from aiswarm_server.bench.targets import render as show
+
+    show(results, console)
+
 
 __all__ = ["render", "run_bench"]

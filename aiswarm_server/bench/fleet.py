@@ -224,8 +224,8 @@ class Fleet:
         self._stopped = max(self._stopped, sum(1 for p in self.procs if p.returncode is not None))
         self._changed.set()
 
-    async def _until(self, condition: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    async def _until(self, condition: Callable[[], bool], within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
         while not condition():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -242,11 +242,11 @@ class Fleet:
                 proc.stdin.write(line)
                 await proc.stdin.drain()
 
-    async def connect(self, timeout: float = 300) -> None:
+    async def connect(self, timeout_s: float = 300) -> None:
         """Open every agent's connection and register it."""
         await self.send({"cmd": "connect"})
-        if not await self._until(lambda: self._ready >= len(self.procs), timeout):
-            raise RuntimeError(f"fleet did not connect in {timeout} s; errors: {self.events.errors[:3]}")
+        if not await self._until(lambda: self._ready >= len(self.procs), timeout_s):
+            raise RuntimeError(f"fleet did not connect in {timeout_s} s; errors: {self.events.errors[:3]}")
 
     async def park(self) -> None:
         await self.send({"cmd": "park"})
@@ -254,8 +254,9 @@ class Fleet:
     async def hold(self, on: bool) -> None:
         await self.send({"cmd": "hold", "on": on})
 
-    async def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        return await self._until(condition, timeout)
+    async def wait_for(self, condition: Callable[[], bool], within_s: float) -> bool:
+        """Wait until ``condition()`` holds (re-checked on every fleet event); False after ``within_s``."""
+        return await self._until(condition, within_s)
 
 
 def main() -> None:

@@ -56,8 +56,9 @@ async def parked_waits(port: int) -> int:
     raise RuntimeError("no aiswarm_parked_waits in /metrics")
 
 
-async def until_parked(port: int, count: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+async def until_parked(port: int, count: int, within_s: float) -> bool:
+    """Poll ``/metrics`` until ``count`` waits are parked; False after ``within_s``."""
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if await parked_waits(port) >= count:
             return True

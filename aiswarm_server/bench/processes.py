@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -51,7 +52,7 @@ class ServedProcess:
     def command(self, port_file: Path) -> list[str]:
         raise NotImplementedError
 
-    def start(self, timeout: float = 30.0) -> ServedProcess:
+    def start(self, timeout: float = 30.0) -> Self:
         self.home.mkdir(parents=True, exist_ok=True)
         port_file = self.home / f"{self.name}.port"
         port_file.unlink(missing_ok=True)
@@ -100,7 +101,7 @@ class ServedProcess:
             self.process.kill()
             self.process.wait()
 
-    def __enter__(self) -> ServedProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,6 +10,7 @@ One connection carries one call at a time (HTTP/1.1 keep-alive, no pipelining).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -44,10 +45,8 @@ class RawMcpConnection:
 
     async def close(self) -> None:
         self._writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
         """Call a tool; return its ``structuredContent``. Raise :class:`McpCallError` on any failure."""

@@ -42,7 +42,7 @@ class Plan:
     def for_mode(cls, quick: bool) -> Plan:
         if quick:
             return cls(1.0, 300, (1, 10, 50), 10, 3.0, 16, 100, 40, 50, 1.0, 500)
-        return cls(5.0, 3000, (1, 100, 1000), 200, 40.0, 16, 1000, 400, 1000, 6.0, 250)
+        return cls(5.0, 3000, (1, 100, 1000), 200, 40.0, 16, 600, 300, 1000, 6.0, 250)
 
     def processes_for(self, agents: int) -> int:
         return max(1, -(-agents // self.agents_per_process))
@@ -63,13 +63,14 @@ async def _run(plan: Plan, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"meta": _meta(quick, plan)}
     try:
         with NoopServer(workdir / "noop") as noop:
-            results["floor"] = {
+            floor_results: dict[str, Any] = {
                 "noop_raw": await floor.measure_raw(
                     noop.port, ["-"] * floor.CONCURRENCY, "ping", plan.floor_seconds, plan.floor_max_calls
                 ),
                 "noop_sdk": await floor.measure_sdk_noop(noop.port, plan.floor_seconds, plan.floor_max_calls),
             }
-            results["floor"]["noop_server_rss_mb"] = round(noop.rss_bytes() / 2**20, 1)
+            results["floor"] = floor_results
+            floor_results["noop_server_rss_mb"] = round(noop.rss_bytes() / 2**20, 1)
 
             home = workdir / "broker"
             names = [f"bench-{i:04d}" for i in range(max(plan.scale_agents, *plan.parked_counts))]
