@@ -112,6 +112,8 @@ async def measure_wakeups(
             fleet.events.on_done = lambda e: resolve(done, e)
             await fleet.connect()
             await fleet.park()
+            if not await until_parked(broker.port, n, 300):
+                raise RuntimeError(f"only {await parked_waits(broker.port)} of {n} agents parked after 300 s")
             start = time.monotonic()
             for trial in range(trials):
                 if time.monotonic() - start > budget and trial >= 5:
@@ -285,7 +287,7 @@ async def measure_scale(broker: BenchBroker, agents: list[tuple[str, str]], proc
         connected = _resources(broker)
         await fleet.hold(True)
         await fleet.park()
-        parked_ok = await until_parked(broker.port, n, 120)
+        parked_ok = await until_parked(broker.port, n, 300)
         await asyncio.sleep(0.5)
         parked = _resources(broker)
         sent = time.monotonic()
@@ -341,11 +343,13 @@ def _resources(broker: BenchBroker) -> dict[str, int]:
 
 
 async def with_timeout(awaitable: Awaitable[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """A section that overruns is reported as an error instead of hanging the benchmark."""
+    """A section that overruns or fails is reported as an error instead of ending the benchmark."""
     try:
         return await asyncio.wait_for(awaitable, seconds)
     except TimeoutError:
         return {"error": f"timed out after {seconds} s"}
+    except Exception as error:  # one failed section must not lose the others' results
+        return {"error": f"{type(error).__name__}: {error}"[:500]}
 
 
 __all__ = [
