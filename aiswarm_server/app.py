@@ -77,6 +77,7 @@ class BrokerApp:
         }
         self.broker: Broker | None = None
         self.on_ready: list[Callable[[Broker], None]] = []
+        self.on_stop: list[Callable[[], None]] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -96,7 +97,10 @@ class BrokerApp:
                     callback(broker)
                 yield
         finally:
+            # Runs on graceful shutdown, before uvicorn re-raises a captured SIGTERM/SIGINT.
             self.ref.broker = None
+            for stop_callback in self.on_stop:
+                stop_callback()
             await broker.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
