@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -78,7 +79,7 @@ async def test_restart_keeps_tasks_results_claims_and_tokens(tmp_path: Path) -> 
         deadline = time.monotonic() + 30
         while (await primary.get_task(silent.task.id)).task.status != "pending":
             assert time.monotonic() < deadline, "the expired lease was not requeued"
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
         with pytest.raises(BrokerCallError, match="no longer valid"):
             await holder.report_task_completion(silent.task.id, silent.fence_token or 0, success=True)
     broker.stop()
