@@ -1,0 +1,51 @@
+"""The README documents every tool with all of its arguments, and its two commands exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from aiswarm_server.models import Role
+from aiswarm_server.tools import BrokerRef, build_servers
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+pytestmark = pytest.mark.anyio
+
+
+def readme_row(tool: str) -> str:
+    for line in README.splitlines():
+        if line.startswith(f"| `{tool}` |"):
+            return line
+    raise AssertionError(f"README has no table row for tool `{tool}`")
+
+
+async def test_every_tool_and_argument_is_documented() -> None:
+    servers = build_servers(BrokerRef())
+    documented = 0
+    for role in (Role.WORKER, Role.PRIMARY):
+        for tool in await servers[role].list_tools():
+            row = readme_row(tool.name)
+            schema = tool.input_schema or {}
+            arguments = set(schema.get("properties", {}))
+            nested = {p for d in schema.get("$defs", {}).values() for p in d.get("properties", {})}
+            in_row = set(re.findall(r"`([a-z_]+)`", row.split("|")[2])) - {"all", "any"}
+            assert arguments <= in_row, f"{tool.name}: README misses {sorted(arguments - in_row)}"
+            assert in_row <= arguments | nested, f"{tool.name}: README names unknown {sorted(in_row - arguments - nested)}"
+            documented += 1
+    assert documented == 14
+    admin_only = {t.name for t in await servers[Role.ADMIN].list_tools()} - {
+        t.name for t in await servers[Role.PRIMARY].list_tools()
+    }
+    for name in admin_only:
+        assert f"`{name}`" in README
+
+
+def test_the_two_commands_are_given() -> None:
+    block = README.split("## Two commands", 1)[1].split("##", 1)[0]
+    commands = re.findall(r"^(uv run [^#\n]+?)\s+#", block, flags=re.M)
+    assert len(commands) == 2, commands
+    assert commands[1].strip() == "uv run pytest"
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert "\nuv run pytest\n" in ci, ".ci/run must run the README's test command"
