@@ -38,7 +38,7 @@ class BrokerProcess:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    def start(self, timeout: float = 30.0) -> BrokerProcess:
+    def start(self, timeout: float = 90.0) -> BrokerProcess:
         port_file = self.home / f"port-{time.monotonic_ns()}"
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path = self.home / "broker-test.log"
