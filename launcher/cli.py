@@ -1,9 +1,243 @@
-"""Launcher commands added to the ``aiswarm`` app: launch, logs, doctor, install-cli."""
+"""Launcher commands added to the ``aiswarm`` app: launch, logs, doctor, install-cli.
+
+Every option has an ``AISWARM_*`` environment fallback (shown in ``--help``). Errors are raised as
+:class:`LaunchError` (a ``BrokerError``), which ``aiswarm_server.cli.main`` prints as one line.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from aiswarm_server.config import BrokerSettings
+from aiswarm_server.errors import BrokerError
+from launcher.supervisor import LaunchConfig, Supervisor, plan_agents
+
+
+class LaunchError(BrokerError):
+    """A launcher command cannot go ahead; the message says what to do."""
+
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home", envvar="AISWARM_HOME", help="aiswarm home: database, tokens, logs. [default: ~/.aiswarm]"
+    ),
+]
+
+
+def _settings(home: Path | None) -> BrokerSettings:
+    return BrokerSettings(home=home.expanduser()) if home is not None else BrokerSettings()
 
 
 def register(app: typer.Typer) -> None:
     """Attach the launcher's sub-commands to the main CLI."""
+    app.command()(launch)
+    app.command()(logs)
+    app.command()(doctor)
+    app.command("install-cli")(install_cli)
+
+
+def launch(
+    agents: Annotated[
+        int, typer.Option("--agents", "-n", envvar="AISWARM_AGENTS", help="How many worker agents.")
+    ] = 2,
+    cli: Annotated[
+        str,
+        typer.Option(
+            envvar="AISWARM_CLI",
+            help="CLIs to run: 'qwen,gemini' (round-robin) or 'qwen:2,gemini:2' (counts).",
+        ),
+    ] = "qwen,gemini",
+    persona: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AISWARM_PERSONA", help="Persona for every agent, or a comma list given in turn."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(envvar="AISWARM_MODEL", help="Model name passed to every CLI.")
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option("--dir", envvar="AISWARM_DIR", help="Working directory of the CLIs. [default: current]"),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            envvar="AISWARM_MODE",
+            help="per-task: start a CLI per task (idle costs nothing); session: one long CLI run per agent.",
+        ),
+    ] = "per-task",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AISWARM_URL",
+            help="Broker MCP URL. [default: the broker serving --home, started if needed]",
+        ),
+    ] = None,
+    task_timeout: Annotated[
+        float | None,
+        typer.Option(
+            envvar="AISWARM_TASK_TIMEOUT",
+            help="Kill a CLI run after this many seconds. [default: the task's]",
+        ),
+    ] = None,
+    model_endpoint: Annotated[
+        str | None,
+        typer.Option(envvar="AISWARM_MODEL_ENDPOINT", help="Custom model server URL (OpenAI / Gemini API)."),
+    ] = None,
+    model_api_key: Annotated[
+        str, typer.Option(envvar="AISWARM_MODEL_API_KEY", help="API key for --model-endpoint.")
+    ] = "aiswarm",
+    model_name: Annotated[
+        str, typer.Option(envvar="AISWARM_MODEL_NAME", help="Model name at --model-endpoint.")
+    ] = "aiswarm-model",
+    cool_down: Annotated[
+        float, typer.Option(envvar="AISWARM_COOL_DOWN", help="Seconds a rate-limited CLI's agents pause.")
+    ] = 60.0,
+    grace: Annotated[
+        float, typer.Option(envvar="AISWARM_GRACE", help="Seconds running CLIs get to finish on Ctrl-C.")
+    ] = 10.0,
+    no_ui: Annotated[
+        bool, typer.Option("--no-ui", envvar="AISWARM_NO_UI", help="No live status table.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Start worker agent CLIs and supervise them until Ctrl-C (which drains them gracefully)."""
+    from aiswarm_server.auth import ADMIN_TOKEN_FILE, read_token_file
+    from aiswarm_server.bridge import broker_is_up, start_broker
+    from aiswarm_server.client import local_broker_url
+    from launcher.adapters import UnknownCliError
+    from launcher.personas import PersonaError, get_persona
+
+    if mode not in ("per-task", "session"):
+        raise LaunchError(f"--mode {mode!r}: choose per-task or session")
+    settings = _settings(home)
+    directory = (workdir or Path.cwd()).expanduser().resolve()
+    if not directory.is_dir():
+        raise LaunchError(f"--dir {directory} is not a directory")
+    try:
+        personas = [get_persona(p.strip(), settings.home) for p in (persona or "").split(",") if p.strip()]
+        plans = plan_agents(agents, cli, personas)
+    except (PersonaError, UnknownCliError) as error:
+        raise LaunchError(str(error)) from None
+    if url is not None:
+        if not broker_is_up(url):
+            raise LaunchError(
+                f"no aiswarm broker answers at {url}: start one with `aiswarm serve`, or drop --url"
+            )
+        broker_url = url
+    else:
+        broker_url = local_broker_url(settings)
+        if not broker_is_up(broker_url):
+            broker_url = start_broker(settings)
+    admin_token = read_token_file(settings.home / ADMIN_TOKEN_FILE)
+    if admin_token is None:
+        raise LaunchError(
+            f"no admin token in {settings.home}: is --home the home the broker at {broker_url} serves?"
+        )
+    config = LaunchConfig(
+        agents=plans,
+        broker_url=broker_url,
+        admin_token=admin_token,
+        home=settings.home,
+        workdir=directory,
+        mode="session" if mode == "session" else "per-task",
+        model=model,
+        endpoint_url=model_endpoint,
+        endpoint_api_key=model_api_key,
+        endpoint_model=model_name,
+        task_timeout=task_timeout,
+        cool_down_seconds=cool_down,
+        grace_seconds=grace,
+    )
+    errors = Console(stderr=True)
+    names = ", ".join(p.name for p in plans)
+    errors.print(
+        f"aiswarm launch: {names} on {broker_url} ({mode}); logs in {settings.home / 'logs'}", highlight=False
+    )
+    show_ui = not no_ui and sys.stdout.isatty()
+    asyncio.run(_supervise(Supervisor(config), show_ui))
+    errors.print("aiswarm launch: stopped", highlight=False)
+
+
+async def _supervise(supervisor: Supervisor, show_ui: bool) -> None:
+    from launcher.status_view import show_live
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, supervisor.stop)
+    ui = asyncio.create_task(show_live(supervisor)) if show_ui else None
+    try:
+        await supervisor.run()
+    finally:
+        if ui is not None:
+            ui.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ui
+
+
+def logs(
+    agent: Annotated[str, typer.Argument(help="The agent's name, e.g. qwen-1.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Print an agent's log ($AISWARM_HOME/logs/<agent>.log)."""
+    path = _settings(home).home / "logs" / f"{agent}.log"
+    if not path.exists():
+        raise LaunchError(f"no log for agent {agent!r} at {path}: has it been launched with this --home?")
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        sys.stdout.write(fh.read())
+        sys.stdout.flush()
+        while follow:
+            line = fh.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.3)
+
+
+def doctor(
+    cli: Annotated[
+        list[str] | None, typer.Option("--cli", help="Only this CLI (repeatable). [default: all]")
+    ] = None,
+    url: Annotated[str | None, typer.Option(envvar="AISWARM_URL", help="Broker MCP URL to check.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Check the CLIs (installed, version, Node, logins) and the broker."""
+    from aiswarm_server.client import local_broker_url
+    from launcher.adapters import UnknownCliError
+    from launcher.doctor import render_doctor, run_doctor
+
+    settings = _settings(home)
+    try:
+        report = run_doctor(settings.home, broker_url=url or local_broker_url(settings), names=cli or None)
+    except UnknownCliError as error:
+        raise LaunchError(str(error)) from None
+    render_doctor(report)
+
+
+def install_cli(
+    name: Annotated[str, typer.Argument(help="qwen, gemini or opencode.")],
+    home: HomeOption = None,
+) -> None:
+    """Install a pinned CLI (and Node 22 if needed) into $AISWARM_HOME/clis/<name>."""
+    from launcher.install import InstallError
+    from launcher.install import install_cli as install
+
+    try:
+        result = install(name, _settings(home).home)
+    except InstallError as error:
+        raise LaunchError(str(error)) from None
+    done = "installed" if result.installed_now else "already installed"
+    sys.stdout.write(f"{result.package}@{result.version} {done}: {result.binary}\n")
