@@ -59,10 +59,13 @@ async def parked_waits(port: int) -> int:
 async def until_parked(port: int, count: int, within_s: float) -> bool:
     """Poll ``/metrics`` until ``count`` waits are parked; False after ``within_s``."""
     deadline = time.monotonic() + within_s
+    polls = 0
     while time.monotonic() < deadline:
         if await parked_waits(port) >= count:
             return True
-        await asyncio.sleep(0.005)
+        polls += 1
+        # /metrics reads the store: polled every 5 ms for long it would slow the very parking it waits for.
+        await asyncio.sleep(0.005 if polls < 20 else 0.25)
     return False
 
 

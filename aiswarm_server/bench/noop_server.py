@@ -45,7 +45,7 @@ async def serve(port_file: Path) -> None:
         streamable_http_path="/mcp", transport_security=transport_security(settings), host=settings.host
     )
     sock = bind_socket(settings)
-    port_file.write_text(str(sock.getsockname()[1]), encoding="utf-8")  # noqa: ASYNC240 - once, at start
+    await asyncio.to_thread(port_file.write_text, str(sock.getsockname()[1]), encoding="utf-8")
     config = uvicorn.Config(
         app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=3, ws="none"
     )
