@@ -1,7 +1,7 @@
 """The no-op floor: an MCPServer with one ``ping`` tool, served exactly as the broker serves its MCP servers.
 
-Same SDK, same ``streamable_http_app`` options (path, DNS-rebinding settings), same uvicorn configuration
-and listening socket as ``aiswarm_server.server.serve``; only the tool does nothing. Run as
+Same SDK, same ``streamable_http_app`` options (path, DNS-rebinding settings), same uvicorn configuration,
+listening socket and event loop (uvloop when installed) as ``aiswarm_server.server``; only the tool does nothing. Run as
 ``python -m aiswarm_server.bench.noop_server --port-file PATH``.
 """
 
@@ -55,7 +55,13 @@ async def serve(port_file: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port-file", type=Path, required=True)
-    asyncio.run(serve(parser.parse_args().port_file))
+    port_file = parser.parse_args().port_file
+    try:  # the same event loop as ``aiswarm_server.server.run``
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(port_file))
+    else:
+        uvloop.run(serve(port_file))
 
 
 if __name__ == "__main__":

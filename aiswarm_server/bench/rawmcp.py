@@ -36,7 +36,9 @@ class RawMcpConnection:
         self._writer = writer
         self._host = f"{host}:{port}"
         self._token = token
+        self._address = (host, port)
         self._next_id = 0
+        self.reconnects = 0
 
     @classmethod
     async def open(cls, host: str, port: int, token: str) -> RawMcpConnection:
@@ -67,8 +69,19 @@ class RawMcpConnection:
             f"MCP-Protocol-Version: {PROTOCOL_VERSION}\r\nMcp-Method: tools/call\r\nMcp-Name: {name}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
-        self._writer.write(head + body)
-        status, content_type, payload = await self._read_response()
+        try:
+            self._writer.write(head + body)
+            status, content_type, payload = await self._read_response()
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            if isinstance(error, asyncio.IncompleteReadError) and error.partial:
+                raise
+            # The server closed an idle keep-alive connection (uvicorn: after 5 s) before reading this
+            # request: reconnect and send it again once, as httpx does.
+            self.reconnects += 1
+            await self.close()
+            self._reader, self._writer = await asyncio.open_connection(*self._address, limit=1 << 22)
+            self._writer.write(head + body)
+            status, content_type, payload = await self._read_response()
         if status != 200:
             raise McpCallError(f"{name}: HTTP {status}: {payload[:300].decode(errors='replace')}")
         message = _find_response(content_type, payload, request_id)
