@@ -1,0 +1,51 @@
+"""Claude Code: ``mcpServers`` in ``~/.claude.json`` (user scope) or ``.mcp.json`` in the project root.
+
+``CLAUDE_CONFIG_DIR`` moves the user file to ``$CLAUDE_CONFIG_DIR/.claude.json``. Claude Code speaks streamable
+HTTP (``"type": "http"`` with ``headers``) and honours a per-server ``timeout`` in milliseconds for tool calls.
+Claude Code rewrites ``~/.claude.json`` while it runs: install while it is stopped, or restart it afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from launcher.clients.base import AiswarmServer, JsonClient, Scope
+
+
+class ClaudeCodeClient(JsonClient):
+    """Claude Code (``claude``)."""
+
+    name = "claude"
+    title = "Claude Code"
+
+    def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path:
+        override = environ.get("CLAUDE_CONFIG_DIR")
+        return (Path(override).expanduser() if override else home) / ".claude.json"
+
+    def project_config_path(self, directory: Path) -> Path:
+        return directory / ".mcp.json"
+
+    def server_entry(self, server: AiswarmServer) -> dict[str, Any]:
+        if server.transport == "http":
+            return {
+                "type": "http",
+                "url": server.url,
+                "headers": server.authorization,
+                "timeout": server.tool_timeout_ms,
+            }
+        entry: dict[str, Any] = {
+            "type": "stdio",
+            "command": server.command[0],
+            "args": list(server.command[1:]),
+        }
+        if server.env:
+            entry["env"] = dict(server.env)
+        entry["timeout"] = server.tool_timeout_ms
+        return entry
+
+    def after_install_hint(self, scope: Scope) -> str | None:
+        if scope is Scope.PROJECT:
+            return "restart Claude Code in that directory and approve the project server when it asks"
+        return "restart Claude Code to load it (`claude mcp list` shows it)"
