@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -65,23 +64,26 @@ async def test_sigkilled_agent_loses_its_task_to_another_agent_and_is_marked_los
     rescuer_token = (await admin.issue_agent_token("rescuer-1")).token
     task_id = (await admin.submit_task("survive a crash", "do it", max_attempts=3)).tasks[0].id
 
-    victim = subprocess.Popen(
-        [sys.executable, "-c", VICTIM, broker.url, victim_token],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+    victim = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        VICTIM,
+        broker.url,
+        victim_token,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     try:
         assert victim.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(victim.stdout.readline), 120)
-        held = json.loads(line)
+        held = json.loads(await asyncio.wait_for(victim.stdout.readline(), 120))
         assert held["task_id"] == task_id
         victim.send_signal(signal.SIGKILL)
-        victim.wait(30)
+        await asyncio.wait_for(victim.wait(), 30)
     finally:
-        if victim.poll() is None:
+        if victim.returncode is None:
             victim.kill()
-            victim.wait()
+            await victim.wait()
 
     async with BrokerClient(broker.url, rescuer_token) as rescuer:
         await rescuer.register_agent(cli="rescuer")
@@ -93,7 +95,7 @@ async def test_sigkilled_agent_loses_its_task_to_another_agent_and_is_marked_los
             assert "already claimed by victim-1" in claim.message, claim.message
             assert time.monotonic() < deadline, "the dead agent's lease never expired"
             await rescuer.wait_for_next_event(None, 1)
-        assert claim.fence_token == held["fence"] + 1
+        assert claim.fence_token is not None and claim.fence_token == held["fence"] + 1
         await rescuer.report_task_completion(task_id, claim.fence_token, success=True, result="rescued")
 
     task = (await admin.get_task(task_id)).task

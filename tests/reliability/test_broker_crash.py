@@ -57,14 +57,14 @@ async def test_sigkilled_broker_loses_and_duplicates_nothing(tmp_path: Path) -> 
         held_at_kill: list[tuple[str, int, int]] = []
         for kill_at in KILL_POINTS:
             await poll(
-                lambda: reported() >= kill_at * TASKS, 180, f"{kill_at:.0%} of the tasks to be reported"
-            )  # noqa: B023
+                lambda at=kill_at: reported() >= at * TASKS, 180, f"{kill_at:.0%} of the tasks to be reported"
+            )
             broker.kill()
             held_at_kill += [(r.name, *r.held) for r in records if r.held is not None]
             before = {r.name: r.reconnects for r in records}
             # Every agent notices the broker is gone before it comes back.
             await poll(
-                lambda: all(r.reconnects > before[r.name] for r in records),  # noqa: B023
+                lambda seen=before: all(r.reconnects > seen[r.name] for r in records),
                 60,
                 "agents to see the broker gone",
             )
