@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*"')
+_LINE_COMMENT = re.compile(r"[ \t]*//[^\r\n]*")
 _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
 
 
@@ -101,7 +102,8 @@ class _Parser:
             return self.array()
         start = self.pos
         if char == '"':
-            return _Node("scalar", start, self.pos, self.string())
+            text = self.string()
+            return _Node("scalar", start, self.pos, text)
         number = _NUMBER.match(self.text, self.pos)
         if number:
             self.pos = number.end()
@@ -317,9 +319,13 @@ class JsoncDocument:
                 addition = f", {json.dumps(key, ensure_ascii=False)}: {json.dumps(value, ensure_ascii=False)}"
             else:
                 indent = self._line_indent(last.key_start)
-                addition = (
-                    f",{newline}{indent}{json.dumps(key, ensure_ascii=False)}: {self._render(value, indent)}"
-                )
+                member = f"{json.dumps(key, ensure_ascii=False)}: {self._render(value, indent)}"
+                comment = _LINE_COMMENT.match(text, last.value.end)
+                if comment:  # keep the last member's line comment on its line: comma before it, member after
+                    kept = text[last.value.end : comment.end()]
+                    self._splice(last.value.end, comment.end(), f",{kept}{newline}{indent}{member}")
+                    return
+                addition = f",{newline}{indent}{member}"
             self._splice(last.value.end, last.value.end, addition)
             return
         outer = self._line_indent(node.start)

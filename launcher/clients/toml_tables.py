@@ -151,6 +151,14 @@ class TomlDocument:
                 end += 1
             del lines[start:end]
         text = "".join(lines)
+        for depth in range(len(path) - 1, 0, -1):
+            # A super-table defined only by our header ([mcp_servers] by [mcp_servers.aiswarm]) goes with it.
+            holder = expected
+            for key in path[: depth - 1]:
+                holder = holder[key]
+            if holder[path[depth - 1]] or self._table_spans(lines, tuple(path[:depth])):
+                break
+            del holder[path[depth - 1]]
         if last_in_file:
             # The table was the last thing in the file (as an append leaves it): drop the blank lines it left.
             text = text.rstrip("\r\n") + self._newline if text.strip() else ""
