@@ -330,6 +330,17 @@ def status(home: HomeOption = None, url: UrlOption = None, as_json: JsonOption =
     run_async(with_broker(home, url, action))
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Small counts: a smoke test of the measurement.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Measure the broker against its own transport over real HTTP (see docs/BENCHMARK.md)."""
+    from aiswarm_server.bench import render, run_bench
+
+    render(run_bench(quick, json_out))
+
+
 # ------------------------------------------------------------------------------------------------ tokens
 @token_app.command("issue")
 def token_issue(

@@ -115,6 +115,8 @@ async def serve(
             lifespan="on",
             access_log=False,
             timeout_graceful_shutdown=3,
+            # Agents call again after each reply, but a slow model step can take a minute: keep their connections.
+            timeout_keep_alive=120,
             ws="none",
             http="auto",  # httptools when installed, else h11
         )

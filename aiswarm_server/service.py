@@ -258,13 +258,27 @@ class Broker:
                 poll = await self.store.poll_agent(name, ack, self.clock())
                 self.agent_waiters.remember(name, poll.agent.persona, poll.agent.capabilities)
                 ack = poll.cursor
-                if poll.events or poll.claimable:
-                    return self._wait_reply(poll.cursor, sequence, poll.events, poll.claimable)
+                claimable = self._not_offered_elsewhere(poll.claimable, name)
+                if poll.events or claimable:
+                    return self._wait_reply(poll.cursor, sequence, poll.events, claimable)
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     return self._wait_reply(poll.cursor, sequence, [], [])
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken, remaining)
+
+    def _not_offered_elsewhere(self, tasks: Sequence[Task], agent: str) -> list[Task]:
+        """Leave out tasks just offered to another woken agent: racing it for the claim wastes a call on each side.
+        If that agent never claims, the sweeper re-offers the task after ``offer_seconds``."""
+        if not self._offers:
+            return list(tasks)
+        cutoff = self.clock() - self.settings.offer_seconds
+        kept = []
+        for task in tasks:
+            offered = self._offers.get(task.id)
+            if offered is None or offered[0] == agent or offered[1] < cutoff:
+                kept.append(task)
+        return kept
 
     def _wait_reply(
         self, event_cursor: int, sequence: int, events: Sequence[Any], claimable: Sequence[Task]

@@ -389,3 +389,16 @@ async def test_size_limits_are_enforced_with_a_message(abroker: Broker) -> None:
         await abroker.submit_tasks(PRIMARY, [TaskSpec("rel", "x", working_dir="../etc")])
     with pytest.raises(InvalidRequest, match="persona"):
         await abroker.submit_tasks(PRIMARY, [TaskSpec("p", "x", persona="Robert'); DROP")])
+
+
+async def test_a_task_offered_to_a_woken_agent_is_not_raced_by_others(abroker: Broker, clock: FakeClock) -> None:
+    await abroker.register_agent(worker("parked"))
+    parked = asyncio.create_task(abroker.wait_for_next_event(worker("parked"), None, 30))
+    await asyncio.sleep(0.05)
+    task_id = await submit(abroker)
+    assert [e.task_id for e in (await asyncio.wait_for(parked, 5)).events] == [task_id]
+    late = await abroker.wait_for_next_event(worker("latecomer"), None, 0)
+    assert late.events == []  # not offered the same task: no wasted claim race
+    clock.advance(abroker.settings.offer_seconds + 1)  # the woken agent never claimed: now anyone may
+    later = await abroker.wait_for_next_event(worker("latecomer"), None, 0)
+    assert [e.task_id for e in later.events] == [task_id]
