@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_restart_keeps_tasks_results_claims_and_tokens(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "6"}).start()
+    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "600"}).start()
     async with BrokerClient(broker.url, broker.admin_token) as admin:
         holder_token = (await admin.issue_agent_token("holder")).token
         finisher_token = (await admin.issue_agent_token("finisher")).token
@@ -67,7 +67,12 @@ async def test_restart_keeps_tasks_results_claims_and_tokens(tmp_path: Path) -> 
         )
         assert (await primary.get_task(held.task.id)).task.result == "after restart"
 
-        # A claim whose agent went silent expires after the restart and goes back to the queue.
+    broker.stop()
+
+    # A claim whose agent went silent expires after a hard kill and restart, and goes back to the queue.
+    broker.env_overrides["AISWARM_LEASE_SECONDS"] = "3"
+    broker.start()
+    async with BrokerClient(broker.url, holder_token) as holder:
         silent = await holder.claim_task()
         assert silent.task is not None
     broker.kill()
@@ -76,7 +81,7 @@ async def test_restart_keeps_tasks_results_claims_and_tokens(tmp_path: Path) -> 
         BrokerClient(broker.url, primary_token) as primary,
         BrokerClient(broker.url, holder_token) as holder,
     ):
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while (await primary.get_task(silent.task.id)).task.status != "pending":
             assert time.monotonic() < deadline, "the expired lease was not requeued"
             await asyncio.sleep(0.2)
