@@ -1,0 +1,162 @@
+"""Fast tests of the supervisor's rules: agent names, prompts, backoff, cool-downs, endpoints, process groups."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from launcher.adapters import UnknownCliError
+from launcher.personas import Persona
+from launcher.supervisor import (
+    AgentPlan,
+    CoolDowns,
+    LaunchConfig,
+    LaunchError,
+    RunResult,
+    Supervisor,
+    backoff_delay,
+    plan_agents,
+    session_prompt,
+    task_prompt,
+)
+
+REVIEWER = Persona(
+    name="reviewer", description="reviews", instructions="Review carefully.", capabilities=["review"]
+)
+
+
+def test_round_robin_mix_gives_stable_names_numbered_per_cli() -> None:
+    plans = plan_agents(4, "qwen,gemini", [])
+    assert [(p.name, p.cli) for p in plans] == [
+        ("qwen-1", "qwen"),
+        ("gemini-1", "gemini"),
+        ("qwen-2", "qwen"),
+        ("gemini-2", "gemini"),
+    ]
+
+
+def test_counted_mix_and_personas_in_turn() -> None:
+    other = Persona(name="tester", description="tests", instructions="Test.")
+    plans = plan_agents(0, "qwen:2,gemini:1", [REVIEWER, other])
+    assert [p.name for p in plans] == ["qwen-1", "qwen-2", "gemini-1"]
+    assert [p.persona.name if p.persona else None for p in plans] == ["reviewer", "tester", "reviewer"]
+
+
+@pytest.mark.parametrize(
+    ("count", "mix", "error"),
+    [
+        (0, "qwen", LaunchError),
+        (3, "qwen:2,gemini:2", LaunchError),
+        (1, "qwen:x", LaunchError),
+        (1, "nope", UnknownCliError),
+    ],
+)
+def test_bad_mixes_are_refused_with_one_line(count: int, mix: str, error: type[Exception]) -> None:
+    with pytest.raises(error) as raised:
+        plan_agents(count, mix, [])
+    assert "\n" not in str(raised.value)
+
+
+def test_task_prompt_names_the_reserved_task_and_never_the_wait_tool() -> None:
+    prompt = task_prompt("qwen-1", 42, REVIEWER)
+    assert "claim_task with task_id 42" in prompt
+    assert "report_task_completion with task_id 42" in prompt
+    assert "Review carefully." in prompt
+    assert "wait_for_next_event" not in prompt  # a per-task run must not start polling the broker itself
+    assert "wait_for_next_event" in session_prompt("qwen-1", None)
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff_delay(2, n, cap=20) for n in range(6)] == [0, 2, 4, 8, 16, 20]
+
+
+def test_cool_down_covers_every_agent_of_the_cli_and_never_shrinks() -> None:
+    now = [100.0]
+
+    async def scenario() -> None:
+        cool = CoolDowns(clock=lambda: now[0])
+        woken = cool.changed
+        cool.start("qwen", 30)
+        assert woken.is_set()
+        cool.start("qwen", 5)
+        assert cool.remaining("qwen") == 30
+        assert cool.remaining("gemini") == 0
+        now[0] += 31
+        assert cool.remaining("qwen") == 0
+
+    asyncio.run(scenario())
+
+
+def test_endpoint_is_v1_for_openai_clis_and_bare_for_gemini(tmp_path: Path) -> None:
+    config = LaunchConfig(
+        agents=[],
+        broker_url="http://127.0.0.1:1/mcp",
+        admin_token="t",
+        home=tmp_path,
+        workdir=tmp_path,
+        endpoint_url="http://127.0.0.1:9/v1/",
+    )
+    qwen, gemini = config.endpoint_for("qwen"), config.endpoint_for("gemini")
+    assert qwen is not None and qwen.base_url == "http://127.0.0.1:9/v1"
+    assert gemini is not None and gemini.base_url == "http://127.0.0.1:9"
+
+
+def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Path) -> None:
+    """A CLI that ignores SIGTERM and has a child of its own: both are gone after the grace period."""
+    script = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    config = LaunchConfig(
+        agents=[AgentPlan("qwen-1", "qwen")],
+        broker_url="http://127.0.0.1:1/mcp",
+        admin_token="t",
+        home=tmp_path,
+        workdir=tmp_path,
+        grace_seconds=0.5,
+    )
+
+    class FakeAdapter:
+        def prepare_agent_home(self, spec: object) -> None:
+            return None
+
+        def command(self, home: object, prompt: str) -> list[str]:
+            return [sys.executable, "-c", script]
+
+        def env(self, home: object, base_env: object = None) -> dict[str, str]:
+            return dict(os.environ)
+
+        def detect_rate_limit_line(self, line: str) -> bool:
+            return False
+
+        def classify_exit(self, returncode: int | None, stdout: str, stderr: str) -> object:
+            from launcher.adapters.base import OutcomeKind, RunOutcome
+
+            return RunOutcome(kind=OutcomeKind.CRASHED, reason=f"exit {returncode}", returncode=returncode)
+
+        def parse_usage(self, stdout: str) -> None:
+            return None
+
+    async def scenario() -> tuple[RunResult, list[int]]:
+        supervisor = Supervisor(config)
+        view = supervisor.views["qwen-1"]
+        run = asyncio.create_task(
+            supervisor._run_cli(config.agents[0], None, FakeAdapter(), view, "p", None, None)  # type: ignore[arg-type]
+        )
+        while view.pid is None or not psutil.Process(view.pid).children():  # noqa: ASYNC110 - polling another process
+            await asyncio.sleep(0.05)
+        group = [view.pid, *(c.pid for c in psutil.Process(view.pid).children())]
+        supervisor.stop()
+        return await asyncio.wait_for(run, 20), group
+
+    result, group = asyncio.run(scenario())
+    assert result.stopped is True
+    alive = [p for p in group if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    assert "run 1: starting qwen" in (tmp_path / "logs" / "qwen-1.log").read_text()
