@@ -17,7 +17,9 @@ def install_client(
     name: Annotated[str, typer.Argument(help="The client: claude, codex, gemini, opencode or qwen.")],
     directory: Annotated[
         Path | None,
-        typer.Argument(help="The project directory, with --project. [default: current]", show_default=False),
+        typer.Argument(
+            help="The project directory, with --project. \\[default: current]", show_default=False
+        ),
     ] = None,
     project: Annotated[
         bool, typer.Option("--project", help="Edit the project's config in DIR instead of your user config.")
@@ -33,7 +35,7 @@ def install_client(
     url: Annotated[
         str | None,
         typer.Option(
-            "--url", envvar="AISWARM_URL", help="Broker MCP URL. [default: the broker serving --home]"
+            "--url", envvar="AISWARM_URL", help="Broker MCP URL. \\[default: the broker serving --home]"
         ),
     ] = None,
     token_file: Annotated[
@@ -41,7 +43,7 @@ def install_client(
         typer.Option(
             "--token-file",
             envvar="AISWARM_TOKEN_FILE",
-            help="File holding the token to use. [default: $AISWARM_HOME/primary.token]",
+            help="File holding the token to use. \\[default: $AISWARM_HOME/primary.token]",
         ),
     ] = None,
     dry_run: Annotated[
@@ -53,14 +55,13 @@ def install_client(
         typer.Option(
             "--home",
             envvar="AISWARM_HOME",
-            help="aiswarm home: database, tokens, logs. [default: ~/.aiswarm]",
+            help="aiswarm home: database, tokens, logs. \\[default: ~/.aiswarm]",
         ),
     ] = None,
 ) -> None:
-    """Add aiswarm to a coding agent's MCP config (user scope, or --project [DIR]), with the primary token.
+    """Add aiswarm to a coding agent's MCP config (user scope, or --project DIR), with the primary token.
 
-    The file is merged, not replaced: a timestamped backup is written next to it first, and --remove takes out
-    only aiswarm's entry.
+    The file is merged, not replaced: a timestamped backup goes next to it first. --remove undoes it.
     """
     from launcher.clients import get_client
     from launcher.clients.server import resolve_server

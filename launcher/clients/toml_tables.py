@@ -116,10 +116,15 @@ class TomlDocument:
         lines = self._lines()
         spans = self._table_spans(lines, tuple(path))
         if spans:
-            main = spans[0]
-            for start, end in sorted(spans, reverse=True):
-                lines[start:end] = block if (start, end) == main else []
-            text = "".join(lines)
+            (main_start, main_end), subtables = spans[0], spans[1:]
+            doomed = self._doomed_lines(lines, subtables)
+            kept: list[str] = []
+            for index, line in enumerate(lines):
+                if index == main_start:
+                    kept += block
+                elif not main_start < index < main_end and index not in doomed:
+                    kept.append(line)
+            text = "".join(kept)
         elif self.get(path) is not None:
             raise TomlEditError(f"[{'.'.join(path)}] is not written as a table header; edit it by hand")
         else:
@@ -145,11 +150,7 @@ class TomlDocument:
         del parent[path[-1]]
         lines = self._lines()
         last_in_file = not any(line.strip() for line in lines[max(end for _, end in spans) :])
-        for start, end in sorted(spans, reverse=True):
-            blank_before = start > 0 and not lines[start - 1].strip()
-            if blank_before and end < len(lines) and not lines[end].strip():
-                end += 1
-            del lines[start:end]
+        lines = [line for index, line in enumerate(lines) if index not in self._doomed_lines(lines, spans)]
         text = "".join(lines)
         for depth in range(len(path) - 1, 0, -1):
             # A super-table defined only by our header ([mcp_servers] by [mcp_servers.aiswarm]) goes with it.
@@ -178,6 +179,28 @@ class TomlDocument:
             raise TomlEditError("the edit did not produce the expected content; the file was left unchanged")
         self.text = text
         self.value = expected
+
+    @staticmethod
+    def _doomed_lines(lines: list[str], spans: list[tuple[int, int]]) -> set[int]:
+        """The lines to delete with ``spans``: theirs, blank lines only between them, and one blank of a pair."""
+        doomed = {index for start, end in spans for index in range(start, end)}
+        content = [index for index, line in enumerate(lines) if line.strip()]
+        for index, line in enumerate(lines):
+            if line.strip() or index in doomed:
+                continue
+            before = [i for i in content if i < index]
+            after = [i for i in content if i > index]
+            if before and after and before[-1] in doomed and after[0] in doomed:
+                doomed.add(index)
+        for index in sorted(doomed):
+            if index + 1 in doomed or index + 1 >= len(lines) or lines[index + 1].strip():
+                continue
+            start = index
+            while start - 1 in doomed:
+                start -= 1
+            if start > 0 and not lines[start - 1].strip():
+                doomed.add(index + 1)  # the run had a blank line on each side: keep one
+        return doomed
 
     def _table_spans(self, lines: list[str], path: tuple[str, ...]) -> list[tuple[int, int]]:
         """Line ranges of ``[path]`` and its sub-tables, each from its header to its last key line."""

@@ -569,3 +569,83 @@ def test_file_mode_is_kept_when_the_remaining_file_has_no_token(app: typer.Typer
     os.chmod(path, 0o640)
     ok(app, "qwen", "--stdio", "--url", "http://127.0.0.1:1/mcp")
     assert mode(path) == 0o640
+
+
+# ------------------------------------------------------------------------------- the text editors, directly
+ROUND_TRIPS = [
+    "",
+    "{}",
+    "{}\n",
+    '{"a":1}',
+    '\ufeff{\n  "a": 1\n}\n',
+    '{\n  "mcpServers": {}\n}\n',
+    '{\n  "mcpServers": {\n    "x": {"command": "y"},\n  },\n}\n',
+    '{\n  "mcpServers": {\n    // servers\n  }\n}\n',
+    '{\n  "mcpServers": {\n    "x": 1, // about x\n    /* next */ "y": 2\n  }\n}\n',
+    '{\n    "deep": {"deeper": [1, {"k": "v"}]},\n    "s": "with // and /* inside"\n}',
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIPS)
+def test_jsonc_set_then_remove_gives_back_the_same_text(text: str) -> None:
+    document = JsoncDocument(text)
+    before = document.value
+    document.set(("mcpServers", "aiswarm"), {"url": "u", "headers": {"A": "B"}})
+    assert document.value["mcpServers"]["aiswarm"] == {"url": "u", "headers": {"A": "B"}}
+    document.set(("mcpServers", "aiswarm"), {"url": "v"})
+    document.remove(("mcpServers", "aiswarm"))
+    after = document.value
+    if "mcpServers" not in before:
+        assert after == before
+        assert document.text in (text, "{}\n") if not text.strip() else document.text == text
+    elif before["mcpServers"]:
+        assert after == before
+        assert document.text == text or "//" in text
+    else:  # an empty server list goes with our entry: the same config to every client
+        assert after in (before, {k: v for k, v in before.items() if k != "mcpServers"})
+
+
+def test_jsonc_removes_a_first_member_and_keeps_comments_that_belong_to_others() -> None:
+    text = (
+        '{\n  "mcpServers": {\n    "aiswarm": {"u": 1},\n    // the next one is mine\n    "mine": 2\n  }\n}\n'
+    )
+    document = JsoncDocument(text)
+    document.remove(("mcpServers", "aiswarm"))
+    assert document.value == {"mcpServers": {"mine": 2}}
+    assert "// the next one is mine" in document.text
+
+
+@pytest.mark.parametrize(
+    ("text", "line"), [('{\n  "a": 1\n  "b": 2\n}', 3), ('{\n  "a": /* open', 2), ('{"a": "\n"}', 1)]
+)
+def test_jsonc_errors_name_the_line(text: str, line: int) -> None:
+    from launcher.clients.jsonc import JsoncError
+
+    with pytest.raises(JsoncError) as raised:
+        JsoncDocument(text)
+    assert raised.value.line == line
+
+
+def test_toml_table_between_others_is_replaced_in_place_and_removed_cleanly() -> None:
+    from launcher.clients.toml_tables import TomlDocument
+
+    text = (
+        '[mcp_servers.a]\ncommand = "a"\n\n[mcp_servers.aiswarm]\nurl = "old"\n\n[mcp_servers.aiswarm.http_headers]\n'
+        'X = "y"\n\n# b follows\n[mcp_servers.b]\ncommand = "b"\n'
+    )
+    document = TomlDocument(text)
+    document.set_table(("mcp_servers", "aiswarm"), {"url": "new", "args": ["x"], "env": {"K": "v"}})
+    assert document.value["mcp_servers"]["aiswarm"] == {"url": "new", "args": ["x"], "env": {"K": "v"}}
+    assert document.text.index("aiswarm") < document.text.index("[mcp_servers.b]")
+    assert "# b follows" in document.text
+    document.remove_table(("mcp_servers", "aiswarm"))
+    assert document.text == '[mcp_servers.a]\ncommand = "a"\n\n# b follows\n[mcp_servers.b]\ncommand = "b"\n'
+
+
+def test_toml_strings_that_need_escapes_survive() -> None:
+    from launcher.clients.toml_tables import TomlDocument
+
+    odd = 'quote " backslash \\ tab \t del \x7f é 🐝'
+    document = TomlDocument("")
+    document.set_table(("mcp_servers", "aiswarm"), {"command": odd, "env": {"A KEY": odd}})
+    assert tomllib.loads(document.text)["mcp_servers"]["aiswarm"] == {"command": odd, "env": {"A KEY": odd}}
