@@ -331,6 +331,29 @@ def status(home: HomeOption = None, url: UrlOption = None, as_json: JsonOption =
 
 
 @app.command()
+def demo(
+    cli: Annotated[
+        str, typer.Option("--cli", envvar="AISWARM_DEMO_CLIS", help="Worker CLIs, comma-separated.")
+    ] = "qwen,gemini",
+    keep: Annotated[Path | None, typer.Option("--keep", help="Copy the sample folder and logs here.")] = None,
+    no_install: Annotated[bool, typer.Option("--no-install", help="Fail instead of installing missing CLIs.")] = False,
+) -> None:
+    """Run the whole swarm offline: a temporary broker, a scripted model, real worker CLIs, a sample job."""
+    from launcher.demo import DemoError, render, run_demo
+
+    names = [c.strip() for c in cli.split(",") if c.strip()]
+    if not names:
+        raise CliError("--cli needs at least one CLI, e.g. qwen,gemini")
+    try:
+        outcome = run_async(run_demo(console, clis=names, keep=keep, install=not no_install))
+    except DemoError as error:
+        raise CliError(str(error)) from None
+    render(outcome, console)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Small counts: a smoke test of the measurement.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Write the results as JSON here.")] = None,
@@ -388,9 +411,11 @@ def token_path(
 def _register_launcher_commands() -> None:
     try:
         from launcher.cli import register
-    except ImportError:
+        from launcher.clients import install_client_command
+    except ImportError:  # the broker alone (no launcher package) still works
         return
     register(app)
+    install_client_command(app)
 
 
 _register_launcher_commands()
