@@ -10,13 +10,14 @@ Tool docstrings are what the agents' models read: they say when to call the tool
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiswarm_server import __version__
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS
@@ -48,6 +49,9 @@ TaskId = Annotated[
 FenceToken = Annotated[
     int, Field(ge=1, le=2**62, description="The fence_token that claim_task returned with this task.")
 ]
+
+
+_ASCII_ID = re.compile(r"-?[0-9]{1,19}")
 
 
 @dataclass
@@ -120,6 +124,22 @@ class TaskInput(BaseModel):
         max_length=64,
         description="A name for this task that later tasks in the same batch can depend on.",
     )
+
+    @field_validator("depends_on")
+    @classmethod
+    def _ids_or_keys(cls, values: list[int | str]) -> list[int | str]:
+        """A string of ASCII digits is a task id; other digit-like text (e.g. '²') is neither id nor key."""
+        checked: list[int | str] = []
+        for value in values:
+            if isinstance(value, str) and _ASCII_ID.fullmatch(value.strip()):
+                checked.append(int(value))
+            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                raise ValueError(
+                    f"depends_on entry {value[:20]!r} is not a task id: write ids with the digits 0-9, e.g. 12"
+                )
+            else:
+                checked.append(value)
+        return checked
 
     def to_spec(self) -> TaskSpec:
         return TaskSpec(
