@@ -21,6 +21,8 @@ from pathlib import Path
 from aiswarm_server.client import BrokerCallError, BrokerClient
 
 CALL_TIMEOUT = 60.0
+# Starting a broker imports the MCP SDK; on a loaded 2-core machine that alone has taken over a minute.
+START_TIMEOUT = 240.0
 
 
 @dataclass

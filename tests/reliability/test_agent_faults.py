@@ -16,6 +16,7 @@ import pytest
 
 from aiswarm_server.client import BrokerCallError, BrokerClient
 from tests.broker_harness import BrokerProcess
+from tests.reliability.swarm import START_TIMEOUT
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +45,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
         "AISWARM_AGENT_LOST_SECONDS": "4",  # above max_wait_seconds, so the broker keeps it
         "AISWARM_SWEEP_INTERVAL_SECONDS": "0.2",
     }
-    process = BrokerProcess(tmp_path_factory.mktemp("agents") / "home", env).start()
+    process = BrokerProcess(tmp_path_factory.mktemp("agents") / "home", env).start(START_TIMEOUT)
     try:
         yield process
     finally:

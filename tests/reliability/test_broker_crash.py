@@ -17,9 +17,9 @@ import pytest
 
 from aiswarm_server.client import BrokerClient
 from tests.broker_harness import BrokerProcess
-from tests.reliability.swarm import AgentRecord, cancel_all, poll, read_rows, resilient_agent
+from tests.reliability.swarm import START_TIMEOUT, AgentRecord, cancel_all, poll, read_rows, resilient_agent
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(900)]
 
 AGENTS = 8
 TASKS = 300
@@ -31,7 +31,7 @@ async def test_sigkilled_broker_loses_and_duplicates_nothing(tmp_path: Path) -> 
     broker = BrokerProcess(
         tmp_path / "home",
         {"AISWARM_LEASE_SECONDS": str(LEASE_SECONDS), "AISWARM_SWEEP_INTERVAL_SECONDS": "0.2"},
-    ).start()
+    ).start(START_TIMEOUT)
     agents: list[asyncio.Task[AgentRecord]] = []
     try:
         async with BrokerClient(broker.url, broker.admin_token) as admin:
@@ -68,7 +68,7 @@ async def test_sigkilled_broker_loses_and_duplicates_nothing(tmp_path: Path) -> 
                 60,
                 "agents to see the broker gone",
             )
-            await asyncio.to_thread(broker.start)
+            await asyncio.to_thread(broker.start, START_TIMEOUT)
 
         async with BrokerClient(broker.url, broker.admin_token) as admin:
 

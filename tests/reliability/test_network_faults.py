@@ -17,6 +17,7 @@ import pytest
 
 from aiswarm_server.client import BrokerClient
 from tests.broker_harness import BrokerProcess
+from tests.reliability.swarm import START_TIMEOUT
 
 pytestmark = pytest.mark.anyio
 
@@ -121,7 +122,7 @@ def _result(reply: httpx.Response) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     env = {"AISWARM_SWEEP_INTERVAL_SECONDS": "0.2", "AISWARM_OFFER_SECONDS": "1"}
-    process = BrokerProcess(tmp_path_factory.mktemp("net") / "home", env).start()
+    process = BrokerProcess(tmp_path_factory.mktemp("net") / "home", env).start(START_TIMEOUT)
     try:
         yield process
     finally:
