@@ -80,14 +80,16 @@ def resources(pid: int) -> dict[str, int]:
     return {"rss_kib": process.memory_info().rss // 1024, "open_fds": process.num_fds()}
 
 
-async def agent(fleet: Fleet, token: str, name: str, crash_at: float, leave_at: float) -> None:
+async def agent(
+    fleet: Fleet, token: str, name: str, crash_at: float, leave_at: float, stop: asyncio.Event
+) -> None:
     """wait → claim → work → report; crash (vanish holding a claim) or leave cleanly when told."""
     while True:
         try:
             async with BrokerClient(fleet.url, token, timeout=30, read_timeout=60) as me:
                 cursor = (await me.register_agent(cli="soak")).cursor
                 while True:
-                    if time.monotonic() > leave_at:
+                    if time.monotonic() > leave_at or stop.is_set():
                         fleet.departures += 1
                         return
                     waited = await me.wait_for_next_event(cursor, 2)
@@ -116,7 +118,9 @@ async def agent(fleet: Fleet, token: str, name: str, crash_at: float, leave_at: 
             await asyncio.sleep(0.5)
 
 
-async def spawn(fleet: Fleet, admin: BrokerClient, agents: set[asyncio.Task[None]], lifetime: float) -> None:
+async def spawn(
+    fleet: Fleet, admin: BrokerClient, agents: set[asyncio.Task[None]], lifetime: float, stop: asyncio.Event
+) -> None:
     fleet.next_agent += 1
     name = f"soak-{fleet.next_agent}"
     token = (await admin.issue_agent_token(name)).token
@@ -124,7 +128,7 @@ async def spawn(fleet: Fleet, admin: BrokerClient, agents: set[asyncio.Task[None
     crashes = random.random() < 0.5
     crash_at = now + random.uniform(5, lifetime) if crashes else float("inf")
     leave_at = now + random.uniform(5, lifetime) if not crashes else float("inf")
-    task = asyncio.create_task(agent(fleet, token, name, crash_at, leave_at))
+    task = asyncio.create_task(agent(fleet, token, name, crash_at, leave_at, stop))
     agents.add(task)
     task.add_done_callback(agents.discard)
     fleet.joins += 1
@@ -134,32 +138,36 @@ async def soak(url: str, admin_token: str, seconds: float, fleet_size: int) -> t
     fleet = Fleet(url, admin_token)
     submitted: list[int] = []
     agents: set[asyncio.Task[None]] = set()
+    churn_stop, drain_stop = asyncio.Event(), asyncio.Event()
     async with BrokerClient(url, admin_token) as admin:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             while len(agents) < fleet_size:
-                await spawn(fleet, admin, agents, lifetime=30)
+                await spawn(fleet, admin, agents, 30, churn_stop)
             status = (await admin.broker_status()).tasks
             if status.get("pending", 0) < BACKLOG:
                 batch = [{"title": f"soak {len(submitted) + i}", "prompt": "p"} for i in range(25)]
                 submitted += [t.id for t in (await admin.submit_tasks(batch)).tasks]
             await asyncio.sleep(0.5)
-        # Drain: keep the fleet at size (no more crashes) until every task is finished.
-        for task in list(agents):
-            task.cancel()
+        # Drain: the churning fleet leaves (after its current report), a steady one finishes every task.
+        churn_stop.set()
         drain_end = time.monotonic() + 300
         steady: set[asyncio.Task[None]] = set()
         for i in range(fleet_size):
             token = (await admin.issue_agent_token(f"drain-{i}")).token
-            steady.add(asyncio.create_task(agent(fleet, token, f"drain-{i}", float("inf"), drain_end)))
+            steady.add(
+                asyncio.create_task(agent(fleet, token, f"drain-{i}", float("inf"), drain_end, drain_stop))
+            )
         while time.monotonic() < drain_end:
             status = (await admin.broker_status()).tasks
             if not any(status.get(s, 0) for s in ("pending", "claimed", "blocked")):
                 break
             await asyncio.sleep(0.5)
-        for task in steady | agents:
+        drain_stop.set()
+        everyone = steady | agents
+        _done, stuck = await asyncio.wait(everyone, timeout=120) if everyone else (set(), set())
+        for task in stuck:
             task.cancel()
-        for task in steady | agents:
             with contextlib.suppress(BaseException):
                 await task
     return fleet, submitted
@@ -179,12 +187,14 @@ def audit(database: Path, fleet: Fleet, submitted: list[int]) -> dict[str, Any]:
         {i for i, n in fleet.reported.items() if n > 1} | {i for i, n in completed_attempts.items() if n > 1}
     )
     completed = {i for i, s in statuses.items() if s == "completed"}
-    mismatched = sorted(completed ^ set(fleet.reported))
     return {
         "submitted": len(submitted),
         "statuses": dict(Counter(statuses.values())),
-        "lost": len(lost) + len(mismatched),
+        "lost": len(lost),
         "duplicated": len(duplicated),
+        # completed in the database but no agent was told (its answer lost): must be 0 too
+        "completed_unacknowledged": len(completed - set(fleet.reported)),
+        "acknowledged_not_completed": len(set(fleet.reported) - completed),
     }
 
 
@@ -229,7 +239,9 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")
-    if report["lost"] or report["duplicated"]:
+    if any(
+        report[k] for k in ("lost", "duplicated", "completed_unacknowledged", "acknowledged_not_completed")
+    ):
         sys.exit(1)
 
 
