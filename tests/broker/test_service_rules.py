@@ -391,7 +391,9 @@ async def test_size_limits_are_enforced_with_a_message(abroker: Broker) -> None:
         await abroker.submit_tasks(PRIMARY, [TaskSpec("p", "x", persona="Robert'); DROP")])
 
 
-async def test_a_task_offered_to_a_woken_agent_is_not_raced_by_others(abroker: Broker, clock: FakeClock) -> None:
+async def test_a_task_offered_to_a_woken_agent_is_not_raced_by_others(
+    abroker: Broker, clock: FakeClock
+) -> None:
     await abroker.register_agent(worker("parked"))
     parked = asyncio.create_task(abroker.wait_for_next_event(worker("parked"), None, 30))
     await asyncio.sleep(0.05)
