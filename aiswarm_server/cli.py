@@ -40,7 +40,7 @@ token_app = typer.Typer(help="Issue, list and revoke broker tokens.", no_args_is
 app.add_typer(token_app, name="token")
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line in logs and pipes
 
 HomeOption = Annotated[
     Path | None,

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from aiswarm_server.app import BrokerApp
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError
+from aiswarm_server.store import open_store
 
 BROKER_FILE = "broker.json"
 LOCK_FILE = "broker.lock"
@@ -48,8 +49,13 @@ def read_broker_info(home: Path) -> BrokerInfo | None:
 @contextlib.contextmanager
 def own_home(home: Path) -> Any:
     """Hold the home's lock for as long as this process serves it."""
-    home.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(home / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle: IO[str] = open(home / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process lifetime
+    except OSError as error:
+        raise BrokerError(
+            f"cannot write to the aiswarm home {home} ({error.strerror}); make it writable or set AISWARM_HOME"
+        ) from None
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -91,6 +97,11 @@ async def serve(
     # The SDK logs every session at INFO; keep the broker's output to what matters unless asked.
     logging.getLogger("mcp").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
     with own_home(settings.home):
+        # Open the database once before serving, so a refusal (corrupt, newer schema, read-only) is one clear
+        # line from the CLI instead of an ASGI start-up failure.
+        probe = open_store(settings.database_path, settings.durability)
+        await probe.open()
+        await probe.close()
         sock = bind_socket(settings)
         port = sock.getsockname()[1]
         bound = settings.model_copy(update={"port": port})

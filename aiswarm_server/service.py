@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -355,6 +356,8 @@ class Broker:
         name = self.agent_of(identity)
         self._check_size("result", result, self.settings.max_result_chars)
         self._check_size("error", error, self.settings.max_result_chars)
+        if data is not None:
+            self._check_size("data", json.dumps(data), self.settings.max_result_chars)
         change = await self.store.complete(
             name,
             task_id,
@@ -421,6 +424,8 @@ class Broker:
 
     def _new_task(self, spec: TaskSpec, resolved_deps: list[int], submitter: str) -> NewTask:
         title = " ".join(spec.title.split())
+        if any(ord(c) < 32 or ord(c) == 127 for c in title):
+            raise InvalidRequest("title must be plain text without control characters (no NUL, no escapes).")
         if not title:
             raise InvalidRequest(
                 "title must not be empty: give the task a short name, e.g. 'Add tests for parser'."
@@ -473,7 +478,7 @@ class Broker:
         existing: set[int] = set()
         for index, spec in enumerate(specs):
             for dep in spec.depends_on:
-                if isinstance(dep, str) and not dep.lstrip("-").isdigit():
+                if isinstance(dep, str) and not re.fullmatch(r"-?[0-9]{1,19}", dep):
                     if dep not in keys:
                         raise InvalidRequest(
                             f"task {index} depends on {dep!r}, which is not the key of an earlier task in this batch. "

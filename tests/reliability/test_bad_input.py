@@ -320,10 +320,6 @@ def test_size_limits_are_configurable_and_enforced_with_a_message(
         claim = live.call("worker", "claim_task", {})[2]
         assert claim is not None and claim["claimed"], claim
         args = {"task_id": claim["task"]["id"], "fence_token": claim["fence_token"], "success": True, **args}
-    if "data" in args:
-        pytest.xfail(
-            "`data` has no size limit yet (service.report_task_completion checks result and error only)"
-        )
     database = live.broker.home / "aiswarm.db"
     before = dump_tables(database)
     is_error, text, _ = live.call(role, tool, args)
