@@ -126,7 +126,8 @@ class Broker:
         self.tokens = TokenRegistry(store)
         self.agent_waiters = AgentWaiters()
         self.task_watchers = TaskWatchers()
-        self._offers: dict[int, tuple[str, float]] = {}
+        self._offers: dict[int, tuple[str, float]] = {}  # task id -> (agent woken for it, when)
+        self._offered_to: dict[str, int] = {}  # agent -> the task it was last woken for
         self._sweeper: asyncio.Task[None] | None = None
         self._started_at = clock()
 
@@ -176,7 +177,7 @@ class Broker:
                 continue
             agent = self.agent_waiters.offer(task, exclude=[offered[0]] if offered else ())
             if agent is not None:
-                self._offers[task.id] = (agent, now)
+                self._record_offer(task.id, agent, now)
 
     def _apply(self, change: TaskChange) -> None:
         """Wake exactly who a change concerns: one fitting agent per claimable task, the agents with new events,
@@ -185,7 +186,7 @@ class Broker:
         for task in change.claimable:
             agent = self.agent_waiters.offer(task)
             if agent is not None:
-                self._offers[task.id] = (agent, now)
+                self._record_offer(task.id, agent, now)
         for agent in change.notified_agents:
             self.agent_waiters.wake_agent(agent)
         finished = list(change.finished)
@@ -197,6 +198,11 @@ class Broker:
                 self._offers.pop(task_id, None)
         if len(self._offers) > 10_000:
             self._offers.clear()
+            self._offered_to.clear()
+
+    def _record_offer(self, task_id: int, agent: str, now: float) -> None:
+        self._offers[task_id] = (agent, now)
+        self._offered_to[agent] = task_id
 
     # identity ------------------------------------------------------------------------------------
     @staticmethod
@@ -260,6 +266,8 @@ class Broker:
                 self.agent_waiters.remember(name, poll.agent.persona, poll.agent.capabilities)
                 ack = poll.cursor
                 claimable = self._not_offered_elsewhere(poll.claimable, name)
+                if not claimable and poll.agent.current_task_id is None:
+                    claimable = await self._task_offered_to(name)
                 if poll.events or claimable:
                     return self._wait_reply(poll.cursor, sequence, poll.events, claimable)
                 remaining = deadline - self.clock()
@@ -280,6 +288,14 @@ class Broker:
             if offered is None or offered[0] == agent or offered[1] < cutoff:
                 kept.append(task)
         return kept
+
+    async def _task_offered_to(self, agent: str) -> list[Task]:
+        """The task this agent was woken for, if still claimable (it may sit below the first rows a poll reads)."""
+        task_id = self._offered_to.get(agent)
+        if task_id is None or self._offers.get(task_id, ("", 0.0))[0] != agent:
+            return []
+        task = await self.store.get_task(task_id, with_attempts=False)
+        return [task] if task is not None and task.status is TaskStatus.PENDING else []
 
     def _wait_reply(
         self, event_cursor: int, sequence: int, events: Sequence[Any], claimable: Sequence[Task]

@@ -404,3 +404,15 @@ async def test_a_task_offered_to_a_woken_agent_is_not_raced_by_others(
     clock.advance(abroker.settings.offer_seconds + 1)  # the woken agent never claimed: now anyone may
     later = await abroker.wait_for_next_event(worker("latecomer"), None, 0)
     assert [e.task_id for e in later.events] == [task_id]
+
+
+async def test_every_parked_agent_sees_the_task_it_was_woken_for(abroker: Broker) -> None:
+    names = [f"p{i}" for i in range(8)]
+    for name in names:
+        await abroker.register_agent(worker(name))
+    waits = [asyncio.create_task(abroker.wait_for_next_event(worker(n), None, 30)) for n in names]
+    await asyncio.sleep(0.1)
+    await abroker.submit_tasks(PRIMARY, [TaskSpec(f"t{i}", "p") for i in range(8)])
+    replies = await asyncio.wait_for(asyncio.gather(*waits), 5)
+    offered = [r.events[0].task_id for r in replies]
+    assert len(set(offered)) == 8  # each woken agent got its own task, none left waiting for a re-offer
