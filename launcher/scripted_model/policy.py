@@ -134,6 +134,8 @@ def _choose_script(conversation: Conversation) -> Script:
     tools = Toolbox(conversation)
     if "submit_tasks" in prompt and (tasks := _tasks_block(prompt)) is not None:
         return _primary(tools, tasks, _int_after(prompt, r"timeout_seconds"))
+    if re.search(r"claim_task with task_id \d+", prompt):
+        return _worker(tools, conversation, _int_after(prompt, r"task[_ ]?id"))
     if "wait_for_next_event" in prompt:
         idle = _int_before(prompt, r"(?:consecutive\s+)?(?:idle|empty)\s+(?:waits?|calls?|polls?)")
         return _session(
