@@ -61,6 +61,44 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
+async def _too_large(send: Send, limit: int) -> None:
+    await _send_json(
+        send,
+        413,
+        {
+            "error": f"request body over {limit} bytes (AISWARM_MAX_REQUEST_BYTES). Send large inputs as files in "
+            "the working directory and put their paths in the prompt."
+        },
+    )
+
+
+async def _read_bounded(receive: Receive, limit: int) -> Receive | None:
+    """Read a body without a Content-Length, up to ``limit`` bytes; a ``receive`` that replays it, or None."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    return replay
+
+
 class BrokerApp:
     """The whole HTTP surface as one small ASGI callable (no framework routing on the hot path)."""
 
@@ -126,12 +164,24 @@ class BrokerApp:
             await _send_json(send, 503, {"error": "the broker is starting or stopping; retry shortly"})
             return
         token = None
+        length: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 text = value.decode("latin-1")
                 if text[:7].lower() == "bearer ":
                     token = text[7:].strip()
-                break
+            elif name == b"content-length":
+                length = value
+        limit = self.settings.max_request_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _too_large(send, limit)
+            return
+        if length is None and scope["method"] == "POST":
+            replay = await _read_bounded(receive, limit)  # a chunked body: read it, with the same bound
+            if replay is None:
+                await _too_large(send, limit)
+                return
+            receive = replay
         identity = await broker.tokens.authenticate(token)
         if identity is None:
             reason = "missing" if token is None else "invalid or revoked"

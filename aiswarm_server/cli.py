@@ -336,7 +336,9 @@ def demo(
         str, typer.Option("--cli", envvar="AISWARM_DEMO_CLIS", help="Worker CLIs, comma-separated.")
     ] = "qwen,gemini",
     keep: Annotated[Path | None, typer.Option("--keep", help="Copy the sample folder and logs here.")] = None,
-    no_install: Annotated[bool, typer.Option("--no-install", help="Fail instead of installing missing CLIs.")] = False,
+    no_install: Annotated[
+        bool, typer.Option("--no-install", help="Fail instead of installing missing CLIs.")
+    ] = False,
 ) -> None:
     """Run the whole swarm offline: a temporary broker, a scripted model, real worker CLIs, a sample job."""
     from launcher.demo import DemoError, render, run_demo
@@ -355,8 +357,12 @@ def demo(
 
 @app.command()
 def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="Small counts: a smoke test of the measurement.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json-out", help="Write the results as JSON here.")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small counts: a smoke test of the measurement.")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", help="Write the results as JSON here.")
+    ] = None,
 ) -> None:
     """Measure the broker against its own transport over real HTTP (see docs/BENCHMARK.md)."""
     from aiswarm_server.bench import render, run_bench

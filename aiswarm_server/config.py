@@ -54,6 +54,11 @@ class BrokerSettings(BaseSettings):
     max_prompt_chars: int = Field(default=200_000, ge=1)
     max_result_chars: int = Field(default=1_000_000, ge=1)
     max_batch: int = Field(default=200, ge=1)
+    max_request_bytes: int = Field(
+        default=8 * 2**20,
+        ge=64 * 2**10,
+        description="Largest HTTP request body accepted at /mcp; larger ones get 413 before being parsed.",
+    )
     default_max_attempts: int = Field(default=3, ge=1, le=100)
     default_task_timeout_seconds: int = Field(default=1800, ge=1)
 

@@ -134,6 +134,7 @@ class Broker:
     # lifecycle -----------------------------------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> None:
         await self.store.open()
+        await self.store.watch_changes(self._apply)
         if sweep:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="aiswarm-sweeper")
 

@@ -32,7 +32,9 @@ async def test_every_tool_and_argument_is_documented() -> None:
             nested = {p for d in schema.get("$defs", {}).values() for p in d.get("properties", {})}
             in_row = set(re.findall(r"`([a-z_]+)`", row.split("|")[2])) - {"all", "any"}
             assert arguments <= in_row, f"{tool.name}: README misses {sorted(arguments - in_row)}"
-            assert in_row <= arguments | nested, f"{tool.name}: README names unknown {sorted(in_row - arguments - nested)}"
+            assert in_row <= arguments | nested, (
+                f"{tool.name}: README names unknown {sorted(in_row - arguments - nested)}"
+            )
             documented += 1
     assert documented == 14
     admin_only = {t.name for t in await servers[Role.ADMIN].list_tools()} - {

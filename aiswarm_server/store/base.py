@@ -9,7 +9,7 @@ checking its type.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,14 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    async def watch_changes(self, apply: Callable[[TaskChange], None]) -> None:
+        """Call ``apply`` with every change another broker process commits to this store.
+
+        Only stores shared between processes have such changes; the default does nothing. ``apply`` is the
+        service's own wake-up step, so an agent parked on this broker is woken for a task submitted on another.
+        """
+        return None
 
     # agents
     @abstractmethod

@@ -31,7 +31,13 @@ def test_quick_bench_writes_json_with_every_section(quick_results: tuple[dict[st
 @pytest.mark.slow
 def test_floor_latencies_are_positive_and_counts_add_up(quick_results: tuple[dict[str, Any], Path]) -> None:
     floor = quick_results[0]["floor"]
-    for key in ("noop_raw", "noop_raw_again", "noop_sdk", "broker_get_agent_status", "broker_update_heartbeat"):
+    for key in (
+        "noop_raw",
+        "noop_raw_again",
+        "noop_sdk",
+        "broker_get_agent_status",
+        "broker_update_heartbeat",
+    ):
         for mode in ("sequential", "concurrent"):
             row = floor[key][mode]
             assert row["n"] == row["calls"] > 0

@@ -19,7 +19,9 @@ def test_demo_runs_every_task_offline_and_leaves_nothing_behind(clis: InstalledC
     env = {
         **os.environ,
         "PATH": clis.path_env(),
-        "AISWARM_HOME": str(tmp_path / "user-home"),  # where first-use installs would go; the CLIs come from PATH
+        "AISWARM_HOME": str(
+            tmp_path / "user-home"
+        ),  # where first-use installs would go; the CLIs come from PATH
         "TMPDIR": str(tmp_path),
         "COLUMNS": "200",
     }

@@ -221,3 +221,34 @@ async def test_binding_beyond_loopback_needs_allow_remote_and_still_needs_a_toke
             assert "submit_task" in await primary.list_tool_names()
     finally:
         remote.stop()
+
+
+async def test_an_oversized_body_is_refused_before_it_is_parsed(broker: BrokerProcess) -> None:
+    """A body over AISWARM_MAX_REQUEST_BYTES (8 MiB by default) gets 413, sized or chunked; the broker stays up."""
+    headers = {**JSON_HEADERS, "Authorization": f"Bearer {broker.primary_token}"}
+    big = (
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"pad": "'
+        + b"x" * (9 * 2**20)
+        + b'"}}'
+    )
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 2**20):
+            yield big[start : start + 2**20]
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        sized = await http.post(broker.url, content=big, headers=headers)
+        assert sized.status_code == 413, sized.text
+        assert "AISWARM_MAX_REQUEST_BYTES" in sized.json()["error"]
+        streamed = await http.post(broker.url, content=chunked(), headers=headers)
+        assert streamed.status_code == 413, streamed.text
+        small = (
+            b'{"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {"protocolVersion": "2025-11-25",'
+            b' "capabilities": {}, "clientInfo": {"name": "chunked", "version": "1"}}}'
+        )
+
+        async def one_chunk() -> AsyncIterator[bytes]:
+            yield small
+
+        listed = await http.post(broker.url, content=one_chunk(), headers=headers)
+        assert listed.status_code == 200 and "serverInfo" in listed.text, listed.text
