@@ -527,6 +527,7 @@ class Broker:
         change = await self.store.create_tasks([new for new, _ in new_tasks], self.clock())
         created = change.created
         self._apply(change)
+        await self.agent_waiters.let_woken_reply_first()
         ids = ", ".join(f"#{t.id}" for t in created)
         return TasksReply(
             tasks=created,
@@ -537,6 +538,10 @@ class Broker:
         )
 
     async def _fit_warning(self, tasks: Sequence[Task]) -> str:
+        if self.agent_waiters.has_parked() and all(t.persona is None and not t.capabilities for t in tasks):
+            return (
+                ""  # a parked agent is a live one and fits any task without requirements: no O(agents) read
+            )
         agents = [a for a in await self.store.list_agents() if a.status.value != "lost"]
         unfit = [t.id for t in tasks if not any(t.fits(a.persona, a.capabilities) for a in agents)]
         if not unfit:
