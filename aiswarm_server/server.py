@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from aiswarm_server.app import BrokerApp
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError
+from aiswarm_server.heap import freeze_start_up_heap
 from aiswarm_server.store import open_store
 
 BROKER_FILE = "broker.json"
@@ -118,6 +119,7 @@ async def serve(
             if current is not None and current.pid == os.getpid():
                 (settings.home / BROKER_FILE).unlink(missing_ok=True)
 
+        app.on_ready.append(lambda _broker: freeze_start_up_heap())
         app.on_ready.append(advertise)
         app.on_stop.append(withdraw)
         config = uvicorn.Config(

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from aiswarm_server.app import transport_security
 from aiswarm_server.config import BrokerSettings
+from aiswarm_server.heap import freeze_start_up_heap
 from aiswarm_server.server import bind_socket
 
 
@@ -47,8 +48,16 @@ async def serve(port_file: Path) -> None:
     sock = bind_socket(settings)
     await asyncio.to_thread(port_file.write_text, str(sock.getsockname()[1]), encoding="utf-8")
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=3, ws="none"
+        app,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        timeout_keep_alive=120,
+        ws="none",
+        http="auto",
     )
+    freeze_start_up_heap()  # as the broker does once started
     await uvicorn.Server(config).serve(sockets=[sock])
 
 
