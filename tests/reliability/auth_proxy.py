@@ -48,6 +48,9 @@ class AuthProxy:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # The harness leaves SSE streams open (relayed from the broker, which keeps them open until it stops):
+        # a graceful shutdown would wait for them until the join below gave up. Nothing of ours is in flight.
+        self._server.force_exit = True
         self._server.should_exit = True
         self._thread.join(15)
 
