@@ -42,6 +42,7 @@ from aiswarm_server.models import (
 from aiswarm_server.store.base import AgentPoll, ClaimResult, Store, StoreStats
 
 T = TypeVar("T")
+SEEN_RESOLUTION_SECONDS = 2.0
 log = logging.getLogger("aiswarm.store")
 
 MIGRATIONS_PACKAGE = "aiswarm_server.store.migrations.sqlite"
@@ -525,7 +526,14 @@ def _get_agent(db: sqlite3.Connection, name: str) -> Agent | None:
 
 
 def _touch_agent(db: sqlite3.Connection, name: str, now: float) -> sqlite3.Row:
-    """Mark the agent seen (creating it on first contact); a lost agent that speaks again is back."""
+    """Mark the agent seen (creating it on first contact); a lost agent that speaks again is back.
+
+    ``last_seen_at`` is kept to ``SEEN_RESOLUTION_SECONDS``: an agent that calls again within that is not
+    rewritten, so a wait that finds nothing new commits no write at all (liveness is judged in minutes).
+    """
+    row = db.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
+    if row is not None and row["status"] != "lost" and now - row["last_seen_at"] < SEEN_RESOLUTION_SECONDS:
+        return row
     row = db.execute(
         """UPDATE agents SET last_seen_at = :now,
                status = CASE WHEN status = 'lost' THEN
@@ -571,10 +579,11 @@ def _poll_agent(
     db: sqlite3.Connection, name: str, ack_cursor: int | None, now: float, limit: int
 ) -> AgentPoll:
     row = _touch_agent(db, name, now)
-    cursor = row["cursor"] if ack_cursor is None else ack_cursor
-    # A cursor past the newest event would hide future events: clamp it.
-    newest = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-    cursor = max(0, min(cursor, newest))
+    cursor = max(0, row["cursor"] if ack_cursor is None else ack_cursor)
+    if cursor > row["cursor"]:
+        # A cursor past the newest event would hide future events: clamp it.
+        newest = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+        cursor = min(cursor, newest)
     if cursor > row["cursor"]:
         row = db.execute("UPDATE agents SET cursor = ? WHERE name = ? RETURNING *", (cursor, name)).fetchone()
     agent = _row_to_agent(row)
