@@ -28,14 +28,9 @@ class AgentWaiters:
     Insertion order is park order, so the longest-waiting fitting agent is woken first.
     """
 
-    #: How long a submitter waits at most for the agents it woke to reply first.
-    REPLY_FIRST_SECONDS = 0.02
-
     def __init__(self) -> None:
         self._parked: dict[str, _Parked] = {}
         self._profiles: dict[str, _Profile] = {}
-        # woken wait -> resolved when that wait leaves its park (it is replying, or parks again)
-        self._leaving: dict[asyncio.Future[None], asyncio.Future[None]] = {}
 
     def remember(self, agent: str, persona: str | None, capabilities: Iterable[str]) -> None:
         self._profiles[agent] = _Profile(persona, frozenset(capabilities), True)
@@ -52,9 +47,6 @@ class AgentWaiters:
             entry.futures.remove(future)
             if not entry.futures and self._parked.get(agent) is entry:
                 del self._parked[agent]
-            left = self._leaving.pop(future, None)
-            if left is not None and not left.done():
-                left.set_result(None)
 
     def wake_agent(self, agent: str) -> bool:
         entry = self._parked.get(agent)
@@ -64,21 +56,8 @@ class AgentWaiters:
         for future in entry.futures:
             if not future.done():
                 future.set_result(None)
-                self._leaving[future] = future.get_loop().create_future()
                 woke = True
         return woke
-
-    async def let_woken_reply_first(self) -> None:
-        """Give the waits woken so far the loop until they have replied, before the caller replies itself.
-
-        The woken worker is the one waiting on the answer; the submitter that woke it is not. Without this the
-        submitter's whole reply is built and sent first (measured: wake-up p50 1.5 ms -> 1.15 ms with, submit
-        1.0 -> 1.45 ms). A wait that leaves its park has built its reply, which the MCP layer then sends without
-        yielding. Bounded by ``REPLY_FIRST_SECONDS`` so a busy loop never holds the submitter long.
-        """
-        if not self._leaving:
-            return
-        await asyncio.wait(list(self._leaving.values()), timeout=self.REPLY_FIRST_SECONDS)
 
     def offer(self, task: Task, exclude: Iterable[str] = ()) -> str | None:
         """Wake the first parked, not-yet-woken agent that fits ``task``; return its name."""
