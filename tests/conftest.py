@@ -4,12 +4,45 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from xdist.remote import Producer
+from xdist.scheduler import LoadFileScheduling
 
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import Identity, Role
 from aiswarm_server.service import Broker
 from aiswarm_server.store import open_store
 from tests.broker_harness import BrokerProcess, FakeClock
+
+# The suite runs on two pytest-xdist workers (addopts in pyproject.toml): most of its time is spent waiting on
+# real processes (leases running out, busy timeouts, brokers starting), so two workers overlap the waiting even on
+# two cores. A test file stays on one worker, so its module's broker starts once. The real-CLI tests share one npm
+# prefix that the first of them installs into (tests/clis.py, the conformance suite): they form one unit that runs
+# on one worker, in file order, as in a serial run. Largest unit first: it starts at once, the rest fill the other
+# worker. (xdist's own ``loadgroup`` cannot do this: it renames node ids, which pytest 9 no longer allows.)
+REAL_CLI_PATHS = ("tests/launcher/", "tests/scripted_model/", "tests/reliability/test_conformance.py")
+
+
+class RealClisTogether(LoadFileScheduling):
+    """``--dist loadfile``, with every real-CLI test file in a single unit."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = super()._split_scope(nodeid)
+        return "real CLIs" if path.startswith(REAL_CLI_PATHS) else path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadFileScheduling | None:
+    return RealClisTogether(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the real CLIs must live under REAL_CLI_PATHS, or two workers could install them at once."""
+    for item in items:
+        needs_clis = item.get_closest_marker("e2e") is not None or "clis" in getattr(item, "fixturenames", ())
+        if needs_clis and not item.nodeid.startswith(REAL_CLI_PATHS):
+            raise pytest.UsageError(
+                f"{item.nodeid} needs the real CLIs: add its file to REAL_CLI_PATHS in tests/conftest.py"
+            )
 
 
 @pytest.fixture

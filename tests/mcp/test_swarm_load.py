@@ -67,7 +67,13 @@ async def test_sixteen_agents_drain_500_tasks_exactly_once(tmp_path: Path) -> No
                         finished.set()
 
         workers = [asyncio.create_task(agent(i, t)) for i, t in enumerate(tokens)]
-        await asyncio.sleep(1.0)  # let everyone park
+        async with BrokerClient(
+            broker.url, broker.admin_token
+        ) as admin:  # everyone parks before the first task
+            deadline = time.monotonic() + 60
+            while (await admin.broker_status()).parked_waits < AGENTS:
+                assert time.monotonic() < deadline, "the agents never all parked"
+                await asyncio.sleep(0.05)
         started = time.perf_counter()
         async with BrokerClient(broker.url, broker.primary_token) as primary:
             for n in range(TASKS):
