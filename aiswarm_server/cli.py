@@ -213,13 +213,15 @@ def submit(
             max_attempts=max_attempts,
             timeout_seconds=timeout,
         )
-        task = reply.tasks[0]
+        task_id = reply.tasks[0].id
         if wait:
             while True:
-                done = await broker.wait_for_tasks([task.id])
+                done = await broker.wait_for_tasks([task_id])
                 if done.done:
                     task = done.tasks[0]
                     break
+        else:
+            task = (await broker.get_task(task_id)).task
         if as_json:
             print_json(task)
         else:
@@ -424,11 +426,20 @@ def _register_launcher_commands() -> None:
     install_client_command(app)
 
 
-_register_launcher_commands()
+def _broker_command(args: list[str]) -> bool:
+    """Whether ``args`` run one of the broker's own commands (serve, mcp, submit, token ...)."""
+    own = {command.name or "" for command in app.registered_commands}
+    own |= {command.callback.__name__.replace("_", "-") for command in app.registered_commands if command.callback}
+    own |= {group.name or "" for group in app.registered_groups}
+    return bool(args) and args[0] in own
 
 
 def main() -> None:
     """Entry point: run the app, turning known failures into one clear line."""
+    # The launcher's commands are added unless a broker command runs: importing the launcher (supervisor,
+    # adapters, client installers) is about a tenth of `aiswarm serve`'s start-up, which the test suite pays often.
+    if not _broker_command(sys.argv[1:]):
+        _register_launcher_commands()
     try:
         app(standalone_mode=False)
     except (CliError, BrokerError, BrokerUnreachable, SchemaTooNew) as error:

@@ -28,6 +28,7 @@ from aiswarm_server.replies import (
     ProgressReply,
     RegisterReply,
     StatusReply,
+    SubmitReply,
     TaskReply,
     TasksReply,
     TokenReply,
@@ -163,11 +164,11 @@ class BrokerClient:
         return await self.call("get_agent_status", AgentStatusReply)
 
     # primary
-    async def submit_task(self, title: str, prompt: str, **kwargs: Any) -> TasksReply:
-        return await self.call("submit_task", TasksReply, title=title, prompt=prompt, **kwargs)
+    async def submit_task(self, title: str, prompt: str, **kwargs: Any) -> SubmitReply:
+        return await self.call("submit_task", SubmitReply, title=title, prompt=prompt, **kwargs)
 
-    async def submit_tasks(self, tasks: list[dict[str, Any]]) -> TasksReply:
-        return await self.call("submit_tasks", TasksReply, tasks=tasks)
+    async def submit_tasks(self, tasks: list[dict[str, Any]]) -> SubmitReply:
+        return await self.call("submit_tasks", SubmitReply, tasks=tasks)
 
     async def get_task(self, task_id: int) -> TaskReply:
         return await self.call("get_task", TaskReply, task_id=task_id)

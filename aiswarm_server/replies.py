@@ -74,6 +74,44 @@ class TasksReply(BaseModel):
     message: str
 
 
+class SubmittedTask(BaseModel):
+    """A task as submit_task answers it: everything but the prompt the submitter just sent (no need to read it
+    back) and the fields only a claim or a result fills in. get_task shows the whole task."""
+
+    id: int
+    title: str
+    status: TaskStatus
+    priority: int
+    persona: str | None
+    capabilities: list[str]
+    depends_on: list[int]
+    working_dir: str | None
+    max_attempts: int
+    timeout_seconds: int
+    error: str | None = Field(default=None, description="Set when a dependency had already failed.")
+
+    @classmethod
+    def of(cls, task: Task) -> SubmittedTask:
+        return cls(
+            id=task.id,
+            title=task.title,
+            status=task.status,
+            priority=task.priority,
+            persona=task.persona,
+            capabilities=task.capabilities,
+            depends_on=task.depends_on,
+            working_dir=task.working_dir,
+            max_attempts=task.max_attempts,
+            timeout_seconds=task.timeout_seconds,
+            error=task.error,
+        )
+
+
+class SubmitReply(BaseModel):
+    tasks: list[SubmittedTask]
+    message: str
+
+
 class WaitTasksReply(BaseModel):
     done: bool = Field(description="True when the wait condition (any / all finished) was met.")
     tasks: list[Task]

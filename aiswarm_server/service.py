@@ -27,6 +27,8 @@ from aiswarm_server.replies import (
     ProgressReply,
     RegisterReply,
     StatusReply,
+    SubmitReply,
+    SubmittedTask,
     TaskReply,
     TasksReply,
     TokenReply,
@@ -487,7 +489,7 @@ class Broker:
             submitted_by=submitter,
         )
 
-    async def submit_tasks(self, identity: Identity, specs: Sequence[TaskSpec]) -> TasksReply:
+    async def submit_tasks(self, identity: Identity, specs: Sequence[TaskSpec]) -> SubmitReply:
         """Submit tasks in one transaction. ``depends_on`` names existing task ids or earlier ``key``s in the batch."""
         if not specs:
             raise InvalidRequest("submit at least one task.")
@@ -532,8 +534,8 @@ class Broker:
         created = change.created
         self._apply(change)
         ids = ", ".join(f"#{t.id}" for t in created)
-        return TasksReply(
-            tasks=created,
+        return SubmitReply(
+            tasks=[SubmittedTask.of(t) for t in created],
             message=(
                 f"Submitted {len(created)} task(s): {ids}. Call wait_for_tasks(task_ids=[...]) to wait for results, "
                 "or get_task(task_id) to look at one." + await self._fit_warning(created)

@@ -32,6 +32,7 @@ from aiswarm_server.replies import (
     ProgressReply,
     RegisterReply,
     StatusReply,
+    SubmitReply,
     TaskReply,
     TasksReply,
     TokenReply,
@@ -311,7 +312,7 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
         timeout_seconds: Annotated[
             int | None, Field(ge=1, le=604_800, description="Per-attempt time limit (default 1800).")
         ] = None,
-    ) -> TasksReply:
+    ) -> SubmitReply:
         """Give one task to the swarm of worker agents. Returns the task with its id.
 
         Write the prompt so that an agent who knows nothing else can do it. Then call wait_for_tasks with the id
@@ -335,7 +336,7 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def submit_tasks(
         ctx: Context[Any, Any],
         tasks: Annotated[list[TaskInput], Field(min_length=1, description="The tasks, in order.")],
-    ) -> TasksReply:
+    ) -> SubmitReply:
         """Give several tasks to the swarm at once (all or none are accepted). A task may depend on tasks listed
         before it by their `key`, or on existing task ids; it starts when they have all completed, and fails if
         one of them fails. Then call wait_for_tasks with the returned ids."""
