@@ -428,9 +428,10 @@ def _register_launcher_commands() -> None:
 
 def _broker_command(args: list[str]) -> bool:
     """Whether ``args`` run one of the broker's own commands (serve, mcp, submit, token ...)."""
-    own = {command.name or "" for command in app.registered_commands}
-    own |= {command.callback.__name__.replace("_", "-") for command in app.registered_commands if command.callback}
-    own |= {group.name or "" for group in app.registered_groups}
+    own = {group.name for group in app.registered_groups}
+    for command in app.registered_commands:
+        callback = command.callback.__name__.replace("_", "-") if command.callback else None
+        own.add(command.name or callback)
     return bool(args) and args[0] in own
 
 
