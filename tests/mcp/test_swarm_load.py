@@ -67,9 +67,8 @@ async def test_sixteen_agents_drain_500_tasks_exactly_once(tmp_path: Path) -> No
                         finished.set()
 
         workers = [asyncio.create_task(agent(i, t)) for i, t in enumerate(tokens)]
-        async with BrokerClient(
-            broker.url, broker.admin_token
-        ) as admin:  # everyone parks before the first task
+        # Everyone parks before the first task is submitted.
+        async with BrokerClient(broker.url, broker.admin_token) as admin:
             deadline = time.monotonic() + 60
             while (await admin.broker_status()).parked_waits < AGENTS:
                 assert time.monotonic() < deadline, "the agents never all parked"
