@@ -163,11 +163,11 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
     store = results.get("store", {})
     if "store" in store:
         table.add_row(
-            "store: SqliteStore (async) / inline / plain sqlite3",
+            "store: SqliteStore (on the loop) / threaded / plain sqlite3",
             str(store["store"]["lifecycles"]),
             "",
             "",
-            f"{store['store']['lifecycles_per_s']:.0f} / {store['store_inline']['lifecycles_per_s']:.0f} / "
+            f"{store['store']['lifecycles_per_s']:.0f} / {store['store_threaded']['lifecycles_per_s']:.0f} / "
             f"{store['plain']['lifecycles_per_s']:.0f} per s",
             f"statements per lifecycle {store['statements_per_lifecycle']}",
         )

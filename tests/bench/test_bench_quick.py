@@ -87,7 +87,7 @@ def test_store_variants_run_the_same_statements(quick_results: tuple[dict[str, A
     store = quick_results[0]["store"]
     counts = store["statements_per_lifecycle"]
     assert counts["store"] == counts["plain"]
-    for variant in ("store", "store_inline", "plain"):
+    for variant in ("store", "store_threaded", "plain"):
         assert store[variant]["lifecycles"] > 0
     assert store["store_vs_plain"] > 0
 
