@@ -79,7 +79,7 @@ def test_every_parked_agent_wakes_and_completes_once(quick_results: tuple[dict[s
     assert scale["completed_twice"] == 0 and scale["all_submitted_completed"]
     assert scale["error_count"] == 0
     assert scale["time_to_wake_all_s"] > 0
-    assert scale["fds"]["parked"] >= scale["fds"]["before"] + scale["agents"]
+    assert scale["fds"]["parked"] >= scale["fds"]["before"] + scale["agents"], scale["fds"]
 
 
 @pytest.mark.slow
