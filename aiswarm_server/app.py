@@ -121,7 +121,7 @@ class BrokerApp:
     async def lifespan(self) -> AsyncIterator[None]:
         settings = self.settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        broker = Broker(open_store(settings.database_path, settings.durability), settings)
+        broker = Broker(open_store(settings), settings)
         await broker.start()
         try:
             await broker.tokens.ensure_local_token(settings.home, Role.ADMIN)

@@ -126,6 +126,13 @@ def serve(
             envvar="AISWARM_DURABILITY", help="normal (survives crashes) or full (also power loss)."
         ),
     ] = "normal",
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AISWARM_DATABASE_URL",
+            help="PostgreSQL URL (postgresql://user@host/db) to share with other brokers. [default: SQLite in home]",
+        ),
+    ] = None,
     lease_seconds: Annotated[
         float | None, typer.Option(envvar="AISWARM_LEASE_SECONDS", help="Claim lease length. [default: 300]")
     ] = None,
@@ -147,6 +154,7 @@ def serve(
         port=port,
         allow_remote=allow_remote,
         durability=durability,
+        database_url=database_url,
         lease_seconds=lease_seconds,
         agent_lost_seconds=agent_lost_seconds,
     )

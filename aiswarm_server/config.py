@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,16 @@ DEFAULT_WAIT_SECONDS = 240
 
 def default_home() -> Path:
     return Path.home() / ".aiswarm"
+
+
+def redact_database_url(url: str) -> str:
+    """A database URL fit for messages and logs: the password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
 
 
 class BrokerSettings(BaseSettings):
@@ -34,6 +45,13 @@ class BrokerSettings(BaseSettings):
     durability: Literal["normal", "full"] = Field(
         default="normal",
         description="SQLite synchronous mode: NORMAL survives process crashes, FULL also power loss.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "A PostgreSQL database to keep the state in (postgresql://user@host:5432/db), which several brokers "
+            "may share. Unset: the SQLite file in the home."
+        ),
     )
     lease_seconds: float = Field(
         default=300.0, gt=0, le=86_400, description="How long a claim holds without a renewal."
@@ -69,6 +87,21 @@ class BrokerSettings(BaseSettings):
             raise ValueError("host must not be empty; use 127.0.0.1")
         return value.strip()
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_postgres(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in ("postgresql", "postgres"):
+            shown = f"a {scheme}:// URL" if scheme else "not a URL"
+            raise ValueError(
+                f"AISWARM_DATABASE_URL is {shown}; only PostgreSQL is supported there, as "
+                "postgresql://user:password@host:5432/database. Unset it to use the SQLite file in AISWARM_HOME."
+            )
+        return value
+
     @model_validator(mode="after")
     def _remote_needs_flag(self) -> BrokerSettings:
         if not self.is_loopback and not self.allow_remote:
@@ -92,7 +125,13 @@ class BrokerSettings(BaseSettings):
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file, used when no ``database_url`` is set."""
         return self.home / "aiswarm.db"
+
+    @property
+    def database_label(self) -> str:
+        """Where the state lives, for people: the SQLite path or the PostgreSQL URL without its password."""
+        return redact_database_url(self.database_url) if self.database_url else str(self.database_path)
 
     @property
     def url(self) -> str:

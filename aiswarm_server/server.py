@@ -100,7 +100,7 @@ async def serve(
     with own_home(settings.home):
         # Open the database once before serving, so a refusal (corrupt, newer schema, read-only) is one clear
         # line from the CLI instead of an ASGI start-up failure.
-        probe = open_store(settings.database_path, settings.durability)
+        probe = open_store(settings)
         await probe.open()
         await probe.close()
         sock = bind_socket(settings)

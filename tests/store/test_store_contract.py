@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 from collections.abc import AsyncIterator
@@ -13,19 +14,22 @@ from aiswarm_server.errors import NotFound, SchemaTooNew, StaleClaim, StoreUnava
 from aiswarm_server.models import AttemptOutcome, EventKind, Identity, NewTask, Role, TaskStatus
 from aiswarm_server.store import Store, open_store
 from aiswarm_server.store.sqlite import SqliteStore, migrations
+from tests.store.postgres_fixture import fresh_schema
 
 pytestmark = pytest.mark.anyio
 NOW = 1_000_000.0
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend = open_store(tmp_path / "contract.db")
-    await backend.open()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            backend = open_store(tmp_path / "contract.db")
+        else:
+            backend = open_store(await stack.enter_async_context(fresh_schema()))
+        await backend.open()
+        stack.push_async_callback(backend.close)
         yield backend
-    finally:
-        await backend.close()
 
 
 def new(title: str = "t", **kwargs: object) -> NewTask:
