@@ -161,12 +161,14 @@ def launch(
         grace_seconds=grace,
     )
     errors = Console(stderr=True)
-    names = ", ".join(p.name for p in plans)
+    supervisor = Supervisor(config)
+    # names another running launch holds are taken by the next free number (qwen-1 -> qwen-3)
+    names = ", ".join(supervisor.reserve_names())
     errors.print(
         f"aiswarm launch: {names} on {broker_url} ({mode}); logs in {settings.home / 'logs'}", highlight=False
     )
     show_ui = not no_ui and sys.stdout.isatty()
-    asyncio.run(_supervise(Supervisor(config), show_ui))
+    asyncio.run(_supervise(supervisor, show_ui))
     errors.print("aiswarm launch: stopped", highlight=False)
 
 

@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from aiswarm_server.client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.models import Task
+from aiswarm_server.replies import ClaimReply, TokenReply
 from launcher.adapters import get_adapter
 from launcher.adapters.base import AgentSpec, CliAdapter, ModelEndpoint, OutcomeKind, RunOutcome, TokenUsage
 from launcher.personas import Persona
@@ -214,6 +216,82 @@ class CoolDowns:
         return self._until.get(cli, 0.0)
 
 
+class AgentNameLocks:
+    """The agent names this launcher runs: an exclusive ``flock`` per name in ``$AISWARM_HOME/launch/``.
+
+    Every launch numbers its agents ``<cli>-<n>`` from 1, so two launches against one home would both be
+    ``qwen-1``: the same agent, the same private home, and the second one's token revocation would cut the
+    first one off. A name is used only by the launch holding its lock; the kernel drops the lock when the
+    launcher exits however it ends, so a relaunch after a crash gets its names (and its held tasks) back.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.directory = home / "launch"
+        self._held: dict[str, int] = {}
+
+    def take(self, name: str) -> bool:
+        """Lock ``name`` for this launcher; False when another running launch holds it."""
+        if name in self._held:
+            return True
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._held[name] = fd
+        return True
+
+    def holder(self, name: str) -> str:
+        """The pid written by the launch that holds ``name`` (for messages), or ``?``."""
+        with contextlib.suppress(OSError):
+            return (self.directory / f"{name}.lock").read_text().strip() or "?"
+        return "?"
+
+    def release(self) -> None:
+        """Give every name back."""
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
+
+
+def reserve_names(plans: list[AgentPlan], locks: AgentNameLocks) -> list[AgentPlan]:
+    """``plans`` with every name locked for this launch; a name another launch runs becomes the next free ``<cli>-<n>``."""
+    wanted = {p.name for p in plans}
+    reserved: list[AgentPlan] = []
+    for plan in plans:
+        name, n = plan.name, 0
+        while not locks.take(name):
+            n += 1
+            name = f"{plan.cli}-{n}"
+            while name in wanted:
+                n += 1
+                name = f"{plan.cli}-{n}"
+            wanted.add(name)
+        reserved.append(plan if name == plan.name else replace(plan, name=name))
+    return reserved
+
+
+@dataclass
+class AgentRun:
+    """One agent's loop: its plan, spec and adapter, its worker and the admin connection, its live view."""
+
+    plan: AgentPlan
+    spec: AgentSpec
+    adapter: CliAdapter
+    worker: BrokerClient
+    admin: BrokerClient
+    view: AgentView
+
+    @property
+    def name(self) -> str:
+        """The agent's name."""
+        return self.plan.name
+
+
 @dataclass
 class RunResult:
     """One finished CLI run."""
@@ -237,11 +315,39 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._killed = asyncio.Event()
         self._running: dict[str, asyncio.subprocess.Process] = {}
+        self._names = AgentNameLocks(self.config.home)
+        self._reserved = False
+        self.tokens: dict[str, str] = {}
+        """The token issued to each agent by this launch (every earlier one is revoked)."""
+        self._make_views()
+        (self.config.home / "logs").mkdir(parents=True, exist_ok=True)
+
+    def _make_views(self) -> None:
+        self.views.clear()
         for plan in self.config.agents:
             self.views[plan.name] = AgentView(
                 plan.name, plan.cli, plan.persona.name if plan.persona else None
             )
-        (self.config.home / "logs").mkdir(parents=True, exist_ok=True)
+
+    def reserve_names(self) -> list[str]:
+        """Lock this launch's agent names (renaming those another running launch holds); returns the names.
+
+        Called by :meth:`run` if not before; ``aiswarm launch`` calls it first to print the final names.
+        """
+        if not self._reserved:
+            planned = self.config.agents
+            self.config.agents = reserve_names(planned, self._names)
+            for before, after in zip(planned, self.config.agents, strict=True):
+                if before.name != after.name:
+                    log.warning(
+                        "agent %s is run by another aiswarm launch (pid %s): this one runs %s",
+                        before.name,
+                        self._names.holder(before.name),
+                        after.name,
+                    )
+            self._make_views()
+            self._reserved = True
+        return [p.name for p in self.config.agents]
 
     # --- control ----------------------------------------------------------------------------
 
@@ -257,18 +363,36 @@ class Supervisor:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        """Issue tokens, then run every agent's loop until :meth:`stop` (or every loop ends)."""
-        async with BrokerClient(self.config.broker_url, self.config.admin_token) as admin:
-            tokens = {p.name: (await admin.issue_agent_token(p.name)).token for p in self.config.agents}
-            loops = [asyncio.create_task(self._agent(p, tokens[p.name], admin)) for p in self.config.agents]
-            try:
-                await asyncio.gather(*loops)
-            finally:
-                for loop in loops:
-                    loop.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
-                for process in list(self._running.values()):
-                    _kill_group(process)
+        """Reserve the names, replace each agent's tokens, then run every agent's loop until :meth:`stop`."""
+        self.reserve_names()
+        try:
+            async with BrokerClient(self.config.broker_url, self.config.admin_token) as admin:
+                for plan in self.config.agents:
+                    self.tokens[plan.name] = await self._fresh_token(admin, plan.name)
+                loops = [
+                    asyncio.create_task(self._agent(p, self.tokens[p.name], admin))
+                    for p in self.config.agents
+                ]
+                try:
+                    await asyncio.gather(*loops)
+                finally:
+                    for loop in loops:
+                        loop.cancel()
+                    await asyncio.gather(*loops, return_exceptions=True)
+                    for process in list(self._running.values()):
+                        _kill_group(process)
+        finally:
+            self._names.release()
+            self._reserved = False
+
+    async def _fresh_token(self, admin: BrokerClient, name: str) -> str:
+        """Revoke the agent's earlier tokens (a previous launch's), then issue the one this launch uses.
+
+        Safe because this launch holds the name's lock: no other running launch uses these tokens.
+        """
+        revoked = await admin.call("revoke_agent_tokens", TokenReply, agent=name)
+        self._note(name, f"{revoked.message} Issued this launch's token.")
+        return (await admin.issue_agent_token(name)).token
 
     # --- one agent --------------------------------------------------------------------------
 
@@ -295,13 +419,11 @@ class Supervisor:
             persona=plan.persona.name if plan.persona else None,
         )
         self._note(plan.name, f"agent {plan.name} ({plan.cli}) starting in {self.config.mode} mode")
+        loop = self._session_loop if self.config.mode == "session" else self._per_task_loop
         while not self.stopping:
             try:
                 async with BrokerClient(self.config.broker_url, token) as worker:
-                    if self.config.mode == "session":
-                        await self._session_loop(plan, spec, adapter, worker, admin, view)
-                    else:
-                        await self._per_task_loop(plan, spec, adapter, worker, admin, view)
+                    await loop(AgentRun(plan, spec, adapter, worker, admin, view))
                     break
             except (BrokerUnreachable, BrokerCallError, OSError) as error:
                 view.failures += 1
@@ -312,31 +434,25 @@ class Supervisor:
                 await self._sleep(delay)
         view.state = AgentState.STOPPED
 
-    async def _per_task_loop(
-        self,
-        plan: AgentPlan,
-        spec: AgentSpec,
-        adapter: CliAdapter,
-        worker: BrokerClient,
-        admin: BrokerClient,
-        view: AgentView,
-    ) -> None:
-        caps = plan.persona.capabilities if plan.persona else []
-        registered = await worker.register_agent(
-            cli=plan.cli, persona=spec.persona, capabilities=caps, pid=os.getpid()
+    async def _register(self, agent: AgentRun) -> str | None:
+        """Register (or re-register) the agent with the broker; returns its event cursor."""
+        caps = agent.plan.persona.capabilities if agent.plan.persona else []
+        registered = await agent.worker.register_agent(
+            cli=agent.plan.cli, persona=agent.spec.persona, capabilities=caps, pid=os.getpid()
         )
-        cursor: str | None = registered.cursor
-        held = (await worker.get_agent_status()).current_task
+        return registered.cursor
+
+    async def _per_task_loop(self, agent: AgentRun) -> None:
+        cursor = await self._register(agent)
+        held = (await agent.worker.get_agent_status()).current_task
         if held is not None:  # a relaunch finds its agent still holding a task: carry on with it
-            claim = await worker.claim_task(held.id)
-            if claim.claimed and claim.task is not None and claim.fence_token is not None:
-                await self._run_task(plan, spec, adapter, worker, admin, view, claim.task, claim.fence_token)
+            await self._run_claimed(agent, await agent.worker.claim_task(held.id))
         while not self.stopping:
-            if not await self._ready(plan, view):
+            if not await self._ready(agent):
                 continue
-            view.state = AgentState.IDLE
+            agent.view.state = AgentState.IDLE
             reply = await self._until_stopped_or_cooled(
-                plan.cli, worker.wait_for_next_event(cursor, WAIT_SECONDS)
+                agent.plan.cli, agent.worker.wait_for_next_event(cursor, WAIT_SECONDS)
             )
             if reply is None:
                 continue  # stopped, or a cool-down started: the wait was abandoned (the offer lapses)
@@ -344,46 +460,40 @@ class Supervisor:
             for event in reply.events:
                 if event.kind != "task_available" or event.task_id is None or self.stopping:
                     continue
-                if self.cool_downs.remaining(plan.cli) > 0:
+                if self.cool_downs.remaining(agent.plan.cli) > 0:
                     break
-                claim = await worker.claim_task(event.task_id)
-                if claim.claimed and claim.task is not None and claim.fence_token is not None:
-                    await self._run_task(
-                        plan, spec, adapter, worker, admin, view, claim.task, claim.fence_token
-                    )
-                    await self._backoff(plan, view)
+                if await self._run_claimed(agent, await agent.worker.claim_task(event.task_id)):
+                    await self._backoff(agent)
                     break
 
-    async def _ready(self, plan: AgentPlan, view: AgentView) -> bool:
+    async def _run_claimed(self, agent: AgentRun, claim: ClaimReply) -> bool:
+        """Run the CLI on a task the claim reserved; False when the claim reserved nothing."""
+        if not claim.claimed or claim.task is None or claim.fence_token is None:
+            return False
+        await self._run_task(agent, claim.task, claim.fence_token)
+        return True
+
+    async def _ready(self, agent: AgentRun) -> bool:
         """Sit out a cool-down or a backoff; False when the loop should re-check (stop or more waiting)."""
-        cooling = self.cool_downs.remaining(plan.cli)
+        cooling = self.cool_downs.remaining(agent.plan.cli)
         if cooling > 0:
-            view.state = AgentState.COOLING
-            view.cool_down_until = time.time() + cooling
+            agent.view.state = AgentState.COOLING
+            agent.view.cool_down_until = time.time() + cooling
             await self._sleep(cooling)
             return False
-        view.cool_down_until = 0.0
+        agent.view.cool_down_until = 0.0
         return not self.stopping
 
-    async def _run_task(
-        self,
-        plan: AgentPlan,
-        spec: AgentSpec,
-        adapter: CliAdapter,
-        worker: BrokerClient,
-        admin: BrokerClient,
-        view: AgentView,
-        task: Task,
-        fence: int,
-    ) -> None:
+    async def _run_task(self, agent: AgentRun, task: Task, fence: int) -> None:
+        name, view = agent.name, agent.view
         view.state, view.task_id = AgentState.RUNNING, task.id
-        self._note(plan.name, f"task #{task.id} reserved (fence {fence}): {task.title}")
+        self._note(name, f"task #{task.id} reserved (fence {fence}): {task.title}")
         timeout = self.config.task_timeout or float(task.timeout_seconds)
         workdir = _existing_dir(task.working_dir)
-        prompt = task_prompt(plan.name, task.id, plan.persona)
-        beat = asyncio.create_task(self._heartbeats(worker))
+        prompt = task_prompt(name, task.id, agent.plan.persona)
+        beat = asyncio.create_task(self._heartbeats(agent.worker))
         try:
-            result = await self._run_cli(plan, spec, adapter, view, prompt, workdir, timeout)
+            result = await self._run_cli(agent, prompt, workdir, timeout)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -391,27 +501,25 @@ class Supervisor:
         usage = result.usage
         tokens = f", {usage.total_tokens} tokens ({usage.requests or '?'} turns)" if usage else ""
         self._note(
-            plan.name,
+            name,
             f"task #{task.id} run ended: {result.outcome.kind.value} ({result.outcome.reason}) "
             f"after {result.seconds:.1f}s{tokens}",
         )
-        still_held = await self._still_holds(worker, task.id)
+        still_held = await self._still_holds(agent.worker, task.id)
         if still_held:
             if result.rate_limited or result.stopped:
                 why = "rate limited" if result.rate_limited else "launcher stopping"
-                await admin.release_task(
-                    plan.name, task.id, f"{plan.name}: {why}; released without a failure"
-                )
-                self._note(plan.name, f"task #{task.id} released ({why})")
+                await agent.admin.release_task(name, task.id, f"{name}: {why}; released without a failure")
+                self._note(name, f"task #{task.id} released ({why})")
             else:
                 data = {"usage": usage.model_dump()} if usage else None
-                reason = f"{plan.name} ({plan.cli}): {result.outcome.reason}"
+                reason = f"{name} ({agent.plan.cli}): {result.outcome.reason}"
                 with contextlib.suppress(BrokerCallError):
-                    await worker.report_task_completion(
+                    await agent.worker.report_task_completion(
                         task.id, fence, success=False, error=reason, data=data, retryable=True
                     )
-                self._note(plan.name, f"task #{task.id} reported failed: {reason}")
-        self._after_run(plan, view, result, still_held)
+                self._note(name, f"task #{task.id} reported failed: {reason}")
+        self._after_run(agent, result, still_held)
         view.task_id = None
 
     async def _still_holds(self, worker: BrokerClient, task_id: int) -> bool:
@@ -421,15 +529,15 @@ class Supervisor:
             return False
         return current is not None and current.id == task_id
 
-    def _after_run(self, plan: AgentPlan, view: AgentView, result: RunResult, still_held: bool) -> None:
+    def _after_run(self, agent: AgentRun, result: RunResult, still_held: bool) -> None:
         """Book-keeping after a run: cool-down on a rate limit, backoff after failures, reset on success."""
-        kind = result.outcome.kind
+        kind, view, cli = result.outcome.kind, agent.view, agent.plan.cli
         if result.rate_limited:
-            self.cool_downs.start(plan.cli, self.config.cool_down_seconds)
+            self.cool_downs.start(cli, self.config.cool_down_seconds)
             view.last_error = _short(result.outcome.reason)
             self._note(
-                plan.name,
-                f"rate limited: every {plan.cli} agent cools down for {self.config.cool_down_seconds:.0f}s",
+                agent.name,
+                f"rate limited: every {cli} agent cools down for {self.config.cool_down_seconds:.0f}s",
             )
         elif kind in (OutcomeKind.DONE,) and not still_held:
             view.failures = 0
@@ -437,53 +545,38 @@ class Supervisor:
             view.failures += 1
             view.last_error = _short(result.outcome.reason)
 
-    async def _backoff(self, plan: AgentPlan, view: AgentView) -> None:
+    async def _backoff(self, agent: AgentRun) -> None:
+        view = agent.view
         delay = backoff_delay(self.config.backoff_seconds, view.failures)
         if delay > 0 and not self.stopping:
             view.state = AgentState.BACKOFF
-            self._note(plan.name, f"backing off {delay:.0f}s after {view.failures} failed run(s)")
+            self._note(agent.name, f"backing off {delay:.0f}s after {view.failures} failed run(s)")
             await self._sleep(delay)
 
-    async def _session_loop(
-        self,
-        plan: AgentPlan,
-        spec: AgentSpec,
-        adapter: CliAdapter,
-        worker: BrokerClient,
-        admin: BrokerClient,
-        view: AgentView,
-    ) -> None:
-        caps = plan.persona.capabilities if plan.persona else []
-        await worker.register_agent(cli=plan.cli, persona=spec.persona, capabilities=caps, pid=os.getpid())
+    async def _session_loop(self, agent: AgentRun) -> None:
+        await self._register(agent)
+        view = agent.view
         while not self.stopping:
-            if not await self._ready(plan, view):
+            if not await self._ready(agent):
                 continue
             view.state = AgentState.RUNNING
-            result = await self._run_cli(
-                plan, spec, adapter, view, session_prompt(plan.name, plan.persona), None, None
-            )
-            self._note(plan.name, f"session ended: {result.outcome.kind.value} ({result.outcome.reason})")
-            held = (await worker.get_agent_status()).current_task
+            result = await self._run_cli(agent, session_prompt(agent.name, agent.plan.persona), None, None)
+            self._note(agent.name, f"session ended: {result.outcome.kind.value} ({result.outcome.reason})")
+            held = (await agent.worker.get_agent_status()).current_task
             if held is not None:
-                await admin.release_task(plan.name, held.id, f"{plan.name}: session ended; released")
-            self._after_run(plan, view, result, held is not None)
+                await agent.admin.release_task(agent.name, held.id, f"{agent.name}: session ended; released")
+            self._after_run(agent, result, held is not None)
             if result.outcome.kind is not OutcomeKind.DONE or result.seconds < 5:
                 view.failures = max(view.failures, 1)
-            await self._backoff(plan, view)
+            await self._backoff(agent)
 
     # --- the CLI process --------------------------------------------------------------------
 
     async def _run_cli(
-        self,
-        plan: AgentPlan,
-        spec: AgentSpec,
-        adapter: CliAdapter,
-        view: AgentView,
-        prompt: str,
-        workdir: Path | None,
-        limit_seconds: float | None,
+        self, agent: AgentRun, prompt: str, workdir: Path | None, limit_seconds: float | None
     ) -> RunResult:
-        home = adapter.prepare_agent_home(spec)
+        plan, adapter, view = agent.plan, agent.adapter, agent.view
+        home = adapter.prepare_agent_home(agent.spec)
         argv = adapter.command(home, prompt)
         env = adapter.env(home, base_env=self.config.base_env)
         started = time.monotonic()
@@ -493,7 +586,7 @@ class Supervisor:
             *argv,
             cwd=str(workdir or self.config.workdir),
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if adapter.prompt_on_stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: the whole CLI tree is killed together
@@ -529,6 +622,15 @@ class Supervisor:
             assert process.stdout is not None
             return (await process.stdout.read()).decode("utf-8", "replace")
 
+        async def write_prompt() -> None:
+            if process.stdin is None:
+                return
+            # written while stdout and stderr are read: a long prompt cannot fill a pipe nobody drains
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                process.stdin.write(prompt.encode("utf-8"))
+                await process.stdin.drain()
+            process.stdin.close()
+
         async def watch() -> None:
             nonlocal stopped, timed_out
             deadline = None if limit_seconds is None else started + limit_seconds
@@ -558,7 +660,7 @@ class Supervisor:
 
         watcher = asyncio.create_task(watch())
         try:
-            stdout, stderr = await asyncio.gather(read_stdout(), read_stderr())
+            stdout, stderr, _ = await asyncio.gather(read_stdout(), read_stderr(), write_prompt())
             returncode = await process.wait()
         finally:
             watcher.cancel()
@@ -567,6 +669,8 @@ class Supervisor:
             _kill_group(process)  # stragglers the CLI left in its group
             self._running.pop(plan.name, None)
             view.pid = None
+            for returned in adapter.finish_run(home):
+                self._note(plan.name, f"carried the CLI's refreshed login back to {returned}")
         outcome = adapter.classify_exit(None if timed_out else returncode, stdout, stderr)
         if rate_limited and outcome.kind is not OutcomeKind.RATE_LIMITED:
             outcome = RunOutcome(

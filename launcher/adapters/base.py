@@ -5,12 +5,14 @@ config home (MCP entry for the broker, telemetry off, bounded retries, limits, t
 user's own login carried over), the headless command line and environment, and how to
 read the CLI's exit status, stderr and JSON output. Adding a CLI is adding one subclass.
 
-The public methods do the shared work (directories, atomic 0600 writes, credential links,
-exit-code bookkeeping) and call a small set of per-CLI hooks.
+The public methods do the shared work (directories, atomic 0600 writes, credential links and
+copies, exit-code bookkeeping) and call a small set of per-CLI hooks; the helpers below them build
+the parts every CLI's settings share (the broker's MCP entry, the carried-over login).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -21,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,6 +90,9 @@ class CarriedCredential(BaseModel):
     how: str
     """``symlink``, ``copy``, ``settings`` (values merged into the agent's settings) or ``env`` (inherited)."""
     target: Path | None = None
+    write_back: bool = False
+    """A copy the CLI may refresh (a rotating OAuth token): after each run a newer, valid copy goes back to
+    ``source`` (see :func:`return_user_file`), so the user's login never goes stale."""
 
 
 class AgentHome(BaseModel):
@@ -158,6 +163,8 @@ class CliAdapter(ABC):
     """Exit codes with a fixed meaning (measured; see shared/reference/clients.md)."""
     rate_limit_lines: ClassVar[tuple[re.Pattern[str], ...]] = ()
     """CLI-specific stderr lines that mean the model is rate limiting right now."""
+    prompt_on_stdin: ClassVar[bool] = False
+    """The headless prompt goes to the CLI's stdin instead of its argv (the supervisor writes it, then closes)."""
 
     @property
     def pin(self) -> CliPin:
@@ -203,9 +210,9 @@ class CliAdapter(ABC):
     def prepare_agent_home(self, agent: AgentSpec, *, env: Mapping[str, str] | None = None) -> AgentHome:
         """Create the agent's private config home and write the CLI's settings there.
 
-        Idempotent: call it before every run. The user's own files are only read (and linked to),
-        never modified. ``env`` is the environment the user's credentials are looked up in
-        (default: this process's).
+        Idempotent: call it before every run. The user's own files are only read (linked to or
+        copied), never modified here; only :meth:`finish_run` writes a refreshed login back.
+        ``env`` is the environment the user's credentials are looked up in (default: this process's).
         """
         if agent.cli != self.name:
             raise ValueError(f"agent {agent.name} is for CLI {agent.cli!r}, not {self.name!r}")
@@ -226,17 +233,28 @@ class CliAdapter(ABC):
             carried=carried,
         )
 
+    def finish_run(self, agent_home: AgentHome) -> list[Path]:
+        """After a run: carry each ``write_back`` credential the CLI refreshed back to the user's file.
+
+        Returns the user's files written. Only a copy newer than the user's file and holding a JSON
+        object goes back, atomically, under a lock shared by every agent of this aiswarm home.
+        """
+        lock = agent_home.spec.aiswarm_home / "agents" / ".credentials.lock"
+        return [
+            Path(c.source)
+            for c in agent_home.carried
+            if c.write_back and c.target is not None and return_user_file(c.target, Path(c.source), lock)
+        ]
+
     # --- headless run -------------------------------------------------------------------
 
     def command(self, agent_home: AgentHome, prompt: str, *, model: str | None = None) -> list[str]:
-        """The argv for one headless run of ``prompt`` (binary resolved at prepare time, else its bare name)."""
+        """The argv for one headless run of ``prompt`` (binary resolved at prepare time, else its bare name).
+
+        With ``prompt_on_stdin`` the prompt is not in the argv: the caller writes it to the CLI's stdin.
+        """
         binary = str(agent_home.binary) if agent_home.binary else self.binary_name
-        chosen = (
-            model
-            or agent_home.spec.model
-            or (agent_home.spec.endpoint.model if agent_home.spec.endpoint else None)
-        )
-        return [binary, *self._arguments(agent_home, prompt, chosen)]
+        return [binary, *self._arguments(agent_home, prompt, model or chosen_model(agent_home.spec))]
 
     def env(self, agent_home: AgentHome, *, base_env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The full environment for a headless run: ``base_env`` plus Node on PATH, redirection, endpoint, privacy."""
@@ -349,21 +367,100 @@ class CliAdapter(ABC):
         """The error the CLI reported in its output, if any (checked against rate-limit and auth patterns)."""
         return ""
 
+    # --- settings parts every CLI shares ----------------------------------------------------
+
+    def _carry_files(
+        self,
+        user_dir: Path,
+        private_dir: Path,
+        files: Iterable[tuple[str, str]],
+        how: Literal["symlink", "copy"],
+        carried: list[CarriedCredential],
+        *,
+        write_back: bool = False,
+    ) -> None:
+        """Link or copy the user's ``(kind, filename)`` files from ``user_dir`` into ``private_dir``."""
+        carry = link_user_file if how == "symlink" else copy_user_file
+        for kind, filename in files:
+            source, target = user_dir / filename, private_dir / filename
+            if carry(source, target):
+                carried.append(
+                    CarriedCredential(
+                        kind=kind, source=str(source), how=how, target=target, write_back=write_back
+                    )
+                )
+
+    def _carry_user_settings(
+        self, path: Path, keys: Iterable[str], carried: list[CarriedCredential]
+    ) -> dict[str, Any]:
+        """The login and model choices (``keys``, dotted) of the user's settings file at ``path``."""
+        settings = pick(read_user_json(path), *keys)
+        if settings:
+            carried.append(CarriedCredential(kind="settings", source=str(path), how="settings"))
+        return settings
+
+    def _carry_env_keys(
+        self, agent: AgentSpec, env: Mapping[str, str], carried: list[CarriedCredential]
+    ) -> None:
+        """Record the API keys the CLI inherits from ``env`` (none count with a custom endpoint)."""
+        carried.extend(
+            CarriedCredential(kind="api-key-env", source=var, how="env")
+            for var in self._credential_env_vars()
+            if env.get(var) and agent.endpoint is None
+        )
+
+
+def chosen_model(agent: AgentSpec) -> str | None:
+    """The model the agent runs: its own, else the custom endpoint's, else None (the CLI's default)."""
+    return agent.model or (agent.endpoint.model if agent.endpoint else None)
+
+
+def bearer_headers(agent: AgentSpec) -> dict[str, str]:
+    """The agent's token as the MCP entry's ``Authorization`` header."""
+    return {"Authorization": f"Bearer {agent.token}"}
+
+
+def http_mcp_servers(agent: AgentSpec, **extra: Any) -> dict[str, Any]:
+    """The ``mcpServers`` block gemini and qwen share: the broker over streamable HTTP, trusted, with a timeout."""
+    return {
+        MCP_SERVER_NAME: {
+            "httpUrl": agent.broker_url,
+            "headers": bearer_headers(agent),
+            "timeout": agent.tool_timeout_ms,
+            "trust": True,
+            **extra,
+            "description": "aiswarm broker: claim tasks, report progress and results",
+        }
+    }
+
+
+def no_usage_statistics() -> dict[str, Any]:
+    """Settings that turn off usage statistics and telemetry (gemini and qwen spell them the same)."""
+    return {"privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False}}
+
 
 # --- helpers shared by adapters ---------------------------------------------------------
 
 
 def write_private_json(path: Path, document: Mapping[str, Any]) -> None:
     """Write JSON atomically with mode 0600 (it may hold tokens): temp file in the same dir, fsync, rename."""
+    _write_atomically(path, (json.dumps(document, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def _write_atomically(
+    path: Path, data: bytes, mode: int = stat.S_IRUSR | stat.S_IWUSR, mtime: float | None = None
+) -> None:
+    """``path`` replaced by ``data`` in one rename (temp file in the same directory, ``mode``, fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -397,9 +494,10 @@ def link_user_file(source: Path, target: Path) -> bool:
 def copy_user_file(source: Path, target: Path) -> bool:
     """Copy the user's ``source`` file to ``target`` (0600, atomically) unless ``target`` is as new; never touches ``source``.
 
-    For credential files a CLI rewrites in place when it refreshes a token (gemini): a symlink
-    would let the CLI write the user's file, and several agents write it at once. Returns False
-    when ``source`` does not exist.
+    For credential files a CLI rewrites when it refreshes a token (gemini in place, qwen by rename):
+    a symlink would let the CLI write the user's file, several agents at once, or be replaced by the
+    CLI's own copy. The copy keeps ``source``'s modification time, so "newer" always means "refreshed
+    since". Returns False when ``source`` does not exist.
     """
     if not source.is_file():
         return False
@@ -407,17 +505,41 @@ def copy_user_file(source: Path, target: Path) -> bool:
         target.unlink()
     elif target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
         return True
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(source.read_bytes())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomically(target, source.read_bytes(), mtime=source.stat().st_mtime)
     return True
+
+
+def return_user_file(target: Path, source: Path, lock: Path) -> bool:
+    """Carry an agent's refreshed copy ``target`` back to the user's ``source``; True when it was written.
+
+    Only when ``target`` is a regular file strictly newer than ``source`` (which must still exist: a
+    user who logged out stays logged out) and holds a JSON object (a half-written or emptied copy never
+    replaces a working login). The write is one rename of a temp file beside ``source`` that keeps its
+    mode and takes ``target``'s time. Agents finishing together serialise on ``lock``, so the newest
+    copy wins, never the last one to check.
+    """
+    if target.is_symlink() or not target.is_file():
+        return False
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            user_file = source.resolve()
+            if not user_file.is_file():
+                return False
+            theirs, ours = user_file.stat(), target.stat()
+            if ours.st_mtime <= theirs.st_mtime:
+                return False
+            data = target.read_bytes()
+            try:
+                if not isinstance(json.loads(data), dict):
+                    return False
+            except ValueError:
+                return False
+            _write_atomically(user_file, data, mode=stat.S_IMODE(theirs.st_mode), mtime=ours.st_mtime)
+            return True
+        except OSError:
+            return False
 
 
 def read_user_json(path: Path) -> dict[str, Any]:

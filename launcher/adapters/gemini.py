@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 from launcher.adapters.base import (
     AGENT_HEADER,
-    MCP_SERVER_NAME,
     AgentHome,
     AgentSpec,
     CarriedCredential,
@@ -27,10 +26,11 @@ from launcher.adapters.base import (
     CredentialFinding,
     OutcomeKind,
     TokenUsage,
-    copy_user_file,
+    chosen_model,
     deep_merge,
+    http_mcp_servers,
     last_json_value,
-    link_user_file,
+    no_usage_statistics,
     pick,
     read_user_json,
 )
@@ -75,44 +75,13 @@ class GeminiAdapter(CliAdapter):
         user_dir = self.user_config_dir(agent.resolved_user_home(), env)
         private_dir = root / ".gemini"
         private_dir.mkdir(parents=True, exist_ok=True)
-        for kind, filename in _COPIED:
-            if copy_user_file(user_dir / filename, private_dir / filename):
-                carried.append(
-                    CarriedCredential(
-                        kind=kind, source=str(user_dir / filename), how="copy", target=private_dir / filename
-                    )
-                )
-        for kind, filename in _LINKED:
-            if link_user_file(user_dir / filename, private_dir / filename):
-                carried.append(
-                    CarriedCredential(
-                        kind=kind,
-                        source=str(user_dir / filename),
-                        how="symlink",
-                        target=private_dir / filename,
-                    )
-                )
-        user_settings_path = user_dir / "settings.json"
-        settings = pick(read_user_json(user_settings_path), *_CARRIED_SETTINGS)
-        if settings:
-            carried.append(CarriedCredential(kind="settings", source=str(user_settings_path), how="settings"))
-        carried.extend(
-            CarriedCredential(kind="api-key-env", source=var, how="env")
-            for var in self._credential_env_vars()
-            if env.get(var) and agent.endpoint is None
-        )
+        self._carry_files(user_dir, private_dir, _COPIED, "copy", carried)
+        self._carry_files(user_dir, private_dir, _LINKED, "symlink", carried)
+        settings = self._carry_user_settings(user_dir / "settings.json", _CARRIED_SETTINGS, carried)
+        self._carry_env_keys(agent, env, carried)
         ours: dict[str, Any] = {
-            "mcpServers": {
-                MCP_SERVER_NAME: {
-                    "httpUrl": agent.broker_url,
-                    "headers": {"Authorization": f"Bearer {agent.token}"},
-                    "timeout": agent.tool_timeout_ms,
-                    "trust": True,
-                    "description": "aiswarm broker: claim tasks, report progress and results",
-                }
-            },
-            "privacy": {"usageStatisticsEnabled": False},
-            "telemetry": {"enabled": False},
+            "mcpServers": http_mcp_servers(agent),
+            **no_usage_statistics(),
             "general": {
                 # Default 10 attempts with backoff took ~4 minutes on a permanent 429 (measured).
                 "maxAttempts": min(max(agent.model_max_attempts, 1), 10),
@@ -121,7 +90,7 @@ class GeminiAdapter(CliAdapter):
             },
             "model": {"maxSessionTurns": agent.max_turns},
         }
-        model = agent.model or (agent.endpoint.model if agent.endpoint else None)
+        model = chosen_model(agent)
         if model:
             ours["model"]["name"] = model
         if agent.endpoint is not None:

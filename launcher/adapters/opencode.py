@@ -28,10 +28,9 @@ from launcher.adapters.base import (
     CredentialFinding,
     OutcomeKind,
     TokenUsage,
+    bearer_headers,
     deep_merge,
     json_lines,
-    link_user_file,
-    pick,
     read_user_json,
 )
 
@@ -43,10 +42,13 @@ _CONFIG_NAMES = ("opencode.json", "opencode.jsonc", "config.json")
 
 
 class OpencodeAdapter(CliAdapter):
-    """opencode, headless with ``run --format json --title T PROMPT``."""
+    """opencode, headless with ``run --format json --title T``, the prompt on stdin."""
 
     name: ClassVar[str] = "opencode"
     exit_codes: ClassVar[Mapping[int, tuple[OutcomeKind, str]]] = {}
+    prompt_on_stdin: ClassVar[bool] = True
+    """``opencode run`` re-quotes a message argument holding a space and backslash-escapes its ``"``
+    (measured with 1.18.33), so the model would read ``\\"`` wherever the prompt had ``"``; stdin is read as is."""
 
     def user_config_files(self, user_home: Path, env: Mapping[str, str]) -> list[Path]:
         """The user's global opencode config files, lowest precedence first."""
@@ -83,18 +85,16 @@ class OpencodeAdapter(CliAdapter):
         user_home = agent.resolved_user_home()
         for sub in ("config", "data/opencode", "state/opencode"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        source = self.user_data_dir(user_home, env) / "auth.json"
-        target = root / "data" / "opencode" / "auth.json"
-        if link_user_file(source, target):
-            carried.append(
-                CarriedCredential(kind="auth-file", source=str(source), how="symlink", target=target)
-            )
+        self._carry_files(
+            self.user_data_dir(user_home, env),
+            root / "data" / "opencode",
+            [("auth-file", "auth.json")],
+            "symlink",
+            carried,
+        )
         settings: dict[str, Any] = {}
         for path in self.user_config_files(user_home, env):
-            chosen = pick(read_user_json(path), *_CARRIED_SETTINGS)
-            if chosen:
-                deep_merge(settings, chosen)
-                carried.append(CarriedCredential(kind="settings", source=str(path), how="settings"))
+            deep_merge(settings, self._carry_user_settings(path, _CARRIED_SETTINGS, carried))
         if "model" not in settings:
             recent = self._recent_model(user_home, env)
             if recent:
@@ -115,7 +115,7 @@ class OpencodeAdapter(CliAdapter):
                 MCP_SERVER_NAME: {
                     "type": "remote",
                     "url": agent.broker_url,
-                    "headers": {"Authorization": f"Bearer {agent.token}"},
+                    "headers": bearer_headers(agent),
                     "timeout": agent.tool_timeout_ms,
                     "enabled": True,
                 }
@@ -168,7 +168,7 @@ class OpencodeAdapter(CliAdapter):
             if agent_home.spec.endpoint is not None and "/" not in model:
                 model = f"{ENDPOINT_PROVIDER}/{model}"
             args += ["--model", model]
-        return [*args, prompt]
+        return args
 
     def _credential_files(self, user_home: Path, env: Mapping[str, str]) -> Iterable[tuple[str, Path]]:
         return [("auth-file", self.user_data_dir(user_home, env) / "auth.json")]

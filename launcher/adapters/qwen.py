@@ -3,11 +3,14 @@
 Private home (``QWEN_HOME=$AISWARM_HOME/agents/<name>``)::
 
     settings.json      written by aiswarm (0600): MCP entry, limits, retries, privacy
-    oauth_creds.json   -> the user's ~/.qwen/oauth_creds.json (Qwen OAuth login)
+    oauth_creds.json   copy of the user's ~/.qwen/oauth_creds.json (Qwen OAuth login)
     .env               -> the user's ~/.qwen/.env, when present
 
-qwen replaces ``oauth_creds.json`` by rename when it refreshes the token, so the link turns
-into the agent's own copy and the user's file is never written.
+qwen replaces ``oauth_creds.json`` by rename when it refreshes the token, and the refresh may
+rotate the refresh token, leaving the user's copy dead. So the file is copied in before each run
+(when the user's is newer) and, after the run, a refreshed copy is carried back to the user's
+file: atomically, only when newer and a JSON object (``CliAdapter.finish_run``). The next agent
+to start then copies the live token in instead of refreshing with a spent one.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from typing import Any, ClassVar
 
 from launcher.adapters.base import (
     AGENT_HEADER,
-    MCP_SERVER_NAME,
     AgentHome,
     AgentSpec,
     CarriedCredential,
@@ -28,9 +30,11 @@ from launcher.adapters.base import (
     CredentialFinding,
     OutcomeKind,
     TokenUsage,
+    chosen_model,
     deep_merge,
+    http_mcp_servers,
     last_json_value,
-    link_user_file,
+    no_usage_statistics,
     pick,
     read_user_json,
 )
@@ -75,39 +79,17 @@ class QwenAdapter(CliAdapter):
         self, agent: AgentSpec, root: Path, env: Mapping[str, str], carried: list[CarriedCredential]
     ) -> dict[str, Any]:
         user_dir = self.user_config_dir(agent.resolved_user_home(), env)
-        for kind, filename in (("oauth", "oauth_creds.json"), ("dotenv", ".env")):
-            source = user_dir / filename
-            if link_user_file(source, root / filename):
-                carried.append(
-                    CarriedCredential(kind=kind, source=str(source), how="symlink", target=root / filename)
-                )
-        user_settings_path = user_dir / "settings.json"
-        settings: dict[str, Any] = pick(read_user_json(user_settings_path), *_CARRIED_SETTINGS)
-        if settings:
-            carried.append(CarriedCredential(kind="settings", source=str(user_settings_path), how="settings"))
-        carried.extend(
-            CarriedCredential(kind="api-key-env", source=var, how="env")
-            for var in self._credential_env_vars()
-            if env.get(var) and agent.endpoint is None
-        )
-        model = agent.model or (agent.endpoint.model if agent.endpoint else None)
-        wait_ms = agent.tool_timeout_ms
+        self._carry_files(user_dir, root, [("oauth", "oauth_creds.json")], "copy", carried, write_back=True)
+        self._carry_files(user_dir, root, [("dotenv", ".env")], "symlink", carried)
+        settings = self._carry_user_settings(user_dir / "settings.json", _CARRIED_SETTINGS, carried)
+        self._carry_env_keys(agent, env, carried)
+        model = chosen_model(agent)
         ours: dict[str, Any] = {
             "$version": SETTINGS_VERSION,
-            "mcpServers": {
-                MCP_SERVER_NAME: {
-                    "httpUrl": agent.broker_url,
-                    "headers": {"Authorization": f"Bearer {agent.token}"},
-                    "timeout": wait_ms,
-                    "trust": True,
-                    "alwaysLoadTools": True,
-                    "description": "aiswarm broker: claim tasks, report progress and results",
-                }
-            },
+            "mcpServers": http_mcp_servers(agent, alwaysLoadTools=True),
             # The idle timeout must outlast the longest tool call, or qwen abandons a parked wait.
-            "mcp": {"toolIdleTimeoutMs": wait_ms + 60_000},
-            "privacy": {"usageStatisticsEnabled": False},
-            "telemetry": {"enabled": False},
+            "mcp": {"toolIdleTimeoutMs": agent.tool_timeout_ms + 60_000},
+            **no_usage_statistics(),
             "general": {"enableAutoUpdate": False},
             "model": {
                 "maxSessionTurns": agent.max_turns,

@@ -205,33 +205,92 @@ def test_settings_are_rewritten_atomically_without_leftovers(tmp_path: Path, use
 # --- credential carry-over --------------------------------------------------------------
 
 
-def test_qwen_links_the_users_oauth_and_carries_auth_type_and_model(tmp_path: Path, user_home: Path) -> None:
+def test_qwen_copies_the_users_oauth_and_carries_auth_type_and_model(tmp_path: Path, user_home: Path) -> None:
     before = snapshot(user_home)
     home = get_adapter("qwen").prepare_agent_home(spec("qwen", tmp_path, user_home), env={})
-    creds = home.root / "oauth_creds.json"
-    assert creds.is_symlink() and creds.resolve() == (user_home / ".qwen" / "oauth_creds.json").resolve()
+    creds, user_creds = home.root / "oauth_creds.json", user_home / ".qwen" / "oauth_creds.json"
+    assert not creds.is_symlink(), "qwen replaces a link by its own file when it refreshes"
+    assert creds.read_bytes() == user_creds.read_bytes()
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert creds.stat().st_mtime == user_creds.stat().st_mtime, "the copy is as old as the login it copies"
     assert (home.root / ".env").is_symlink()
     s = read_settings(home.settings_path)
     assert s["security"]["auth"]["selectedType"] == "qwen-oauth"
     assert s["model"]["name"] == "qwen3-coder-plus"
     assert "ui" not in s and set(s["mcpServers"]) == {"aiswarm"}, "only login and model choice carry over"
     assert {c.kind for c in home.carried} >= {"oauth", "dotenv", "settings"}
+    assert [c.kind for c in home.carried if c.write_back] == ["oauth"]
     assert snapshot(user_home) == before
+
+
+def qwen_refreshes(creds: Path, text: str, later: float = 5.0) -> None:
+    """What qwen does on a token refresh: write a temp file and rename it over its credentials file."""
+    tmp = creds.with_name(".oauth_creds.json.qwen-tmp")
+    tmp.write_text(text)
+    mtime = creds.stat().st_mtime + later
+    os.utime(tmp, (mtime, mtime))
+    os.replace(tmp, creds)
+
+
+def test_qwen_refreshed_login_goes_back_to_the_user_and_on_to_the_next_agent(
+    tmp_path: Path, user_home: Path
+) -> None:
+    """Refresh tokens rotate: the refresh one agent did must reach the user's file and every other agent."""
+    adapter = get_adapter("qwen")
+    user_creds = user_home / ".qwen" / "oauth_creds.json"
+    user_creds.chmod(0o600)
+    first = adapter.prepare_agent_home(spec("qwen", tmp_path, user_home), env={})
+    second = adapter.prepare_agent_home(spec("qwen", tmp_path, user_home, name="qwen-2"), env={})
+    assert adapter.finish_run(first) == [], "an unrefreshed copy is not written back"
+
+    rotated = '{"access_token": "qa2", "refresh_token": "qr2", "expiry_date": 2}'
+    qwen_refreshes(first.root / "oauth_creds.json", rotated)
+    assert adapter.finish_run(first) == [user_creds]
+    assert user_creds.read_text() == rotated
+    assert stat.S_IMODE(user_creds.stat().st_mode) == 0o600
+    assert user_creds.stat().st_mtime == (first.root / "oauth_creds.json").stat().st_mtime
+    assert not [p for p in user_creds.parent.iterdir() if p.name.endswith(".tmp")]
+    assert adapter.finish_run(first) == [], "written back once"
+
+    adapter.prepare_agent_home(spec("qwen", tmp_path, user_home, name="qwen-2"), env={})
+    assert (second.root / "oauth_creds.json").read_text() == rotated, (
+        "the next run starts from the live token"
+    )
+
+
+def test_qwen_refresh_is_not_written_back_when_older_invalid_or_the_user_logged_out(
+    tmp_path: Path, user_home: Path
+) -> None:
+    adapter = get_adapter("qwen")
+    user_creds = user_home / ".qwen" / "oauth_creds.json"
+    login = user_creds.read_text()
+    home = adapter.prepare_agent_home(spec("qwen", tmp_path, user_home), env={})
+    creds = home.root / "oauth_creds.json"
+
+    for broken in ('{"access_token": "qa2", "refr', "", "[1, 2]"):
+        qwen_refreshes(creds, broken)
+        assert adapter.finish_run(home) == [] and user_creds.read_text() == login, broken
+
+    qwen_refreshes(creds, '{"access_token": "stale"}', later=-60)
+    assert adapter.finish_run(home) == [] and user_creds.read_text() == login
+
+    qwen_refreshes(creds, '{"access_token": "qa3"}', later=60)
+    user_creds.unlink()
+    assert adapter.finish_run(home) == [] and not user_creds.exists()
 
 
 def test_qwen_keeps_its_refreshed_token_until_the_user_logs_in_again(tmp_path: Path, user_home: Path) -> None:
     adapter = get_adapter("qwen")
     home = adapter.prepare_agent_home(spec("qwen", tmp_path, user_home), env={})
     creds = home.root / "oauth_creds.json"
-    # qwen refreshes by writing a temp file and renaming it over the link.
-    creds.unlink()
-    creds.write_text('{"access_token": "refreshed"}')
+    qwen_refreshes(creds, '{"access_token": "refreshed"}')
     adapter.prepare_agent_home(spec("qwen", tmp_path, user_home), env={})
-    assert not creds.is_symlink() and "refreshed" in creds.read_text()
+    assert "refreshed" in creds.read_text()
     user_creds = user_home / ".qwen" / "oauth_creds.json"
+    user_creds.write_text('{"access_token": "new-login"}')
     os.utime(user_creds, (creds.stat().st_mtime + 10, creds.stat().st_mtime + 10))
     adapter.prepare_agent_home(spec("qwen", tmp_path, user_home), env={})
-    assert creds.is_symlink()
+    assert not creds.is_symlink() and "new-login" in creds.read_text()
 
 
 def test_gemini_copies_the_oauth_file_and_links_the_account(tmp_path: Path, user_home: Path) -> None:
@@ -342,7 +401,7 @@ def test_gemini_command_and_env(tmp_path: Path, user_home: Path) -> None:
 def test_opencode_command_and_env(tmp_path: Path, user_home: Path) -> None:
     adapter = get_adapter("opencode")
     home = adapter.prepare_agent_home(spec("opencode", tmp_path, user_home), env={})
-    argv = adapter.command(home, "p", model="anthropic/claude-haiku")
+    argv = adapter.command(home, 'say "hi"', model="anthropic/claude-haiku")
     assert argv[1:] == [
         "run",
         "--format",
@@ -351,8 +410,8 @@ def test_opencode_command_and_env(tmp_path: Path, user_home: Path) -> None:
         "aiswarm opencode-1",
         "--model",
         "anthropic/claude-haiku",
-        "p",
     ]
+    assert adapter.prompt_on_stdin, "opencode escapes the quotes of a prompt given as an argument"
     env = adapter.env(home, base_env={"HOME": str(user_home)})
     assert env["OPENCODE_DISABLE_AUTOUPDATE"] == "1" and env["OPENCODE_DISABLE_MODELS_FETCH"] == "1"
     assert env["OPENCODE_CONFIG"] == str(home.settings_path)

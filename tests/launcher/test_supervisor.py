@@ -14,6 +14,7 @@ from launcher.adapters import UnknownCliError
 from launcher.personas import Persona
 from launcher.supervisor import (
     AgentPlan,
+    AgentRun,
     CoolDowns,
     LaunchConfig,
     LaunchError,
@@ -123,6 +124,8 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Pat
     )
 
     class FakeAdapter:
+        prompt_on_stdin = False
+
         def prepare_agent_home(self, spec: object) -> None:
             return None
 
@@ -143,11 +146,19 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Pat
         def parse_usage(self, stdout: str) -> None:
             return None
 
+        def finish_run(self, home: object) -> list[Path]:
+            return []
+
     async def scenario() -> tuple[RunResult, list[int]]:
         supervisor = Supervisor(config)
         view = supervisor.views["qwen-1"]
         run = asyncio.create_task(
-            supervisor._run_cli(config.agents[0], None, FakeAdapter(), view, "p", None, None)  # type: ignore[arg-type]
+            supervisor._run_cli(
+                AgentRun(config.agents[0], None, FakeAdapter(), None, None, view),  # type: ignore[arg-type]
+                "p",
+                None,
+                None,
+            )
         )
         while view.pid is None or not psutil.Process(view.pid).children():  # noqa: ASYNC110 - polling another process
             await asyncio.sleep(0.05)
