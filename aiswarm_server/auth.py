@@ -8,6 +8,7 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aiswarm_server.errors import InvalidRequest
@@ -59,26 +60,40 @@ def read_token_file(path: Path) -> str | None:
 
 
 class TokenRegistry:
-    """Resolves bearer tokens to identities; cached in memory, the store is the truth."""
+    """Resolves bearer tokens to identities; cached in memory, the store is the truth.
 
-    def __init__(self, store: Store) -> None:
+    A store shared between broker processes (PostgreSQL) can have a token revoked by another broker, so there
+    a cached identity is re-read from the store after ``SHARED_CACHE_SECONDS``; with a store this process owns
+    alone, every revocation passes through :meth:`revoke` / :meth:`revoke_agent` and the cache never goes stale.
+    """
+
+    SHARED_CACHE_SECONDS = 5.0
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
-        self._cache: dict[str, Identity] = {}
+        self._clock = clock
+        self._ttl = self.SHARED_CACHE_SECONDS if store.shared_between_processes else None
+        self._cache: dict[str, tuple[Identity, float]] = {}  # digest -> (identity, read at)
 
     async def authenticate(self, token: str | None) -> Identity | None:
         if not token:
             return None
         digest = hash_token(token)
-        identity = self._cache.get(digest)
+        cached = self._cache.get(digest)
+        now = self._clock()
+        if cached is not None and (self._ttl is None or now - cached[1] < self._ttl):
+            return cached[0]
+        identity = await self._store.find_token(digest)
         if identity is None:
-            identity = await self._store.find_token(digest)
-            if identity is not None:
-                self._cache[digest] = identity
+            self._cache.pop(digest, None)
+        else:
+            self._cache[digest] = (identity, now)
         return identity
 
     def authenticate_cached(self, token: str | None) -> Identity | None:
         """The identity for a token already seen by :meth:`authenticate` (every HTTP request passes there first)."""
-        return self._cache.get(hash_token(token)) if token else None
+        cached = self._cache.get(hash_token(token)) if token else None
+        return cached[0] if cached is not None else None
 
     async def issue(self, identity: Identity) -> str:
         if identity.role is Role.WORKER:
@@ -91,7 +106,7 @@ class TokenRegistry:
 
     async def revoke_agent(self, agent: str) -> int:
         count = await self._store.revoke_tokens(agent=agent, now=time.time())
-        self._cache = {h: i for h, i in self._cache.items() if i.agent != agent}
+        self._cache = {h: entry for h, entry in self._cache.items() if entry[0].agent != agent}
         return count
 
     async def revoke(self, token: str) -> int:
