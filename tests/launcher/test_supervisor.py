@@ -171,3 +171,51 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Pat
     alive = [p for p in group if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
     assert "run 1: starting qwen" in (tmp_path / "logs" / "qwen-1.log").read_text()
+
+
+def test_a_prompt_on_stdin_reaches_the_cli_whole(tmp_path: Path) -> None:
+    """For a CLI that reads its prompt on stdin, the supervisor writes it there and closes it."""
+    prompt = "say \"hi\" \\ and 'bye'\n" + "x" * 200_000  # larger than a pipe's buffer
+    config = LaunchConfig(
+        agents=[AgentPlan("opencode-1", "opencode")],
+        broker_url="http://127.0.0.1:1/mcp",
+        admin_token="t",
+        home=tmp_path,
+        workdir=tmp_path,
+    )
+    seen: list[str] = []
+
+    class StdinAdapter:
+        prompt_on_stdin = True
+
+        def prepare_agent_home(self, spec: object) -> None:
+            return None
+
+        def command(self, home: object, prompt: str) -> list[str]:
+            return [sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read())"]
+
+        def env(self, home: object, base_env: object = None) -> dict[str, str]:
+            return dict(os.environ)
+
+        def detect_rate_limit_line(self, line: str) -> bool:
+            return False
+
+        def classify_exit(self, returncode: int | None, stdout: str, stderr: str) -> object:
+            from launcher.adapters.base import OutcomeKind, RunOutcome
+
+            return RunOutcome(kind=OutcomeKind.DONE, reason="ok", returncode=returncode)
+
+        def parse_usage(self, stdout: str) -> None:
+            seen.append(stdout)
+
+        def finish_run(self, home: object) -> list[Path]:
+            return []
+
+    async def scenario() -> RunResult:
+        supervisor = Supervisor(config)
+        agent = AgentRun(config.agents[0], None, StdinAdapter(), None, None, supervisor.views["opencode-1"])  # type: ignore[arg-type]
+        return await asyncio.wait_for(supervisor._run_cli(agent, prompt, None, 60), 30)
+
+    result = asyncio.run(scenario())
+    assert result.outcome.returncode == 0
+    assert seen == [prompt]
