@@ -77,17 +77,30 @@ _CLAIM_SET = """
     progress = NULL, updated_at = $2::float8
 """
 
-# A claimer passes over pending rows another transaction is claiming instead of queueing behind it.
-_CLAIM_NEXT = f"""
-UPDATE tasks SET {_CLAIM_SET}
-WHERE status = 'pending' AND id = (
-    SELECT t.id FROM tasks AS t
-    WHERE t.status = 'pending' AND (t.persona IS NULL OR t.persona = $4::text) AND t.capabilities <@ $5::text[]
-    ORDER BY t.priority DESC, t.id LIMIT 1 FOR UPDATE SKIP LOCKED)
-RETURNING *
+
+def _claim_and_start(where: str) -> str:
+    """One statement: claim the task ``where`` picks, open its attempt, mark the agent busy with it."""
+    return f"""
+WITH claimed AS (UPDATE tasks SET {_CLAIM_SET} WHERE {where} RETURNING *),
+     attempt AS (
+         INSERT INTO attempts (task_id, number, agent, fence_token, claimed_at, outcome)
+         SELECT c.id, COALESCE((SELECT MAX(a.number) FROM attempts AS a WHERE a.task_id = c.id), 0) + 1,
+                $1::text, c.fence_token, $2::float8, 'running'
+         FROM claimed AS c),
+     busy AS (UPDATE agents SET status = 'busy', current_task_id = c.id FROM claimed AS c WHERE agents.name = $1::text)
+SELECT * FROM claimed
 """
 
-_CLAIM_ONE = f"UPDATE tasks SET {_CLAIM_SET} WHERE id = $4::bigint AND status = 'pending' RETURNING *"
+
+# A claimer passes over pending rows another transaction is claiming instead of queueing behind it.
+_CLAIM_NEXT = _claim_and_start(
+    """status = 'pending' AND id = (
+    SELECT t.id FROM tasks AS t
+    WHERE t.status = 'pending' AND (t.persona IS NULL OR t.persona = $4::text) AND t.capabilities <@ $5::text[]
+    ORDER BY t.priority DESC, t.id LIMIT 1 FOR UPDATE SKIP LOCKED)"""
+)
+
+_CLAIM_ONE = _claim_and_start("id = $4::bigint AND status = 'pending'")
 
 _CLAIMABLE_FOR = """
 SELECT t.* FROM tasks AS t
@@ -880,20 +893,6 @@ async def _list_tasks(con: Connection, status: TaskStatus | None, limit: int, of
     return [_row_to_task(r) for r in rows]
 
 
-async def _start_attempt(con: Connection, task: Row, agent: str, now: float) -> None:
-    await con.execute(
-        """INSERT INTO attempts (task_id, number, agent, fence_token, claimed_at, outcome)
-           SELECT $1, COALESCE(MAX(number), 0) + 1, $2, $3, $4, 'running' FROM attempts WHERE task_id = $1""",
-        task["id"],
-        agent,
-        task["fence_token"],
-        now,
-    )
-    await con.execute(
-        "UPDATE agents SET status = 'busy', current_task_id = $1 WHERE name = $2", task["id"], agent
-    )
-
-
 async def _end_attempt(
     con: Connection, task_id: int, fence: int, outcome: AttemptOutcome, error: str | None, now: float
 ) -> None:
@@ -966,7 +965,6 @@ async def _claim(con: Connection, agent: str, task_id: int | None, now: float, l
                 f"{list(current['capabilities'])}, which you do not have. Call claim_task without task_id.",
             )
         row = await con.fetchrow(_CLAIM_ONE, agent, now, lease, task_id)
-    await _start_attempt(con, row, agent, now)
     task = _row_to_task(row)
     return ClaimResult(
         Claim(task=task, fence_token=task.fence_token, lease_expires_at=task.lease_expires_at or now)
@@ -1047,11 +1045,13 @@ async def _renew(
 async def _unblock_dependents(con: Connection, task_id: int, now: float, change: TaskChange) -> None:
     # Lock the dependents first, then re-check them in a new statement (a fresh snapshot at READ COMMITTED): of two
     # dependencies completing at once, the second to lock sees the first committed, so one of them unblocks.
-    await con.execute(
+    waiting = await con.fetch(
         """SELECT id FROM tasks WHERE status = 'blocked'
                AND id IN (SELECT task_id FROM task_deps WHERE depends_on = $1) ORDER BY id FOR UPDATE""",
         task_id,
     )
+    if not waiting:
+        return
     rows = await con.fetch(
         """UPDATE tasks SET status = 'pending', updated_at = $2::float8
            WHERE status = 'blocked' AND id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)
@@ -1157,15 +1157,24 @@ async def _complete(
             return change
         raise
     if success:
-        await _end_attempt(con, task_id, fence, AttemptOutcome.COMPLETED, None, now)
-        await _free_agent(con, agent, task_id)
+        # One statement: end the attempt, free the agent, record the result.
         updated = await con.fetchrow(
-            """UPDATE tasks SET status = 'completed', result = $1, data = $2::json, error = NULL,
-                   lease_expires_at = NULL, updated_at = $3, finished_at = $3 WHERE id = $4 RETURNING *""",
+            """WITH ended AS (
+                   UPDATE attempts SET outcome = 'completed', error = NULL, finished_at = $3::float8
+                   WHERE task_id = $4 AND fence_token = $5),
+               freed AS (
+                   UPDATE agents SET current_task_id = NULL,
+                       status = CASE WHEN status = 'lost' THEN 'lost' ELSE 'idle' END
+                   WHERE name = $6 AND current_task_id = $4)
+               UPDATE tasks SET status = 'completed', result = $1, data = $2::json, error = NULL,
+                   lease_expires_at = NULL, updated_at = $3::float8, finished_at = $3::float8
+               WHERE id = $4 RETURNING *""",
             result,
             _dumps(data) if data is not None else None,
             now,
             task_id,
+            fence,
+            agent,
         )
         change.task = _row_to_task(updated)
         change.finished.append(task_id)
