@@ -257,6 +257,10 @@ class PostgresStore(Store):
             async with self._pool.acquire() as con:
                 self.channel = _channel_for(await con.fetchval("SELECT current_schema()") or "public")
                 await self._migrate(con)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            await self._pool.close()
+            self._pool = None
+            raise self._unreachable(error) from error
         except BaseException:
             await self._pool.close()
             self._pool = None
@@ -352,6 +356,7 @@ class PostgresStore(Store):
             raise StoreUnavailable("open the store before watching it")
         self._apply = apply
         con = await self._listen()
+        self._heard_at = time.time()
         self._listener = asyncio.create_task(self._listen_forever(con), name="aiswarm-pg-listener")
 
     async def _listen(self) -> Connection:
@@ -360,7 +365,6 @@ class PostgresStore(Store):
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise self._unreachable(error) from error
         await con.add_listener(self.channel, self._on_notification)
-        self._heard_at = time.time()
         return con
 
     def _on_notification(self, _con: object, _pid: int, _channel: str, payload: str) -> None:
@@ -378,6 +382,7 @@ class PostgresStore(Store):
                         backoff = 0.1
                         log.warning("listening for other brokers' changes again at %s", self.where)
                         await self._catch_up(missed_since)
+                        self._heard_at = time.time()
                     except Exception as error:
                         log.warning(
                             "cannot listen at %s (%s); retrying in %.1f s", self.where, error, backoff
