@@ -658,19 +658,29 @@ class Supervisor:
                     kill()
                     return
 
+        def return_logins() -> None:
+            for returned in adapter.return_logins(home):
+                self._note(plan.name, f"carried the CLI's refreshed login back to {returned}")
+
+        async def return_logins_while_running() -> None:
+            while True:  # a long run (session mode) may refresh a rotating token other agents need
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+                return_logins()
+
         watcher = asyncio.create_task(watch())
+        returner = asyncio.create_task(return_logins_while_running())
         try:
             stdout, stderr, _ = await asyncio.gather(read_stdout(), read_stderr(), write_prompt())
             returncode = await process.wait()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for helper in (watcher, returner):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             _kill_group(process)  # stragglers the CLI left in its group
             self._running.pop(plan.name, None)
             view.pid = None
-            for returned in adapter.finish_run(home):
-                self._note(plan.name, f"carried the CLI's refreshed login back to {returned}")
+            return_logins()
         outcome = adapter.classify_exit(None if timed_out else returncode, stdout, stderr)
         if rate_limited and outcome.kind is not OutcomeKind.RATE_LIMITED:
             outcome = RunOutcome(

@@ -211,7 +211,7 @@ class CliAdapter(ABC):
         """Create the agent's private config home and write the CLI's settings there.
 
         Idempotent: call it before every run. The user's own files are only read (linked to or
-        copied), never modified here; only :meth:`finish_run` writes a refreshed login back.
+        copied), never modified here; only :meth:`return_logins` writes a refreshed login back.
         ``env`` is the environment the user's credentials are looked up in (default: this process's).
         """
         if agent.cli != self.name:
@@ -233,10 +233,11 @@ class CliAdapter(ABC):
             carried=carried,
         )
 
-    def finish_run(self, agent_home: AgentHome) -> list[Path]:
-        """After a run: carry each ``write_back`` credential the CLI refreshed back to the user's file.
+    def return_logins(self, agent_home: AgentHome) -> list[Path]:
+        """Carry each ``write_back`` credential the CLI refreshed back to the user's file.
 
-        Returns the user's files written. Only a copy newer than the user's file and holding a JSON
+        Called while the CLI runs (a session can outlive a token) and after it exits; cheap when
+        nothing changed. Returns the user's files written. Only a copy newer than the user's file and holding a JSON
         object goes back, atomically, under a lock shared by every agent of this aiswarm home.
         """
         lock = agent_home.spec.aiswarm_home / "agents" / ".credentials.lock"
@@ -520,10 +521,10 @@ def return_user_file(target: Path, source: Path, lock: Path) -> bool:
     """
     if target.is_symlink() or not target.is_file():
         return False
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        try:
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
             user_file = source.resolve()
             if not user_file.is_file():
                 return False
@@ -538,8 +539,8 @@ def return_user_file(target: Path, source: Path, lock: Path) -> bool:
                 return False
             _write_atomically(user_file, data, mode=stat.S_IMODE(theirs.st_mode), mtime=ours.st_mtime)
             return True
-        except OSError:
-            return False
+    except OSError:
+        return False  # an unwritable home or a vanished file: the user's login stays as it was
 
 
 def read_user_json(path: Path) -> dict[str, Any]:

@@ -8,9 +8,9 @@ Private home (``QWEN_HOME=$AISWARM_HOME/agents/<name>``)::
 
 qwen replaces ``oauth_creds.json`` by rename when it refreshes the token, and the refresh may
 rotate the refresh token, leaving the user's copy dead. So the file is copied in before each run
-(when the user's is newer) and, after the run, a refreshed copy is carried back to the user's
-file: atomically, only when newer and a JSON object (``CliAdapter.finish_run``). The next agent
-to start then copies the live token in instead of refreshing with a spent one.
+(when the user's is newer) and, while the run goes on and after it, a refreshed copy is carried back
+to the user's file: atomically, only when newer and a JSON object (``CliAdapter.return_logins``).
+The next agent to start then copies the live token in instead of refreshing with a spent one.
 """
 
 from __future__ import annotations

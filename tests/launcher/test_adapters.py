@@ -241,16 +241,16 @@ def test_qwen_refreshed_login_goes_back_to_the_user_and_on_to_the_next_agent(
     user_creds.chmod(0o600)
     first = adapter.prepare_agent_home(spec("qwen", tmp_path, user_home), env={})
     second = adapter.prepare_agent_home(spec("qwen", tmp_path, user_home, name="qwen-2"), env={})
-    assert adapter.finish_run(first) == [], "an unrefreshed copy is not written back"
+    assert adapter.return_logins(first) == [], "an unrefreshed copy is not written back"
 
     rotated = '{"access_token": "qa2", "refresh_token": "qr2", "expiry_date": 2}'
     qwen_refreshes(first.root / "oauth_creds.json", rotated)
-    assert adapter.finish_run(first) == [user_creds]
+    assert adapter.return_logins(first) == [user_creds]
     assert user_creds.read_text() == rotated
     assert stat.S_IMODE(user_creds.stat().st_mode) == 0o600
     assert user_creds.stat().st_mtime == (first.root / "oauth_creds.json").stat().st_mtime
     assert not [p for p in user_creds.parent.iterdir() if p.name.endswith(".tmp")]
-    assert adapter.finish_run(first) == [], "written back once"
+    assert adapter.return_logins(first) == [], "written back once"
 
     adapter.prepare_agent_home(spec("qwen", tmp_path, user_home, name="qwen-2"), env={})
     assert (second.root / "oauth_creds.json").read_text() == rotated, (
@@ -269,14 +269,14 @@ def test_qwen_refresh_is_not_written_back_when_older_invalid_or_the_user_logged_
 
     for broken in ('{"access_token": "qa2", "refr', "", "[1, 2]"):
         qwen_refreshes(creds, broken)
-        assert adapter.finish_run(home) == [] and user_creds.read_text() == login, broken
+        assert adapter.return_logins(home) == [] and user_creds.read_text() == login, broken
 
     qwen_refreshes(creds, '{"access_token": "stale"}', later=-60)
-    assert adapter.finish_run(home) == [] and user_creds.read_text() == login
+    assert adapter.return_logins(home) == [] and user_creds.read_text() == login
 
     qwen_refreshes(creds, '{"access_token": "qa3"}', later=60)
     user_creds.unlink()
-    assert adapter.finish_run(home) == [] and not user_creds.exists()
+    assert adapter.return_logins(home) == [] and not user_creds.exists()
 
 
 def test_qwen_keeps_its_refreshed_token_until_the_user_logs_in_again(tmp_path: Path, user_home: Path) -> None:

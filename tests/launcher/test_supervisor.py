@@ -146,7 +146,7 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Pat
         def parse_usage(self, stdout: str) -> None:
             return None
 
-        def finish_run(self, home: object) -> list[Path]:
+        def return_logins(self, home: object) -> list[Path]:
             return []
 
     async def scenario() -> tuple[RunResult, list[int]]:
@@ -208,7 +208,7 @@ def test_a_prompt_on_stdin_reaches_the_cli_whole(tmp_path: Path) -> None:
         def parse_usage(self, stdout: str) -> None:
             seen.append(stdout)
 
-        def finish_run(self, home: object) -> list[Path]:
+        def return_logins(self, home: object) -> list[Path]:
             return []
 
     async def scenario() -> RunResult:
@@ -219,3 +219,56 @@ def test_a_prompt_on_stdin_reaches_the_cli_whole(tmp_path: Path) -> None:
     result = asyncio.run(scenario())
     assert result.outcome.returncode == 0
     assert seen == [prompt]
+
+
+def test_refreshed_logins_are_returned_while_the_cli_runs_and_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run (session mode) may rotate a token other agents need: it is carried back as it goes."""
+    monkeypatch.setattr("launcher.supervisor.HEARTBEAT_SECONDS", 0.1)
+    config = LaunchConfig(
+        agents=[AgentPlan("qwen-1", "qwen")],
+        broker_url="http://127.0.0.1:1/mcp",
+        admin_token="t",
+        home=tmp_path,
+        workdir=tmp_path,
+    )
+    calls: list[bool] = []
+
+    class RefreshingAdapter:
+        prompt_on_stdin = False
+
+        def prepare_agent_home(self, spec: object) -> None:
+            return None
+
+        def command(self, home: object, prompt: str) -> list[str]:
+            return [sys.executable, "-c", "import time; time.sleep(1)"]
+
+        def env(self, home: object, base_env: object = None) -> dict[str, str]:
+            return dict(os.environ)
+
+        def detect_rate_limit_line(self, line: str) -> bool:
+            return False
+
+        def classify_exit(self, returncode: int | None, stdout: str, stderr: str) -> object:
+            from launcher.adapters.base import OutcomeKind, RunOutcome
+
+            return RunOutcome(kind=OutcomeKind.DONE, reason="ok", returncode=returncode)
+
+        def parse_usage(self, stdout: str) -> None:
+            return None
+
+        def return_logins(self, home: object) -> list[Path]:
+            calls.append(supervisor.views["qwen-1"].pid is not None)
+            return [tmp_path / "oauth_creds.json"]
+
+    supervisor = Supervisor(config)
+
+    async def scenario() -> RunResult:
+        agent = AgentRun(config.agents[0], None, RefreshingAdapter(), None, None, supervisor.views["qwen-1"])  # type: ignore[arg-type]
+        return await asyncio.wait_for(supervisor._run_cli(agent, "p", None, 60), 30)
+
+    asyncio.run(scenario())
+    assert calls.count(True) >= 3, "returned while the CLI was running"
+    assert calls[-1] is False, "and once more after it exited"
+    assert "carried the CLI's refreshed login back to" in (tmp_path / "logs" / "qwen-1.log").read_text()
