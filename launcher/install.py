@@ -157,26 +157,18 @@ def install_cli(name: str, home: Path, *, npm: str | None = None) -> InstallResu
     node_bin = ensure_node(home, pin.min_node_major, npm=npm) if pin.min_node_major else node_path(home)
     prefix = cli_prefix(home, name)
     binary = prefix / "node_modules" / ".bin" / pin.binary
-    if installed_version(prefix, pin.package) == pin.version and binary.exists():
-        return InstallResult(
-            name=name,
-            package=pin.package,
-            version=pin.version,
-            prefix=prefix,
-            binary=binary,
-            installed_now=False,
-            node_bin=node_bin,
-        )
-    _npm_install(prefix, pin.spec, npm=npm)
-    if installed_version(prefix, pin.package) != pin.version or not binary.exists():
-        raise InstallError(f"npm reported success but {binary} is missing: remove {prefix} and retry")
+    installed_now = not (installed_version(prefix, pin.package) == pin.version and binary.exists())
+    if installed_now:
+        _npm_install(prefix, pin.spec, npm=npm)
+        if installed_version(prefix, pin.package) != pin.version or not binary.exists():
+            raise InstallError(f"npm reported success but {binary} is missing: remove {prefix} and retry")
     return InstallResult(
         name=name,
         package=pin.package,
         version=pin.version,
         prefix=prefix,
         binary=binary,
-        installed_now=True,
+        installed_now=installed_now,
         node_bin=node_bin,
     )
 
