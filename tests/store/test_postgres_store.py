@@ -6,14 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
+from pydantic import ValidationError
 
+from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import SchemaTooNew
 from aiswarm_server.models import NewTask, Task, TaskChange, TaskStatus
+from aiswarm_server.store import open_store
 from aiswarm_server.store.postgres import PostgresStore, change_payloads, migrations
+from aiswarm_server.store.sqlite import SqliteStore
 from tests.store.postgres_fixture import fresh_schema
 
 pytestmark = pytest.mark.anyio
@@ -259,3 +266,44 @@ async def test_never_claimed_twice_across_processes(url: str) -> None:
     for worker in workers:
         worker.join(30)
     assert sorted(claimed) == sorted(t.id for t in created)
+
+
+async def test_an_agent_parked_on_one_broker_is_not_declared_lost_by_another(url: str) -> None:
+    here, there = PostgresStore(url), PostgresStore(url)
+    await here.open()
+    await there.open()
+    try:
+        await here.register_agent("parked", "test", None, [], None, NOW)
+        lost_after = 600.0
+        later = NOW + 400  # past half the cut-off: this broker's sweep writes the agent's liveness down
+        await here.sweep(later, later - lost_after, keep_alive=["parked"])
+        elsewhere = NOW + 700  # the other broker knows nothing of the parked wait
+        await there.sweep(elsewhere, elsewhere - lost_after)
+        agent = await there.get_agent("parked")
+        assert agent is not None and agent.status.value == "idle" and agent.last_seen_at == later
+    finally:
+        await here.close()
+        await there.close()
+
+
+def test_the_database_url_must_be_postgresql_and_picks_the_store(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="only PostgreSQL"):
+        BrokerSettings(home=tmp_path, database_url="mysql://me:secret@db/aiswarm")
+    assert isinstance(open_store(BrokerSettings(home=tmp_path)), SqliteStore)
+    assert BrokerSettings(home=tmp_path, database_url=" ").database_url is None
+    settings = BrokerSettings(home=tmp_path, database_url="postgres://me:secret@db:5432/aiswarm")
+    store = open_store(settings)
+    assert isinstance(store, PostgresStore) and store.where == "postgres://me:***@db:5432/aiswarm"
+    assert settings.database_label == "postgres://me:***@db:5432/aiswarm"
+
+
+def test_sqlite_users_never_import_asyncpg() -> None:
+    probe = (
+        "import sys; from aiswarm_server.config import BrokerSettings; from aiswarm_server.store import open_store; "
+        "import aiswarm_server.app, aiswarm_server.server; open_store(BrokerSettings()); "
+        "print('asyncpg' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
