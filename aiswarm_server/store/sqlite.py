@@ -43,6 +43,7 @@ from aiswarm_server.store.base import AgentPoll, ClaimResult, Store, StoreStats
 
 T = TypeVar("T")
 SEEN_RESOLUTION_SECONDS = 2.0
+INLINE_BUSY_TIMEOUT_MS = 250
 log = logging.getLogger("aiswarm.store")
 
 MIGRATIONS_PACKAGE = "aiswarm_server.store.migrations.sqlite"
@@ -191,6 +192,10 @@ class SqliteStore(Store):
             if self.inline:
                 db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints sync: see _checkpoint_forever
             self._migrate(db)
+            if self.inline:
+                # Nothing in this process contends for the write lock, so a wait for it means another process
+                # holds it; on the loop's thread a long wait would stall every call, so refuse soon instead.
+                db.execute(f"PRAGMA busy_timeout={INLINE_BUSY_TIMEOUT_MS}")
         except sqlite3.DatabaseError as error:
             db.close()
             if (
