@@ -283,7 +283,7 @@ async def measure_scale(broker: BenchBroker, agents: list[tuple[str, str]], proc
     the wake-ups being timed; then they all claim and complete, and every task must be completed exactly once.
     """
     n = len(agents)
-    before = _resources(broker)
+    before = await _settled_resources(broker)
     samples: list[dict[str, int]] = []
     async with Fleet(broker.port, agents, processes) as fleet:
         await fleet.connect()
@@ -343,6 +343,16 @@ async def measure_scale(broker: BenchBroker, agents: list[tuple[str, str]], proc
 
 def _resources(broker: BenchBroker) -> dict[str, int]:
     return {"rss": broker.rss_bytes(), "fds": broker.open_fds()}
+
+
+async def _settled_resources(broker: BenchBroker, samples: int = 5) -> dict[str, int]:
+    """Resources of an idle broker: the fewest open files over a few samples, so a connection the server is
+    still closing (the previous call's) is not counted as part of its idle state."""
+    taken = []
+    for _ in range(samples):
+        taken.append(_resources(broker))
+        await asyncio.sleep(0.1)
+    return {"rss": taken[-1]["rss"], "fds": min(t["fds"] for t in taken)}
 
 
 async def with_timeout(awaitable: Awaitable[dict[str, Any]], seconds: float) -> dict[str, Any]:
