@@ -159,7 +159,9 @@ def serve(
         agent_lost_seconds=agent_lost_seconds,
     )
     errors.print(
-        f"aiswarm broker {__version__}: home {settings.home}, listening on {settings.host}", highlight=False
+        f"aiswarm broker {__version__}: home {settings.home}, state in {settings.database_label}, "
+        f"listening on {settings.host}",
+        highlight=False,
     )
     run(settings, log_level=log_level, port_file=port_file)
 

@@ -31,9 +31,41 @@ class RegisterReply(BaseModel):
     message: str
 
 
+class ClaimedTask(BaseModel):
+    """What a worker needs to do a task it holds: no timestamps, no bookkeeping, nothing it would have to skip."""
+
+    id: int
+    title: str
+    prompt: str
+    priority: int
+    persona: str | None
+    capabilities: list[str]
+    depends_on: list[int]
+    working_dir: str | None
+    timeout_seconds: int = Field(description="Seconds this attempt may take, from the claim.")
+    failures: int = Field(description="Earlier attempts that failed; `error` says how the last one ended.")
+    error: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> ClaimedTask:
+        return cls(
+            id=task.id,
+            title=task.title,
+            prompt=task.prompt,
+            priority=task.priority,
+            persona=task.persona,
+            capabilities=task.capabilities,
+            depends_on=task.depends_on,
+            working_dir=task.working_dir,
+            timeout_seconds=task.timeout_seconds,
+            failures=task.failures,
+            error=task.error,
+        )
+
+
 class ClaimReply(BaseModel):
     claimed: bool
-    task: Task | None = None
+    task: ClaimedTask | None = None
     fence_token: int | None = Field(default=None, description="Pass this with every report about the task.")
     lease_expires_at: float | None = None
     message: str

@@ -20,6 +20,7 @@ from aiswarm_server.models import Identity, NewTask, Role, Task, TaskChange, Tas
 from aiswarm_server.replies import (
     AgentsReply,
     AgentStatusReply,
+    ClaimedTask,
     ClaimReply,
     CompletionReply,
     EventView,
@@ -338,7 +339,7 @@ class Broker:
         where = f" Work in {claim.task.working_dir}." if claim.task.working_dir else ""
         return ClaimReply(
             claimed=True,
-            task=claim.task,
+            task=ClaimedTask.of(claim.task),
             fence_token=claim.fence_token,
             lease_expires_at=claim.lease_expires_at,
             message=(
@@ -625,7 +626,7 @@ class Broker:
         stats = await self.store.stats()
         return StatusReply(
             version=__version__,
-            database=str(self.settings.database_path),
+            database=self.settings.database_label,
             tasks=stats.tasks,
             agents=stats.agents,
             parked_waits=len(self.agent_waiters),

@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from aiswarm_server.client import BrokerCallError, BrokerClient, BrokerUnreachable
-from aiswarm_server.models import Task
-from aiswarm_server.replies import ClaimReply, TokenReply
+from aiswarm_server.replies import ClaimedTask, ClaimReply, TokenReply
 from launcher.adapters import get_adapter
 from launcher.adapters.base import AgentSpec, CliAdapter, ModelEndpoint, OutcomeKind, RunOutcome, TokenUsage
 from launcher.personas import Persona
@@ -484,7 +483,7 @@ class Supervisor:
         agent.view.cool_down_until = 0.0
         return not self.stopping
 
-    async def _run_task(self, agent: AgentRun, task: Task, fence: int) -> None:
+    async def _run_task(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
         name, view = agent.name, agent.view
         view.state, view.task_id = AgentState.RUNNING, task.id
         self._note(name, f"task #{task.id} reserved (fence {fence}): {task.title}")
