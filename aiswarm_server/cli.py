@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -413,6 +414,43 @@ def token_revoke(
         console.print(reply.message)
 
     run_async(with_broker(home, url, action))
+
+
+@token_app.command("list")
+def token_list(
+    agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's tokens.")] = None,
+    revoked: Annotated[bool, typer.Option("--revoked", help="Also list revoked tokens.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    home: HomeOption = None,
+    url: UrlOption = None,
+) -> None:
+    """List issued tokens: fingerprint, role, agent, when issued and revoked (never the tokens themselves)."""
+
+    async def action(broker: BrokerClient) -> None:
+        reply = await broker.list_tokens(agent, include_revoked=revoked)
+        if as_json:
+            print_json(reply)
+            return
+        table = Table(box=None)
+        for column in ("fingerprint", "role", "agent", "label", "issued", "revoked"):
+            table.add_column(column, no_wrap=True)
+        for token in reply.tokens:
+            table.add_row(
+                token.fingerprint,
+                token.role.value,
+                token.agent or "",
+                token.label,
+                _when(token.created_at),
+                _when(token.revoked_at) if token.revoked_at else "",
+            )
+        console.print(table)
+        console.print(reply.message, highlight=False)
+
+    run_async(with_broker(home, url, action))
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 @token_app.command("path")

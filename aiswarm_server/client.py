@@ -31,6 +31,7 @@ from aiswarm_server.replies import (
     SubmitReply,
     TaskReply,
     TasksReply,
+    TokenListReply,
     TokenReply,
     WaitReply,
     WaitTasksReply,
@@ -192,6 +193,9 @@ class BrokerClient:
     # admin
     async def issue_agent_token(self, agent: str) -> TokenReply:
         return await self.call("issue_agent_token", TokenReply, agent=agent)
+
+    async def list_tokens(self, agent: str | None = None, include_revoked: bool = False) -> TokenListReply:
+        return await self.call("list_tokens", TokenListReply, agent=agent, include_revoked=include_revoked)
 
     async def release_task(
         self, agent: str, task_id: int, reason: str = "released by the launcher"

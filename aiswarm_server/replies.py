@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from aiswarm_server.models import Agent, Task, TaskStatus
+from aiswarm_server.models import Agent, Role, Task, TaskStatus
 
 
 class EventView(BaseModel):
@@ -160,6 +160,22 @@ class AgentsReply(BaseModel):
 class TokenReply(BaseModel):
     agent: str
     token: str
+    message: str
+
+
+class TokenInfo(BaseModel):
+    """One issued token, without the token: only its hash is kept, and only a prefix of that is shown."""
+
+    fingerprint: str = Field(description="The first 12 hex digits of the token's SHA-256.")
+    role: Role
+    agent: str | None
+    label: str
+    created_at: float
+    revoked_at: float | None
+
+
+class TokenListReply(BaseModel):
+    tokens: list[TokenInfo]
     message: str
 
 

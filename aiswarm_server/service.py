@@ -32,6 +32,8 @@ from aiswarm_server.replies import (
     SubmittedTask,
     TaskReply,
     TasksReply,
+    TokenInfo,
+    TokenListReply,
     TokenReply,
     WaitReply,
     WaitTasksReply,
@@ -224,6 +226,26 @@ class Broker:
             agent=agent,
             token=token,
             message=f"Token for agent {agent}. Give it to that agent only (Authorization: Bearer ...).",
+        )
+
+    async def list_tokens(self, *, agent: str | None, include_revoked: bool) -> TokenListReply:
+        rows = await self.store.list_tokens()
+        tokens = [
+            TokenInfo(
+                fingerprint=digest[:12],
+                role=identity.role,
+                agent=identity.agent,
+                label=identity.label,
+                created_at=created_at,
+                revoked_at=revoked_at,
+            )
+            for digest, identity, created_at, revoked_at in rows
+            if (agent is None or identity.agent == agent) and (include_revoked or revoked_at is None)
+        ]
+        live = sum(1 for t in tokens if t.revoked_at is None)
+        return TokenListReply(
+            tokens=tokens,
+            message=f"{len(tokens)} token(s), {live} valid. Revoke an agent's with revoke_agent_tokens(agent=...).",
         )
 
     # worker side ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from aiswarm_server.replies import (
     SubmitReply,
     TaskReply,
     TasksReply,
+    TokenListReply,
     TokenReply,
     WaitReply,
     WaitTasksReply,
@@ -424,6 +425,19 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
         _identity(ref, ctx)
         count = await ref.get().tokens.revoke_agent(agent)
         return TokenReply(agent=agent, token="", message=f"Revoked {count} token(s) of {agent}.")
+
+    @server.tool()
+    @_refusals
+    async def list_tokens(
+        ctx: Context[Any, Any],
+        agent: Annotated[
+            str | None, Field(max_length=64, description="Only this agent's tokens; omit for all.")
+        ] = None,
+        include_revoked: Annotated[bool, Field(description="Also list revoked tokens.")] = False,
+    ) -> TokenListReply:
+        """List issued tokens (never the tokens themselves: a fingerprint, role, agent, when issued and revoked)."""
+        _identity(ref, ctx)
+        return await ref.get().list_tokens(agent=agent, include_revoked=include_revoked)
 
     @server.tool()
     @_refusals

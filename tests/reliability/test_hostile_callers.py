@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aiswarm_server.auth import hash_token
 from aiswarm_server.client import BrokerCallError, BrokerClient
 from aiswarm_server.replies import TaskReply, TokenReply
 from tests.broker_harness import BrokerProcess
@@ -110,10 +111,29 @@ async def test_a_primary_cannot_act_as_a_worker(broker: BrokerProcess, admin: Br
         for tool in ("claim_task", "register_agent", "wait_for_next_event", "update_heartbeat"):
             with pytest.raises(BrokerCallError, match=r"Unknown tool|not found"):
                 await primary.call(tool, TaskReply, task_id=task_id if tool == "claim_task" else None)
-        for tool in ("issue_agent_token", "release_task", "broker_status"):
+        for tool in ("issue_agent_token", "release_task", "broker_status", "list_tokens"):
             with pytest.raises(BrokerCallError, match=r"Unknown tool|not found"):
                 await primary.call(tool, TaskReply, agent="x", task_id=task_id)
     assert (await admin.get_task(task_id)).task.status == "pending"
+
+
+async def test_the_token_list_shows_fingerprints_to_the_admin_only(
+    broker: BrokerProcess, admin: BrokerClient
+) -> None:
+    first = (await admin.issue_agent_token("listed-1")).token
+    await admin.call("revoke_agent_tokens", TokenReply, agent="listed-1")
+    second = (await admin.issue_agent_token("listed-1")).token
+    valid = await admin.list_tokens("listed-1")
+    assert [t.fingerprint for t in valid.tokens] == [hash_token(second)[:12]]
+    everything = await admin.list_tokens("listed-1", include_revoked=True)
+    assert [(t.fingerprint, t.revoked_at is not None) for t in everything.tokens] == [
+        (hash_token(first)[:12], True),
+        (hash_token(second)[:12], False),
+    ]
+    assert first not in everything.model_dump_json() and second not in everything.model_dump_json()
+    async with BrokerClient(broker.url, second) as worker:
+        with pytest.raises(BrokerCallError, match=r"Unknown tool|not found"):
+            await worker.list_tokens()
 
 
 @pytest.mark.parametrize(
