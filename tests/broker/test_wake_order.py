@@ -1,0 +1,32 @@
+"""A submit that wakes a parked agent lets that agent's wait answer first: the worker is the one waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aiswarm_server.service import Broker, TaskSpec
+from tests.conftest import PRIMARY, worker
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_woken_wait_answers_before_the_submit_that_woke_it(abroker: Broker) -> None:
+    await abroker.register_agent(worker("qwen-1"), cli="qwen")
+    order: list[str] = []
+
+    async def wait() -> None:
+        reply = await abroker.wait_for_next_event(worker("qwen-1"), None, 30)
+        order.append(f"wait:{reply.events[0].kind}")
+
+    waiting = asyncio.create_task(wait())
+    for _ in range(500):  # until parked: the wait has read the store and found nothing (no event to await)
+        if abroker.agent_waiters.has_parked():
+            break
+        await asyncio.sleep(0.01)
+    reply = await abroker.submit_tasks(PRIMARY, [TaskSpec("t", "do t")])
+    order.append("submit")
+    await asyncio.wait_for(waiting, 5)
+    assert order == ["wait:task_available", "submit"]
+    assert reply.tasks[0].status == "pending"
