@@ -4,6 +4,7 @@ to the other brokers, and refuse a schema from a newer aiswarm. (The common cont
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import subprocess
@@ -37,6 +38,17 @@ async def url() -> AsyncIterator[str]:
         yield schema_url
 
 
+@contextlib.asynccontextmanager
+async def brokers(url: str, count: int) -> AsyncIterator[list[PostgresStore]]:
+    """``count`` stores on one database, opened as that many broker processes would, closed afterwards."""
+    stores = [PostgresStore(url) for _ in range(count)]
+    async with contextlib.AsyncExitStack() as stack:
+        for store in stores:
+            await store.open()
+            stack.push_async_callback(store.close)
+        yield stores
+
+
 class Heard:
     """The changes a store's watcher hands to the service, and a way to wait for the next one."""
 
@@ -61,13 +73,10 @@ class Heard:
 
 
 async def test_other_brokers_hear_claimable_finished_and_notified_but_not_their_own(url: str) -> None:
-    a, b = PostgresStore(url), PostgresStore(url)
-    await a.open()
-    await b.open()
-    heard_a, heard_b = Heard(), Heard()
-    await a.watch_changes(heard_a)
-    await b.watch_changes(heard_b)
-    try:
+    async with brokers(url, 2) as (a, b):
+        heard_a, heard_b = Heard(), Heard()
+        await a.watch_changes(heard_a)
+        await b.watch_changes(heard_b)
         (task,) = (await a.create_tasks([new()], NOW)).created
         change = await heard_b.next()
         assert [t.id for t in change.claimable] == [task.id]  # re-read from the database: a whole Task
@@ -78,18 +87,12 @@ async def test_other_brokers_hear_claimable_finished_and_notified_but_not_their_
         assert task.id in change.finished and change.notified_agents == ["w"]
         await asyncio.sleep(0.2)
         assert not heard_b.changes and not heard_b.arrived.is_set()  # b never hears itself
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_claimable_task_already_taken_is_not_offered(url: str) -> None:
-    a, b = PostgresStore(url), PostgresStore(url)
-    await a.open()
-    await b.open()
-    heard = Heard()
-    await b.watch_changes(heard)
-    try:
+    async with brokers(url, 2) as (a, b):
+        heard = Heard()
+        await b.watch_changes(heard)
         # Taken before b re-reads it: b's rebuilt change must not offer it.
         con = await asyncpg.connect(url)
         try:
@@ -102,18 +105,12 @@ async def test_a_claimable_task_already_taken_is_not_offered(url: str) -> None:
             await con.close()
         change = await heard.next()
         assert change.claimable == []
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_the_listener_comes_back_after_its_connection_is_killed(url: str) -> None:
-    a, b = PostgresStore(url), PostgresStore(url)
-    await a.open()
-    await b.open()
-    heard = Heard()
-    await b.watch_changes(heard)
-    try:
+    async with brokers(url, 2) as (a, b):
+        heard = Heard()
+        await b.watch_changes(heard)
         con = await asyncpg.connect(url)
         try:
             killed = await con.fetchval(
@@ -134,9 +131,6 @@ async def test_the_listener_comes_back_after_its_connection_is_killed(url: str) 
                 break
         else:
             pytest.fail("the re-opened listener never heard the new task")
-    finally:
-        await a.close()
-        await b.close()
 
 
 def test_an_oversized_change_is_spread_over_payloads_and_asks_for_a_pending_re_read() -> None:
@@ -156,10 +150,7 @@ def test_an_oversized_change_is_spread_over_payloads_and_asks_for_a_pending_re_r
 
 
 async def test_concurrent_sweeps_requeue_each_expired_lease_once(url: str) -> None:
-    stores = [PostgresStore(url) for _ in range(3)]
-    for store in stores:
-        await store.open()
-    try:
+    async with brokers(url, 3) as stores:
         tasks = (await stores[0].create_tasks([new(f"t{i}", max_attempts=5) for i in range(20)], NOW)).created
         for i in range(20):
             assert (await stores[0].claim(f"w{i}", None, NOW, 30)).claim is not None
@@ -168,16 +159,10 @@ async def test_concurrent_sweeps_requeue_each_expired_lease_once(url: str) -> No
         assert requeued == sorted(t.id for t in tasks)
         for task in await stores[0].get_tasks([t.id for t in tasks]):
             assert task.status is TaskStatus.PENDING and task.failures == 1
-    finally:
-        for store in stores:
-            await store.close()
 
 
 async def test_two_dependencies_completing_at_once_unblock_their_dependent(url: str) -> None:
-    stores = [PostgresStore(url) for _ in range(2)]
-    for store in stores:
-        await store.open()
-    try:
+    async with brokers(url, 2) as stores:
         for round_ in range(10):
             first, second = (await stores[0].create_tasks([new("d1"), new("d2")], NOW)).created
             (dependent,) = (
@@ -206,9 +191,6 @@ async def test_two_dependencies_completing_at_once_unblock_their_dependent(url: 
             )
             got = await stores[0].get_task(dependent.id)
             assert got is not None and got.status is TaskStatus.PENDING, f"round {round_}: {got}"
-    finally:
-        for store in stores:
-            await store.close()
 
 
 async def test_a_database_from_a_newer_schema_is_refused(url: str) -> None:
@@ -269,10 +251,7 @@ async def test_never_claimed_twice_across_processes(url: str) -> None:
 
 
 async def test_an_agent_parked_on_one_broker_is_not_declared_lost_by_another(url: str) -> None:
-    here, there = PostgresStore(url), PostgresStore(url)
-    await here.open()
-    await there.open()
-    try:
+    async with brokers(url, 2) as (here, there):
         await here.register_agent("parked", "test", None, [], None, NOW)
         lost_after = 600.0
         later = NOW + 400  # past half the cut-off: this broker's sweep writes the agent's liveness down
@@ -281,9 +260,6 @@ async def test_an_agent_parked_on_one_broker_is_not_declared_lost_by_another(url
         await there.sweep(elsewhere, elsewhere - lost_after)
         agent = await there.get_agent("parked")
         assert agent is not None and agent.status.value == "idle" and agent.last_seen_at == later
-    finally:
-        await here.close()
-        await there.close()
 
 
 def test_the_database_url_must_be_postgresql_and_picks_the_store(tmp_path: Path) -> None:
