@@ -18,9 +18,9 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from aiswarm_server import __version__
-from aiswarm_server.client import BrokerClient, BrokerUnreachable, local_broker_url, local_token
+from aiswarm_server.broker_client import BrokerClient, BrokerUnreachable, local_broker_url, local_token
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.server import read_broker_info
+from aiswarm_server.serve import read_broker_info
 
 
 def broker_is_up(url: str, timeout: float = 1.0) -> bool:

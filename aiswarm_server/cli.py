@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aiswarm_server import __version__
-from aiswarm_server.client import (
+from aiswarm_server.broker_client import (
     BrokerCallError,
     BrokerClient,
     BrokerUnreachable,
@@ -147,7 +147,7 @@ def serve(
     ] = "warning",
 ) -> None:
     """Run the broker: MCP over streamable HTTP at /mcp, plus /health and /metrics."""
-    from aiswarm_server.server import run
+    from aiswarm_server.serve import run
 
     settings = settings_for(
         home,
@@ -467,7 +467,7 @@ def token_path(
 def _register_launcher_commands() -> None:
     try:
         from launcher.cli import register
-        from launcher.clients import install_client_command
+        from launcher.primaries import install_client_command
     except ImportError:  # the broker alone (no launcher package) still works
         return
     register(app)

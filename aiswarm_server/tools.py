@@ -20,6 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiswarm_server import __version__
+from aiswarm_server.broker import Broker, TaskSpec
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS
 from aiswarm_server.errors import BrokerError
 from aiswarm_server.models import Identity, Role, TaskStatus
@@ -40,7 +41,6 @@ from aiswarm_server.replies import (
     WaitReply,
     WaitTasksReply,
 )
-from aiswarm_server.service import Broker, TaskSpec
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -115,7 +115,7 @@ def launch(
     """Start worker agent CLIs and supervise them until Ctrl-C (which drains them gracefully)."""
     from aiswarm_server.auth import ADMIN_TOKEN_FILE, read_token_file
     from aiswarm_server.bridge import broker_is_up, start_broker
-    from aiswarm_server.client import local_broker_url
+    from aiswarm_server.broker_client import local_broker_url
     from launcher.adapters import UnknownCliError
     from launcher.personas import PersonaError, get_persona
 
@@ -217,7 +217,7 @@ def doctor(
     home: HomeOption = None,
 ) -> None:
     """Check the CLIs (installed, version, Node, logins) and the broker."""
-    from aiswarm_server.client import local_broker_url
+    from aiswarm_server.broker_client import local_broker_url
     from launcher.adapters import UnknownCliError
     from launcher.doctor import render_doctor, run_doctor
 
@@ -234,8 +234,8 @@ def install_cli(
     home: HomeOption = None,
 ) -> None:
     """Install a pinned CLI (and Node 22 if needed) into $AISWARM_HOME/clis/<name>."""
-    from launcher.install import InstallError
-    from launcher.install import install_cli as install
+    from launcher.adapters.install import InstallError
+    from launcher.adapters.install import install_cli as install
 
     try:
         result = install(name, _settings(home).home)

@@ -25,10 +25,17 @@ from rich.console import Console
 from rich.table import Table
 
 from aiswarm_server.auth import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE
-from aiswarm_server.client import BrokerClient
+from aiswarm_server.broker_client import BrokerClient
 from aiswarm_server.models import Task
 from launcher.adapters import get_adapter
-from launcher.install import PINNED_CLIS, InstallError, default_home, install_cli, node_major, node_path
+from launcher.adapters.install import (
+    PINNED_CLIS,
+    InstallError,
+    default_home,
+    install_cli,
+    node_major,
+    node_path,
+)
 from launcher.scripted_model import ScriptedModelServer
 from launcher.supervisor import LaunchConfig, Supervisor, plan_agents
 

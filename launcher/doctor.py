@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from launcher.adapters import CliAdapter, CredentialFinding, get_adapter, known_adapters
-from launcher.install import cli_prefix, node_major, runtime_env
+from launcher.adapters.install import cli_prefix, node_major, runtime_env
 
 VERSION_TIMEOUT_SECONDS = 30.0
 HEALTH_TIMEOUT_SECONDS = 2.0

@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from aiswarm_server.client import BrokerCallError, BrokerClient, BrokerUnreachable
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.replies import ClaimedTask, ClaimReply, TokenReply
 from launcher.adapters import get_adapter
 from launcher.adapters.base import AgentSpec, CliAdapter, ModelEndpoint, OutcomeKind, RunOutcome, TokenUsage

@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from aiswarm_server.client import BrokerCallError, BrokerClient
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 
 LEASE_SECONDS = 4
 BACKLOG = 150

@@ -1,7 +1,7 @@
 """The real agent CLIs for end-to-end tests: installed once per session with npm.
 
 Shared by ``tests/scripted_model`` and ``tests/launcher``. The CLI versions come from
-``launcher/install.py``, the one place they are pinned.
+``launcher/adapters/install.py``, the one place they are pinned.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher.install import NODE_MAJOR, PINNED_CLIS, node_package_name
+from launcher.adapters.install import NODE_MAJOR, PINNED_CLIS, node_package_name
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The pins live in launcher/install.py (the launcher installs the same versions); the tests
+# The pins live in launcher/adapters/install.py (the launcher installs the same versions); the tests
 # install every CLI and Node 22 into one shared npm prefix.
 CLI_PACKAGES: dict[str, str] = {
     **{name: pin.spec for name, pin in PINNED_CLIS.items()},

@@ -7,9 +7,9 @@ import pytest
 from xdist.remote import Producer
 from xdist.scheduler import LoadFileScheduling
 
+from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import Identity, Role
-from aiswarm_server.service import Broker
 from aiswarm_server.store import open_store
 from tests.broker_harness import BrokerProcess, FakeClock
 

@@ -21,7 +21,7 @@ from aiswarm_server.bench.noop_server import PingReply
 from aiswarm_server.bench.processes import HOST
 from aiswarm_server.bench.rawmcp import RawMcpConnection
 from aiswarm_server.bench.stats import timed_calls
-from aiswarm_server.client import BrokerClient
+from aiswarm_server.broker_client import BrokerClient
 
 CONCURRENCY = 16
 WARM_UP = 20

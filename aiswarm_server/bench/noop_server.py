@@ -1,7 +1,7 @@
 """The no-op floor: an MCPServer with one ``ping`` tool, served exactly as the broker serves its MCP servers.
 
 Same SDK, same ``streamable_http_app`` options (path, DNS-rebinding settings), same uvicorn configuration,
-listening socket and event loop (uvloop when installed) as ``aiswarm_server.server``; only the tool does nothing. Run as
+listening socket and event loop (uvloop when installed) as ``aiswarm_server.serve``; only the tool does nothing. Run as
 ``python -m aiswarm_server.bench.noop_server --port-file PATH``.
 """
 
@@ -15,10 +15,10 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel
 
-from aiswarm_server.app import transport_security
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.heap import freeze_start_up_heap
-from aiswarm_server.server import bind_socket
+from aiswarm_server.http_app import transport_security
+from aiswarm_server.serve import bind_socket
 
 
 class PingReply(BaseModel):
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port-file", type=Path, required=True)
     port_file = parser.parse_args().port_file
-    try:  # the same event loop as ``aiswarm_server.server.run``
+    try:  # the same event loop as ``aiswarm_server.serve.run``
         import uvloop
     except ImportError:
         asyncio.run(serve(port_file))

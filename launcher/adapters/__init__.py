@@ -1,7 +1,7 @@
 """Agent CLI adapters: one module per CLI, looked up by name.
 
 Adding a CLI (claude-code, codex, Antigravity ``agy`` ...) is one new module with a
-``CliAdapter`` subclass, one pin in ``launcher.install.PINNED_CLIS`` and one line in ``_ADAPTERS``.
+``CliAdapter`` subclass, one pin in ``launcher.adapters.install.PINNED_CLIS`` and one line in ``_ADAPTERS``.
 """
 
 from __future__ import annotations

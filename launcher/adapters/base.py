@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from launcher.install import PINNED_CLIS, CliPin, cli_prefix, runtime_env
+from launcher.adapters.install import PINNED_CLIS, CliPin, cli_prefix, runtime_env
 
 DEFAULT_TOOL_TIMEOUT_MS = 900_000
 """Per-tool-call timeout written into every CLI's MCP entry: above the broker's longest wait (240 s default)."""
@@ -168,7 +168,7 @@ class CliAdapter(ABC):
 
     @property
     def pin(self) -> CliPin:
-        """The pinned npm package for this CLI (from ``launcher.install.PINNED_CLIS``)."""
+        """The pinned npm package for this CLI (from ``launcher.adapters.install.PINNED_CLIS``)."""
         return PINNED_CLIS[self.name]
 
     @property

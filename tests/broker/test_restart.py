@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aiswarm_server.client import BrokerCallError, BrokerClient
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 from tests.broker_harness import BrokerProcess
 
 pytestmark = pytest.mark.anyio

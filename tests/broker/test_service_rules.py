@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from aiswarm_server.broker import Broker, TaskSpec
 from aiswarm_server.errors import InvalidRequest, NotFound, StaleClaim, TaskCancelled
 from aiswarm_server.models import AgentStatus, AttemptOutcome, Identity, TaskStatus
-from aiswarm_server.service import Broker, TaskSpec
 from tests.broker_harness import FakeClock
 from tests.conftest import PRIMARY, worker
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from aiswarm_server.service import Broker, TaskSpec
+from aiswarm_server.broker import Broker, TaskSpec
 from tests.conftest import PRIMARY, worker
 
 pytestmark = pytest.mark.anyio

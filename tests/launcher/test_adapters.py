@@ -418,7 +418,7 @@ def test_opencode_command_and_env(tmp_path: Path, user_home: Path) -> None:
 
 
 def test_private_node_goes_first_on_path(tmp_path: Path, user_home: Path) -> None:
-    from launcher.install import node_package_name
+    from launcher.adapters.install import node_package_name
 
     node_bin = tmp_path / "aiswarm" / "node" / "node_modules" / node_package_name() / "bin"
     node_bin.mkdir(parents=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.install import (
+from launcher.adapters.install import (
     PINNED_CLIS,
     InstallError,
     cli_prefix,

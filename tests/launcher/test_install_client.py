@@ -17,8 +17,8 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from launcher.clients import ClientConfigError, install_client_command
-from launcher.clients.jsonc import JsoncDocument
+from launcher.primaries import ClientConfigError, install_client_command
+from launcher.primaries.jsonc import JsoncDocument
 
 TOKEN = "asw_p_primary-token-for-tests"
 URL = "http://127.0.0.1:8765/mcp"
@@ -619,7 +619,7 @@ def test_jsonc_removes_a_first_member_and_keeps_comments_that_belong_to_others()
     ("text", "line"), [('{\n  "a": 1\n  "b": 2\n}', 3), ('{\n  "a": /* open', 2), ('{"a": "\n"}', 1)]
 )
 def test_jsonc_errors_name_the_line(text: str, line: int) -> None:
-    from launcher.clients.jsonc import JsoncError
+    from launcher.primaries.jsonc import JsoncError
 
     with pytest.raises(JsoncError) as raised:
         JsoncDocument(text)
@@ -627,7 +627,7 @@ def test_jsonc_errors_name_the_line(text: str, line: int) -> None:
 
 
 def test_toml_table_between_others_is_replaced_in_place_and_removed_cleanly() -> None:
-    from launcher.clients.toml_tables import TomlDocument
+    from launcher.primaries.toml_tables import TomlDocument
 
     text = (
         '[mcp_servers.a]\ncommand = "a"\n\n[mcp_servers.aiswarm]\nurl = "old"\n\n[mcp_servers.aiswarm.http_headers]\n'
@@ -643,7 +643,7 @@ def test_toml_table_between_others_is_replaced_in_place_and_removed_cleanly() ->
 
 
 def test_toml_strings_that_need_escapes_survive() -> None:
-    from launcher.clients.toml_tables import TomlDocument
+    from launcher.primaries.toml_tables import TomlDocument
 
     odd = 'quote " backslash \\ tab \t del \x7f é 🐝'
     document = TomlDocument("")

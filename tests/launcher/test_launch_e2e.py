@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from aiswarm_server.client import BrokerCallError, BrokerClient
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 from aiswarm_server.models import Task
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from aiswarm_server.client import BrokerClient
+from aiswarm_server.broker_client import BrokerClient
 from launcher.personas import Persona
 from launcher.scripted_model import ScriptedModelServer
 from launcher.scripted_model.app import TRACE_ENV

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from aiswarm_server.client import BrokerClient
+from aiswarm_server.broker_client import BrokerClient
 from aiswarm_server.models import Task
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 
-from aiswarm_server.client import BrokerCallError, BrokerClient, Mode
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient, Mode
 from aiswarm_server.replies import TaskReply
 from tests.broker_harness import BrokerProcess
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aiswarm_server.client import BrokerClient
+from aiswarm_server.broker_client import BrokerClient
 from tests.broker_harness import BrokerProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

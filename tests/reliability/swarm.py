@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiswarm_server.client import BrokerCallError, BrokerClient
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 
 CALL_TIMEOUT = 60.0
 # Starting a broker imports the MCP SDK; on a loaded 2-core machine that alone has taken over a minute.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aiswarm_server.client import BrokerCallError, BrokerClient
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 from tests.broker_harness import BrokerProcess
 from tests.reliability.swarm import START_TIMEOUT
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 # A worker in its own process: register, claim, say what it holds, then keep "working" until killed.
 VICTIM = """
 import asyncio, json, sys
-from aiswarm_server.client import BrokerClient
+from aiswarm_server.broker_client import BrokerClient
 
 async def main() -> None:
     async with BrokerClient(sys.argv[1], sys.argv[2]) as me:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from launcher.install import node_package_name
+from launcher.adapters.install import node_package_name
 from tests.broker_harness import BrokerProcess
 from tests.reliability.auth_proxy import AuthProxy
 from tests.reliability.swarm import START_TIMEOUT

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from aiswarm_server.client import BrokerCallError, BrokerClient
+from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import StoreUnavailable
 from aiswarm_server.models import Role
-from aiswarm_server.service import Broker, TaskSpec
 from aiswarm_server.store import open_store
 from aiswarm_server.store.sqlite import SqliteStore
 from tests.broker_harness import BrokerProcess

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from aiswarm_server.auth import hash_token
-from aiswarm_server.client import BrokerCallError, BrokerClient
+from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 from aiswarm_server.replies import TaskReply, TokenReply
 from tests.broker_harness import BrokerProcess
 from tests.reliability.swarm import START_TIMEOUT

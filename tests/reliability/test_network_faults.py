@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aiswarm_server.client import BrokerClient
+from aiswarm_server.broker_client import BrokerClient
 from tests.broker_harness import BrokerProcess
 from tests.reliability.swarm import START_TIMEOUT
 

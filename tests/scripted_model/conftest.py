@@ -1,6 +1,6 @@
 """Fixtures for the scripted model tests: the model server, the real CLIs, a stand-in broker.
 
-The CLI versions come from ``launcher/install.py``, the one place they are pinned.
+The CLI versions come from ``launcher/adapters/install.py``, the one place they are pinned.
 """
 
 from __future__ import annotations

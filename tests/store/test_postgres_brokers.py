@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aiswarm_server.client import BrokerClient
+from aiswarm_server.broker_client import BrokerClient
 from tests.broker_harness import BrokerProcess
 from tests.store.postgres_fixture import fresh_schema_sync
 

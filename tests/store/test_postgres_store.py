@@ -276,7 +276,7 @@ def test_the_database_url_must_be_postgresql_and_picks_the_store(tmp_path: Path)
 def test_sqlite_users_never_import_asyncpg() -> None:
     probe = (
         "import sys; from aiswarm_server.config import BrokerSettings; from aiswarm_server.store import open_store; "
-        "import aiswarm_server.app, aiswarm_server.server; open_store(BrokerSettings()); "
+        "import aiswarm_server.http_app, aiswarm_server.serve; open_store(BrokerSettings()); "
         "print('asyncpg' in sys.modules)"
     )
     done = subprocess.run(

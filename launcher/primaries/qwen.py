@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from launcher.clients.base import AiswarmServer
-from launcher.clients.gemini import GeminiClient
+from launcher.primaries.base import AiswarmServer
+from launcher.primaries.gemini import GeminiClient
 
 
 class QwenClient(GeminiClient):

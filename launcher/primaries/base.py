@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from aiswarm_server.errors import BrokerError
 from launcher.adapters.base import DEFAULT_TOOL_TIMEOUT_MS, MCP_SERVER_NAME
-from launcher.clients.jsonc import JsoncDocument, JsoncError
+from launcher.primaries.jsonc import JsoncDocument, JsoncError
 
 SERVER_NAME = MCP_SERVER_NAME
 """The entry's name in every client's config."""

@@ -36,7 +36,7 @@ from aiswarm_server.replies import (
     WaitReply,
     WaitTasksReply,
 )
-from aiswarm_server.server import read_broker_info
+from aiswarm_server.serve import read_broker_info
 
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
 Mode = Literal["2026-07-28", "legacy"]

@@ -9,9 +9,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiswarm_server.auth import PRIMARY_TOKEN_FILE, read_token_file
-from aiswarm_server.client import local_broker_url
+from aiswarm_server.broker_client import local_broker_url
 from aiswarm_server.config import BrokerSettings, default_home
-from launcher.clients.base import AiswarmServer, ClientConfigError
+from launcher.primaries.base import AiswarmServer, ClientConfigError
 
 _OTHER_ROLES = {"asw_a_": "an admin", "asw_w_": "a worker"}
 

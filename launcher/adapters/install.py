@@ -196,6 +196,6 @@ def _npm_install(prefix: Path, spec: str, *, npm: str | None) -> None:
             f"npm registry unreachable while installing {spec}: check the network or `npm config get registry`"
         )
     if "E404" in output or "ETARGET" in output:
-        raise InstallError(f"npm has no package {spec}: check the pin in launcher/install.py")
+        raise InstallError(f"npm has no package {spec}: check the pin in launcher/adapters/install.py")
     last = next((ln.strip() for ln in reversed(output.splitlines()) if ln.strip()), "no output")
     raise InstallError(f"npm install {spec} failed (exit {proc.returncode}): {last}")

@@ -16,10 +16,10 @@ from typing import IO, Any
 import uvicorn
 from pydantic import BaseModel
 
-from aiswarm_server.app import BrokerApp
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError
 from aiswarm_server.heap import freeze_start_up_heap
+from aiswarm_server.http_app import BrokerApp
 from aiswarm_server.store import open_store
 
 BROKER_FILE = "broker.json"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from launcher.clients.base import AiswarmServer, JsonClient
+from launcher.primaries.base import AiswarmServer, JsonClient
 
 SCHEMA_URL = "https://opencode.ai/config.json"
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from launcher.clients.base import DESCRIPTION, AiswarmServer, JsonClient, Scope
+from launcher.primaries.base import DESCRIPTION, AiswarmServer, JsonClient, Scope
 
 
 class GeminiClient(JsonClient):

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from aiswarm_server.config import default_home
-from launcher.clients.base import ClientConfigError, Scope
+from launcher.primaries.base import ClientConfigError, Scope
 
 
 def install_client(
@@ -63,8 +63,8 @@ def install_client(
 
     The file is merged, not replaced: a timestamped backup goes next to it first. --remove undoes it.
     """
-    from launcher.clients import get_client
-    from launcher.clients.server import resolve_server
+    from launcher.primaries import get_client
+    from launcher.primaries.server import resolve_server
 
     client = get_client(name)
     if directory is not None and not project:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from launcher.clients.base import (
+from launcher.primaries.base import (
     SERVER_NAME,
     STDIO_STARTUP_SECONDS,
     AiswarmServer,
@@ -20,7 +20,7 @@ from launcher.clients.base import (
     McpClient,
     Scope,
 )
-from launcher.clients.toml_tables import TomlDocument, TomlEditError
+from launcher.primaries.toml_tables import TomlDocument, TomlEditError
 
 SERVERS_TABLE = "mcp_servers"
 

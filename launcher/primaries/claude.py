@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from launcher.clients.base import AiswarmServer, JsonClient, Scope
+from launcher.primaries.base import AiswarmServer, JsonClient, Scope
 
 
 class ClaudeCodeClient(JsonClient):

@@ -12,9 +12,9 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
 from aiswarm_server import __version__
+from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import Role
-from aiswarm_server.service import Broker
 from aiswarm_server.store import open_store
 from aiswarm_server.tools import BrokerRef, build_servers
 

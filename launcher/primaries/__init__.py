@@ -1,7 +1,7 @@
 """Putting aiswarm into a primary agent's MCP config: ``aiswarm install-client NAME``.
 
 One module per client (``claude``, ``codex``, ``gemini``, ``opencode``, ``qwen``), each a :class:`McpClient`
-subclass; the shared work (parse, plan, diff, backup, atomic write, removal) lives in :mod:`launcher.clients.base`.
+subclass; the shared work (parse, plan, diff, backup, atomic write, removal) lives in :mod:`launcher.primaries.base`.
 Adding a client is one module and one line in ``_CLIENTS``.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import typer
 
-from launcher.clients.base import AiswarmServer, ClientConfigError, ConfigChange, McpClient, Scope
-from launcher.clients.claude import ClaudeCodeClient
-from launcher.clients.codex import CodexClient
-from launcher.clients.gemini import GeminiClient
-from launcher.clients.opencode import OpencodeClient
-from launcher.clients.qwen import QwenClient
+from launcher.primaries.base import AiswarmServer, ClientConfigError, ConfigChange, McpClient, Scope
+from launcher.primaries.claude import ClaudeCodeClient
+from launcher.primaries.codex import CodexClient
+from launcher.primaries.gemini import GeminiClient
+from launcher.primaries.opencode import OpencodeClient
+from launcher.primaries.qwen import QwenClient
 
 _CLIENTS: dict[str, type[McpClient]] = {
     client.name: client
@@ -39,7 +39,7 @@ def get_client(name: str) -> McpClient:
 
 def install_client_command(app: typer.Typer) -> None:
     """Register ``install-client`` on ``app``."""
-    from launcher.clients.command import install_client
+    from launcher.primaries.command import install_client
 
     app.command("install-client")(install_client)
 
