@@ -9,14 +9,33 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from aiswarm_server import __version__
 from aiswarm_server.auth import TokenRegistry, validate_agent_name
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import InvalidRequest, NotFound
-from aiswarm_server.models import Identity, NewTask, Role, Task, TaskChange, TaskStatus
+from aiswarm_server.limits import (
+    LIST_LIMIT_MAX,
+    MAX_ATTEMPTS_LIMIT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    PROGRESS_MAX_CHARS,
+    REASON_MAX_CHARS,
+    TASK_TIMEOUT_LIMIT_SECONDS,
+    TITLE_MAX_CHARS,
+)
+from aiswarm_server.models import (
+    AgentStatus,
+    Identity,
+    NewTask,
+    Role,
+    Task,
+    TaskChange,
+    TaskRequest,
+    TaskStatus,
+)
 from aiswarm_server.replies import (
     AgentsReply,
     AgentStatusReply,
@@ -75,48 +94,6 @@ def normalize_labels(values: Sequence[str], what: str) -> list[str]:
             )
         labels.append(label)
     return sorted(set(labels))
-
-
-class TaskSpec:
-    """A task as a caller asks for it, before defaults and limits are applied."""
-
-    __slots__ = (
-        "capabilities",
-        "depends_on",
-        "key",
-        "max_attempts",
-        "persona",
-        "priority",
-        "prompt",
-        "timeout_seconds",
-        "title",
-        "working_dir",
-    )
-
-    def __init__(
-        self,
-        title: str,
-        prompt: str,
-        *,
-        priority: int = 0,
-        persona: str | None = None,
-        capabilities: Sequence[str] = (),
-        depends_on: Sequence[int | str] = (),
-        working_dir: str | None = None,
-        max_attempts: int | None = None,
-        timeout_seconds: int | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.title = title
-        self.prompt = prompt
-        self.priority = priority
-        self.persona = persona
-        self.capabilities = list(capabilities)
-        self.depends_on = list(depends_on)
-        self.working_dir = working_dir
-        self.max_attempts = max_attempts
-        self.timeout_seconds = timeout_seconds
-        self.key = key
 
 
 class Broker:
@@ -227,6 +204,13 @@ class Broker:
             token=token,
             message=f"Token for agent {agent}. Give it to that agent only (Authorization: Bearer ...).",
         )
+
+    async def revoke_agent_tokens(self, agent: str) -> TokenReply:
+        """Revoke every token of one agent: at once on this broker, within ``TokenRegistry.SHARED_CACHE_SECONDS``
+        on other brokers sharing a PostgreSQL database. An agent without tokens is not an error (0 revoked). No
+        event results: the agent's next request is answered 401."""
+        count = await self.tokens.revoke_agent(agent)
+        return TokenReply(agent=agent, token="", message=f"Revoked {count} token(s) of {agent}.")
 
     async def list_tokens(self, *, agent: str | None, include_revoked: bool) -> TokenListReply:
         rows = await self.store.list_tokens()
@@ -375,7 +359,7 @@ class Broker:
         self, identity: Identity, task_id: int, fence_token: int, message: str, percent: float | None = None
     ) -> ProgressReply:
         name = self.agent_of(identity)
-        note = message.strip()[:2000]
+        note = message.strip()[:PROGRESS_MAX_CHARS]
         if percent is not None:
             note = f"{percent:.0f}% {note}".strip()
         task = await self.store.renew(
@@ -468,7 +452,9 @@ class Broker:
                 "file in the working directory and reference its path)."
             )
 
-    def _new_task(self, spec: TaskSpec, resolved_deps: list[int], submitter: str) -> NewTask:
+    def _new_task(
+        self, spec: TaskRequest, resolved_deps: list[int], submitter: str, personas: set[str]
+    ) -> NewTask:
         title = " ".join(spec.title.split())
         if any(ord(c) < 32 or ord(c) == 127 for c in title):
             raise InvalidRequest("title must be plain text without control characters (no NUL, no escapes).")
@@ -476,34 +462,41 @@ class Broker:
             raise InvalidRequest(
                 "title must not be empty: give the task a short name, e.g. 'Add tests for parser'."
             )
-        if len(title) > 200:
+        if len(title) > TITLE_MAX_CHARS:
             raise InvalidRequest(
-                f"title is {len(title)} characters; keep it under 200 and put details in prompt."
+                f"title is {len(title)} characters; keep it under {TITLE_MAX_CHARS} and put details in prompt."
             )
         if "\x00" in spec.prompt or not spec.prompt.strip():
             raise InvalidRequest(
                 "prompt must be non-empty text (no NUL bytes) saying what the agent should do."
             )
         self._check_size("prompt", spec.prompt, self.settings.max_prompt_chars)
-        if spec.working_dir is not None and (
-            "\x00" in spec.working_dir or not PurePosixPath(spec.working_dir).is_absolute()
-        ):
+        if spec.working_dir is not None:
+            _check_working_dir(spec.working_dir)
+        if not PRIORITY_MIN <= spec.priority <= PRIORITY_MAX:
             raise InvalidRequest(
-                f"working_dir {spec.working_dir[:80]!r} must be an absolute path, e.g. /home/me/project."
+                f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX} (higher runs first)."
             )
-        if not -1000 <= spec.priority <= 1000:
-            raise InvalidRequest("priority must be between -1000 and 1000 (higher runs first).")
         max_attempts = spec.max_attempts or self.settings.default_max_attempts
-        if not 1 <= max_attempts <= 100:
-            raise InvalidRequest("max_attempts must be between 1 and 100.")
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidRequest(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}.")
         timeout = spec.timeout_seconds or self.settings.default_task_timeout_seconds
-        if not 1 <= timeout <= 7 * 86_400:
-            raise InvalidRequest("timeout_seconds must be between 1 and 604800 (7 days).")
+        if not 1 <= timeout <= TASK_TIMEOUT_LIMIT_SECONDS:
+            raise InvalidRequest(
+                f"timeout_seconds must be between 1 and {TASK_TIMEOUT_LIMIT_SECONDS} "
+                f"({TASK_TIMEOUT_LIMIT_SECONDS // 86_400} days)."
+            )
+        persona = normalize_labels([spec.persona], "persona")[0] if spec.persona else None
+        if persona is not None and personas and persona not in personas:
+            raise InvalidRequest(
+                f"persona {persona!r} is unknown: known personas are {', '.join(sorted(personas))}. "
+                f"Pick one of them, omit persona, or define it in {self.settings.home / 'personas' / persona}.md."
+            )
         return NewTask(
             title=title,
             prompt=spec.prompt,
             priority=spec.priority,
-            persona=normalize_labels([spec.persona], "persona")[0] if spec.persona else None,
+            persona=persona,
             capabilities=normalize_labels(spec.capabilities, "capability"),
             depends_on=resolved_deps,
             working_dir=spec.working_dir,
@@ -512,8 +505,14 @@ class Broker:
             submitted_by=submitter,
         )
 
-    async def submit_tasks(self, identity: Identity, specs: Sequence[TaskSpec]) -> SubmitReply:
-        """Submit tasks in one transaction. ``depends_on`` names existing task ids or earlier ``key``s in the batch."""
+    async def submit_tasks(self, identity: Identity, specs: Sequence[TaskRequest]) -> SubmitReply:
+        """Submit tasks in one transaction: all of them or, on any refusal, none.
+
+        ``depends_on`` names existing task ids or the ``key``s of earlier tasks in the batch (so no cycle is
+        possible). Defaults come from the settings. Each task becomes ``pending`` (one fitting parked agent is
+        woken for it, before this call answers) or ``blocked`` until its dependencies complete; a dependency that
+        already failed fails it at once. Raises :class:`InvalidRequest` (limits, unknown dependency or persona,
+        bad working directory) or :class:`StoreUnavailable`."""
         if not specs:
             raise InvalidRequest("submit at least one task.")
         if len(specs) > self.settings.max_batch:
@@ -524,7 +523,7 @@ class Broker:
         existing: set[int] = set()
         for index, spec in enumerate(specs):
             for dep in spec.depends_on:
-                if isinstance(dep, str) and not re.fullmatch(r"-?[0-9]{1,19}", dep):
+                if isinstance(dep, str):
                     if dep not in keys:
                         raise InvalidRequest(
                             f"task {index} depends on {dep!r}, which is not the key of an earlier task in this batch. "
@@ -546,11 +545,12 @@ class Broker:
             )
         submitter = identity.label or identity.role.value
         # Batch-local keys become ids inside the store's one transaction; validate everything first.
+        personas = await self.known_personas() if any(spec.persona for spec in specs) else set()
         new_tasks: list[tuple[NewTask, list[int]]] = []
         for spec in specs:
-            local = [keys[d] for d in spec.depends_on if isinstance(d, str) and d in keys]
-            ids = [int(d) for d in spec.depends_on if not (isinstance(d, str) and d in keys)]
-            new_tasks.append((self._new_task(spec, ids, submitter), local))
+            local = [keys[d] for d in spec.depends_on if isinstance(d, str)]
+            ids = [d for d in spec.depends_on if isinstance(d, int)]
+            new_tasks.append((self._new_task(spec, ids, submitter, personas), local))
         for new, local in new_tasks:
             new.depends_on_batch = local
         change = await self.store.create_tasks([new for new, _ in new_tasks], self.clock())
@@ -571,7 +571,7 @@ class Broker:
             return (
                 ""  # a parked agent is a live one and fits any task without requirements: no O(agents) read
             )
-        agents = [a for a in await self.store.list_agents() if a.status.value != "lost"]
+        agents = [a for a in await self.store.list_agents() if a.status is not AgentStatus.LOST]
         unfit = [t.id for t in tasks if not any(t.fits(a.persona, a.capabilities) for a in agents)]
         if not unfit:
             return ""
@@ -580,6 +580,14 @@ class Broker:
             "registers (e.g. `aiswarm launch --persona NAME`)."
         )
 
+    async def known_personas(self) -> set[str]:
+        """The personas a task may ask for: the persona files the launcher loads for this home, and any persona a
+        registered agent declared (it may come from another home). Empty when neither is known: then any persona
+        is accepted."""
+        files = await asyncio.to_thread(_persona_files, self.settings.home)
+        agents = {a.persona for a in await self.store.list_agents() if a.persona}
+        return files | agents
+
     async def get_task(self, task_id: int) -> TaskReply:
         task = await self.store.get_task(task_id)
         if task is None:
@@ -587,8 +595,8 @@ class Broker:
         return TaskReply(task=task, message=_describe_task(task))
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> TasksReply:
-        if not 1 <= limit <= 500:
-            raise InvalidRequest("limit must be between 1 and 500.")
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise InvalidRequest(f"limit must be between 1 and {LIST_LIMIT_MAX}.")
         if offset < 0:
             raise InvalidRequest("offset must be 0 or more.")
         tasks = await self.store.list_tasks(status, limit, offset)
@@ -620,7 +628,7 @@ class Broker:
                     await asyncio.wait_for(changed, remaining)
 
     async def cancel_task(self, task_id: int, reason: str | None) -> TaskReply:
-        reason = (reason or "cancelled by the primary agent").strip()[:500]
+        reason = (reason or "cancelled by the primary agent").strip()[:REASON_MAX_CHARS]
         change = await self.store.cancel(task_id, reason, self.clock())
         self._apply(change)
         assert change.task is not None
@@ -639,7 +647,7 @@ class Broker:
     async def list_agents(self) -> AgentsReply:
         agents = await self.store.list_agents()
         parked = set(self.agent_waiters.parked_agents())
-        live = sum(1 for a in agents if a.status.value != "lost")
+        live = sum(1 for a in agents if a.status is not AgentStatus.LOST)
         return AgentsReply(
             agents=agents,
             message=f"{len(agents)} agent(s), {live} live, {len(parked & {a.name for a in agents})} waiting for work.",
@@ -657,6 +665,34 @@ class Broker:
             uptime_seconds=round(self.clock() - self._started_at, 1),
             message="Broker is running.",
         )
+
+
+def _check_working_dir(path: str) -> None:
+    """A task's working directory must be an absolute path to a directory that exists where the broker runs."""
+    if "\x00" in path or not PurePosixPath(path).is_absolute():
+        raise InvalidRequest(f"working_dir {path[:80]!r} must be an absolute path, e.g. /home/me/project.")
+    try:
+        exists = Path(path).is_dir()
+    except OSError:
+        exists = False
+    if not exists:
+        raise InvalidRequest(
+            f"working_dir {path[:200]!r} is not an existing directory. Create it first, or give the path of the "
+            "project the workers should work in."
+        )
+
+
+def _persona_files(home: Path) -> set[str]:
+    """Names of the persona files the launcher would load for this home (empty when the launcher is absent)."""
+    try:
+        from launcher.personas import PersonaError, load_personas
+    except ImportError:
+        return set()
+    try:
+        return set(load_personas(home))
+    except PersonaError as error:
+        log.warning("persona files unreadable, persona names not checked: %s", error)
+        return set()
 
 
 def _expire(woken: asyncio.Future[None]) -> None:

@@ -105,7 +105,7 @@ class BrokerApp:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         self.ref = BrokerRef()
-        self.servers: dict[Role, MCPServer] = build_servers(self.ref)
+        self.servers: dict[Role, MCPServer] = build_servers(self.ref, settings)
         security = transport_security(settings)
         self.role_apps: dict[Role, ASGIApp] = {
             role: server.streamable_http_app(

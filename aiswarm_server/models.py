@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from aiswarm_server.limits import (
+    DEPENDENCIES_MAX,
+    LABEL_MAX_CHARS,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_CAPABILITIES,
+    PATH_MAX_CHARS,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    TASK_TIMEOUT_LIMIT_SECONDS,
+    TITLE_MAX_CHARS,
+)
 
 
 class TaskStatus(StrEnum):
@@ -137,6 +150,86 @@ class NewTask(BaseModel):
     max_attempts: int = 3
     timeout_seconds: int = 1800
     submitted_by: str = ""
+
+
+# What a submitter writes, as typed tool arguments: the submit_task tool and TaskRequest share these.
+TaskTitle = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=TITLE_MAX_CHARS, description="Short name, e.g. 'Add tests for the parser'."
+    ),
+]
+TaskPrompt = Annotated[
+    str,
+    Field(min_length=1, description="Everything the worker needs: what to do, which files, how to check."),
+]
+Priority = Annotated[StrictInt, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, description="Higher runs first.")]
+PersonaName = Annotated[
+    str,
+    Field(
+        max_length=LABEL_MAX_CHARS,
+        description="Only agents with this persona take it: implementer, reviewer, tester, researcher ... or omit.",
+    ),
+]
+Capabilities = Annotated[
+    list[str], Field(max_length=MAX_CAPABILITIES, description="Only agents with all of these take it.")
+]
+WorkingDir = Annotated[
+    str, Field(max_length=PATH_MAX_CHARS, description="Absolute path of an existing directory to work in.")
+]
+MaxAttempts = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPTS_LIMIT)]
+TaskTimeout = Annotated[StrictInt, Field(ge=1, le=TASK_TIMEOUT_LIMIT_SECONDS)]
+
+_ASCII_ID = re.compile(r"-?[0-9]{1,19}")
+
+
+def is_task_id_text(value: str) -> bool:
+    """Whether a ``depends_on`` string is a task id written in ASCII digits (else it names a batch key)."""
+    return _ASCII_ID.fullmatch(value.strip()) is not None
+
+
+class TaskRequest(BaseModel):
+    """A task as a submitter asks for it: defaults not applied yet, and ``depends_on`` may name the ``key`` of an
+    earlier task in the same batch. The broker checks it and turns it into a :class:`NewTask`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: TaskTitle
+    prompt: TaskPrompt
+    priority: Priority = 0
+    persona: PersonaName | None = None
+    capabilities: Capabilities = Field(default_factory=list)
+    depends_on: list[StrictInt | str] = Field(
+        default_factory=list,
+        max_length=DEPENDENCIES_MAX,
+        description="Task ids (or `key`s of earlier tasks in the same submit_tasks batch) that must complete first.",
+    )
+    working_dir: WorkingDir | None = None
+    max_attempts: MaxAttempts | None = Field(default=None, description="Tries before giving up.")
+    timeout_seconds: TaskTimeout | None = Field(
+        default=None, description="Per-attempt time limit in seconds."
+    )
+    key: str | None = Field(
+        default=None,
+        max_length=LABEL_MAX_CHARS,
+        description="A name for this task that later tasks in the same batch can depend on.",
+    )
+
+    @field_validator("depends_on")
+    @classmethod
+    def _ids_or_keys(cls, values: list[int | str]) -> list[int | str]:
+        """A string of ASCII digits is a task id; other digit-like text (e.g. '²') is neither id nor key."""
+        checked: list[int | str] = []
+        for value in values:
+            if isinstance(value, str) and is_task_id_text(value):
+                checked.append(int(value))
+            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                raise ValueError(
+                    f"depends_on entry {value[:20]!r} is not a task id: write ids with the digits 0-9, e.g. 12"
+                )
+            else:
+                checked.append(value)
+        return checked
 
 
 class Event(BaseModel):

@@ -10,20 +10,40 @@ Tool docstrings are what the agents' models read: they say when to call the tool
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, StrictFloat, StrictInt, create_model
 
 from aiswarm_server import __version__
-from aiswarm_server.broker import Broker, TaskSpec
-from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS
+from aiswarm_server.broker import Broker
+from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, BrokerSettings
 from aiswarm_server.errors import BrokerError
-from aiswarm_server.models import Identity, Role, TaskStatus
+from aiswarm_server.limits import (
+    DEPENDENCIES_MAX,
+    ID_MAX,
+    LABEL_MAX_CHARS,
+    LIST_LIMIT_MAX,
+    PROGRESS_MAX_CHARS,
+    REASON_MAX_CHARS,
+)
+from aiswarm_server.models import (
+    Capabilities,
+    Identity,
+    MaxAttempts,
+    PersonaName,
+    Priority,
+    Role,
+    TaskPrompt,
+    TaskRequest,
+    TaskStatus,
+    TaskTimeout,
+    TaskTitle,
+    WorkingDir,
+)
 from aiswarm_server.replies import (
     AgentsReply,
     AgentStatusReply,
@@ -46,14 +66,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 TaskId = Annotated[
-    int, Field(ge=1, le=2**62, description="A task id, as returned by submit_task or claim_task.")
+    StrictInt, Field(ge=1, le=ID_MAX, description="A task id, as returned by submit_task or claim_task.")
 ]
 FenceToken = Annotated[
-    int, Field(ge=1, le=2**62, description="The fence_token that claim_task returned with this task.")
+    StrictInt, Field(ge=1, le=ID_MAX, description="The fence_token that claim_task returned with this task.")
 ]
-
-
-_ASCII_ID = re.compile(r"-?[0-9]{1,19}")
+AgentName = Annotated[
+    str, Field(min_length=1, max_length=LABEL_MAX_CHARS, description="The agent's stable name, e.g. qwen-1.")
+]
+Reason = Annotated[str, Field(max_length=REASON_MAX_CHARS, description="Why; the worker is told.")]
 
 
 @dataclass
@@ -91,71 +112,34 @@ def _refusals(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-class TaskInput(BaseModel):
-    """One task to submit."""
+def _annotated(**annotations: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Give tool parameters types built from the settings: the SDK evaluates string annotations in the module's
+    namespace, where a closure's names do not exist."""
 
-    model_config = ConfigDict(extra="forbid")
+    def apply(fn: Callable[P, R]) -> Callable[P, R]:
+        fn.__annotations__.update(annotations)
+        return fn
 
-    title: str = Field(
-        min_length=1, max_length=200, description="Short name, e.g. 'Add tests for the parser'."
-    )
-    prompt: str = Field(
-        min_length=1, description="Everything the worker needs: what to do, which files, how to check."
-    )
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
-    persona: str | None = Field(
-        default=None,
-        description="Only agents with this persona take it: implementer, reviewer, tester, researcher...",
-    )
-    capabilities: list[str] = Field(
-        default_factory=list, description="Only agents with all of these take it."
-    )
-    depends_on: list[int | str] = Field(
-        default_factory=list,
-        description="Task ids (or `key`s of earlier tasks in the same submit_tasks batch) that must complete first.",
-    )
-    working_dir: str | None = Field(default=None, description="Absolute path the worker should work in.")
-    max_attempts: int | None = Field(
-        default=None, ge=1, le=100, description="Tries before giving up (default 3)."
-    )
-    timeout_seconds: int | None = Field(
-        default=None, ge=1, le=604_800, description="Per-attempt limit (default 1800)."
-    )
-    key: str | None = Field(
-        default=None,
-        max_length=64,
-        description="A name for this task that later tasks in the same batch can depend on.",
+    return apply
+
+
+def _defaults_said(settings: BrokerSettings) -> tuple[str, str]:
+    """The descriptions of max_attempts and timeout_seconds, naming this broker's defaults."""
+    return (
+        f"Tries before giving up (default {settings.default_max_attempts}).",
+        f"Per-attempt time limit in seconds (default {settings.default_task_timeout_seconds}).",
     )
 
-    @field_validator("depends_on")
-    @classmethod
-    def _ids_or_keys(cls, values: list[int | str]) -> list[int | str]:
-        """A string of ASCII digits is a task id; other digit-like text (e.g. '²') is neither id nor key."""
-        checked: list[int | str] = []
-        for value in values:
-            if isinstance(value, str) and _ASCII_ID.fullmatch(value.strip()):
-                checked.append(int(value))
-            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                raise ValueError(
-                    f"depends_on entry {value[:20]!r} is not a task id: write ids with the digits 0-9, e.g. 12"
-                )
-            else:
-                checked.append(value)
-        return checked
 
-    def to_spec(self) -> TaskSpec:
-        return TaskSpec(
-            self.title,
-            self.prompt,
-            priority=self.priority,
-            persona=self.persona,
-            capabilities=self.capabilities,
-            depends_on=self.depends_on,
-            working_dir=self.working_dir,
-            max_attempts=self.max_attempts,
-            timeout_seconds=self.timeout_seconds,
-            key=self.key,
-        )
+def task_request_schema(settings: BrokerSettings) -> type[TaskRequest]:
+    """:class:`TaskRequest` as submit_tasks shows it to a model: the same fields, with this broker's defaults."""
+    attempts, timeout = _defaults_said(settings)
+    return create_model(
+        "TaskRequest",
+        __base__=TaskRequest,
+        max_attempts=(MaxAttempts | None, Field(default=None, description=attempts)),
+        timeout_seconds=(TaskTimeout | None, Field(default=None, description=timeout)),
+    )
 
 
 def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
@@ -164,15 +148,18 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def register_agent(
         ctx: Context[Any, Any],
         cli: Annotated[
-            str, Field(max_length=64, description="Which CLI you are: qwen, gemini, opencode ...")
+            str,
+            Field(max_length=LABEL_MAX_CHARS, description="Which CLI you are: qwen, gemini, opencode ..."),
         ] = "unknown",
         persona: Annotated[
-            str | None, Field(max_length=64, description="Your persona, if you were given one.")
+            str | None, Field(max_length=LABEL_MAX_CHARS, description="Your persona, if you were given one.")
         ] = None,
         capabilities: Annotated[
-            list[str], Field(max_length=64, description="What you can do, e.g. ['python'].")
+            list[str], Field(max_length=LABEL_MAX_CHARS, description="What you can do, e.g. ['python'].")
         ] = [],  # noqa: B006
-        pid: Annotated[int | None, Field(ge=0, le=2**31, description="Your process id, if known.")] = None,
+        pid: Annotated[
+            StrictInt | None, Field(ge=0, le=2**31, description="Your process id, if known.")
+        ] = None,
     ) -> RegisterReply:
         """Register yourself as a worker agent of this swarm (your name comes from your token).
 
@@ -191,7 +178,8 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
             Field(max_length=40, description="The cursor from your previous call (omit on the first call)."),
         ] = None,
         timeout_seconds: Annotated[
-            int, Field(ge=0, le=MAX_WAIT_SECONDS, description="How long to wait if nothing is there yet.")
+            StrictInt,
+            Field(ge=0, le=MAX_WAIT_SECONDS, description="How many seconds to wait if nothing is there yet."),
         ] = DEFAULT_WAIT_SECONDS,
     ) -> WaitReply:
         """Wait for work: returns at once if a task is available for you or an event concerns you, otherwise
@@ -207,8 +195,8 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def claim_task(
         ctx: Context[Any, Any],
         task_id: Annotated[
-            int | None,
-            Field(ge=1, le=2**62, description="The task to claim; omit to take the best available one."),
+            StrictInt | None,
+            Field(ge=1, le=ID_MAX, description="The task to claim; omit to take the best available one."),
         ] = None,
     ) -> ClaimReply:
         """Claim a task so that you, and only you, work on it. Returns the task's prompt and a fence_token.
@@ -223,8 +211,12 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
         ctx: Context[Any, Any],
         task_id: TaskId,
         fence_token: FenceToken,
-        message: Annotated[str, Field(max_length=2000, description="One line on where you are.")],
-        percent: Annotated[float | None, Field(ge=0, le=100, description="Rough completion, 0-100.")] = None,
+        message: Annotated[
+            str, Field(max_length=PROGRESS_MAX_CHARS, description="One line on where you are.")
+        ],
+        percent: Annotated[
+            StrictFloat | None, Field(ge=0, le=100, description="Rough completion, 0-100.")
+        ] = None,
     ) -> ProgressReply:
         """Report progress on the task you hold; this also renews your lease on it.
 
@@ -280,46 +272,36 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
         return await ref.get().agent_status(_identity(ref, ctx))
 
 
-def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
+def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettings) -> None:
+    attempts_said, timeout_said = _defaults_said(settings)
+
     @server.tool()
     @_refusals
+    @_annotated(
+        max_attempts=Annotated[MaxAttempts | None, Field(description=attempts_said)],
+        timeout_seconds=Annotated[TaskTimeout | None, Field(description=timeout_said)],
+    )
     async def submit_task(
         ctx: Context[Any, Any],
-        title: Annotated[str, Field(min_length=1, max_length=200, description="Short name of the task.")],
-        prompt: Annotated[
-            str,
-            Field(
-                min_length=1,
-                description="Everything the worker needs: what to do, which files, how to check.",
-            ),
-        ],
-        priority: Annotated[int, Field(ge=-1000, le=1000, description="Higher runs first.")] = 0,
-        persona: Annotated[
-            str | None,
-            Field(max_length=64, description="implementer, reviewer, tester, researcher ... or omit."),
-        ] = None,
-        capabilities: Annotated[
-            list[str], Field(max_length=32, description="Required agent capabilities.")
-        ] = [],  # noqa: B006
+        title: TaskTitle,
+        prompt: TaskPrompt,
+        priority: Priority = 0,
+        persona: PersonaName | None = None,
+        capabilities: Capabilities = [],  # noqa: B006
         depends_on: Annotated[
-            list[int], Field(max_length=200, description="Task ids that must complete first.")
+            list[StrictInt],
+            Field(max_length=DEPENDENCIES_MAX, description="Task ids that must complete first."),
         ] = [],  # noqa: B006
-        working_dir: Annotated[
-            str | None, Field(max_length=4096, description="Absolute path to work in.")
-        ] = None,
-        max_attempts: Annotated[
-            int | None, Field(ge=1, le=100, description="Tries before giving up (default 3).")
-        ] = None,
-        timeout_seconds: Annotated[
-            int | None, Field(ge=1, le=604_800, description="Per-attempt time limit (default 1800).")
-        ] = None,
+        working_dir: WorkingDir | None = None,
+        max_attempts: MaxAttempts | None = None,
+        timeout_seconds: TaskTimeout | None = None,
     ) -> SubmitReply:
         """Give one task to the swarm of worker agents. Returns the task with its id.
 
         Write the prompt so that an agent who knows nothing else can do it. Then call wait_for_tasks with the id
         to get the result. For several tasks at once (with dependencies between them) use submit_tasks."""
         identity = _identity(ref, ctx)
-        spec = TaskInput(
+        request = TaskRequest(
             title=title,
             prompt=prompt,
             priority=priority,
@@ -329,19 +311,24 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
             working_dir=working_dir,
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
-        ).to_spec()
-        return await ref.get().submit_tasks(identity, [spec])
+        )
+        return await ref.get().submit_tasks(identity, [request])
 
     @server.tool()
     @_refusals
+    @_annotated(
+        tasks=Annotated[
+            list[task_request_schema(settings)], Field(min_length=1, description="The tasks, in order.")
+        ]
+    )
     async def submit_tasks(
         ctx: Context[Any, Any],
-        tasks: Annotated[list[TaskInput], Field(min_length=1, description="The tasks, in order.")],
+        tasks: list[TaskRequest],
     ) -> SubmitReply:
         """Give several tasks to the swarm at once (all or none are accepted). A task may depend on tasks listed
         before it by their `key`, or on existing task ids; it starts when they have all completed, and fails if
         one of them fails. Then call wait_for_tasks with the returned ids."""
-        return await ref.get().submit_tasks(_identity(ref, ctx), [t.to_spec() for t in tasks])
+        return await ref.get().submit_tasks(_identity(ref, ctx), tasks)
 
     @server.tool()
     @_refusals
@@ -355,8 +342,10 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def list_tasks(
         ctx: Context[Any, Any],
         status: Annotated[TaskStatus | None, Field(description="Only tasks with this status.")] = None,
-        limit: Annotated[int, Field(ge=1, le=500, description="At most this many, newest first.")] = 50,
-        offset: Annotated[int, Field(ge=0, le=2**31, description="Skip this many (for paging).")] = 0,
+        limit: Annotated[
+            StrictInt, Field(ge=1, le=LIST_LIMIT_MAX, description="At most this many, newest first.")
+        ] = 50,
+        offset: Annotated[StrictInt, Field(ge=0, le=2**31, description="Skip this many (for paging).")] = 0,
     ) -> TasksReply:
         """List tasks, newest first, optionally only those with one status."""
         _identity(ref, ctx)
@@ -364,17 +353,22 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
 
     @server.tool()
     @_refusals
+    @_annotated(
+        task_ids=Annotated[
+            list[StrictInt],
+            Field(min_length=1, max_length=settings.max_batch, description="The tasks to wait for."),
+        ]
+    )
     async def wait_for_tasks(
         ctx: Context[Any, Any],
-        task_ids: Annotated[
-            list[int], Field(min_length=1, max_length=200, description="The tasks to wait for.")
-        ],
+        task_ids: list[StrictInt],
         mode: Annotated[
             Literal["all", "any"],
             Field(description="'all': until every task finished; 'any': until one has."),
         ] = "all",
         timeout_seconds: Annotated[
-            int, Field(ge=0, le=MAX_WAIT_SECONDS, description="Give up waiting after this long.")
+            StrictInt,
+            Field(ge=0, le=MAX_WAIT_SECONDS, description="Give up waiting after this many seconds."),
         ] = DEFAULT_WAIT_SECONDS,
     ) -> WaitTasksReply:
         """Wait until all (or any) of the tasks finish, then return them with their results and errors.
@@ -389,7 +383,7 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def cancel_task(
         ctx: Context[Any, Any],
         task_id: TaskId,
-        reason: Annotated[str | None, Field(max_length=500, description="Why; the worker is told.")] = None,
+        reason: Reason | None = None,
     ) -> TaskReply:
         """Cancel a task. A worker holding it is told at its next call; tasks depending on it fail."""
         _identity(ref, ctx)
@@ -406,32 +400,25 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
 def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
     @server.tool()
     @_refusals
-    async def issue_agent_token(
-        ctx: Context[Any, Any],
-        agent: Annotated[
-            str, Field(min_length=1, max_length=64, description="The agent's stable name, e.g. qwen-1.")
-        ],
-    ) -> TokenReply:
+    async def issue_agent_token(ctx: Context[Any, Any], agent: AgentName) -> TokenReply:
         """Issue a worker token for one agent (used by the launcher when it writes an agent's settings)."""
         _identity(ref, ctx)
         return await ref.get().issue_agent_token(agent)
 
     @server.tool()
     @_refusals
-    async def revoke_agent_tokens(
-        ctx: Context[Any, Any], agent: Annotated[str, Field(min_length=1, max_length=64)]
-    ) -> TokenReply:
-        """Revoke every token of one agent."""
+    async def revoke_agent_tokens(ctx: Context[Any, Any], agent: AgentName) -> TokenReply:
+        """Revoke every token of one agent: its next call is refused. Issue a new one with issue_agent_token."""
         _identity(ref, ctx)
-        count = await ref.get().tokens.revoke_agent(agent)
-        return TokenReply(agent=agent, token="", message=f"Revoked {count} token(s) of {agent}.")
+        return await ref.get().revoke_agent_tokens(agent)
 
     @server.tool()
     @_refusals
     async def list_tokens(
         ctx: Context[Any, Any],
         agent: Annotated[
-            str | None, Field(max_length=64, description="Only this agent's tokens; omit for all.")
+            str | None,
+            Field(max_length=LABEL_MAX_CHARS, description="Only this agent's tokens; omit for all."),
         ] = None,
         include_revoked: Annotated[bool, Field(description="Also list revoked tokens.")] = False,
     ) -> TokenListReply:
@@ -443,9 +430,9 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
     @_refusals
     async def release_task(
         ctx: Context[Any, Any],
-        agent: Annotated[str, Field(min_length=1, max_length=64, description="The agent holding the task.")],
+        agent: Annotated[AgentName, Field(description="The agent holding the task.")],
         task_id: TaskId,
-        reason: Annotated[str, Field(max_length=500)] = "released by the launcher",
+        reason: Annotated[str, Field(max_length=REASON_MAX_CHARS)] = "released by the launcher",
     ) -> CompletionReply:
         """Give a held task back to the queue without counting a failed attempt (graceful stop)."""
         _identity(ref, ctx)
@@ -472,7 +459,7 @@ INSTRUCTIONS = {
 }
 
 
-def build_servers(ref: BrokerRef) -> dict[Role, MCPServer]:
+def build_servers(ref: BrokerRef, settings: BrokerSettings) -> dict[Role, MCPServer]:
     """One MCP server per role, each with only that role's tools."""
     servers: dict[Role, MCPServer] = {}
     for role in Role:
@@ -480,7 +467,7 @@ def build_servers(ref: BrokerRef) -> dict[Role, MCPServer]:
         if role is Role.WORKER:
             _add_worker_tools(server, ref)
         else:
-            _add_primary_tools(server, ref)
+            _add_primary_tools(server, ref, settings)
         if role is Role.ADMIN:
             _add_admin_tools(server, ref)
         servers[role] = server

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import Role
 from aiswarm_server.tools import BrokerRef, build_servers
 
@@ -22,7 +23,7 @@ def readme_row(tool: str) -> str:
 
 
 async def test_every_tool_and_argument_is_documented() -> None:
-    servers = build_servers(BrokerRef())
+    servers = build_servers(BrokerRef(), BrokerSettings())
     documented = 0
     for role in (Role.WORKER, Role.PRIMARY):
         for tool in await servers[role].list_tools():
