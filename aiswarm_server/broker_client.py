@@ -51,7 +51,11 @@ class BrokerCallError(Exception):
 
 
 class BrokerUnreachable(Exception):
-    """No broker answers at the URL."""
+    """No broker answers at the URL (or none was ever started for the home)."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 def local_broker_url(settings: BrokerSettings) -> str:
@@ -105,7 +109,7 @@ class BrokerClient:
         except BaseException as error:
             await stack.aclose()
             raise BrokerUnreachable(
-                f"cannot talk to the broker at {self.url}: {_root_cause(error)}"
+                f"cannot talk to the broker at {self.url}: {_root_cause(error)}", self.url
             ) from error
         self._stack = stack
         return self
@@ -113,10 +117,17 @@ class BrokerClient:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._stack is not None:
-            await self._stack.aclose()
-        self._stack = None
-        self._client = None
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is None:
+            return
+        try:
+            await stack.aclose()
+        except Exception as error:
+            # A refused connection fails the SDK's transport task group: the call in flight is cancelled and the
+            # group (holding the connect error) surfaces here, on the way out.
+            raise BrokerUnreachable(
+                f"cannot talk to the broker at {self.url}: {_root_cause(error)}", self.url
+            ) from error
 
     async def call(self, tool: str, reply: type[ReplyT], /, **arguments: Any) -> ReplyT:
         """Call a tool; raise :class:`BrokerCallError` with the broker's message if it refuses."""
@@ -193,6 +204,10 @@ class BrokerClient:
     # admin
     async def issue_agent_token(self, agent: str) -> TokenReply:
         return await self.call("issue_agent_token", TokenReply, agent=agent)
+
+    async def revoke_agent_tokens(self, agent: str) -> TokenReply:
+        """Revoke every token of ``agent``; the reply's message says how many."""
+        return await self.call("revoke_agent_tokens", TokenReply, agent=agent)
 
     async def list_tokens(self, agent: str | None = None, include_revoked: bool = False) -> TokenListReply:
         return await self.call("list_tokens", TokenListReply, agent=agent, include_revoked=include_revoked)

@@ -29,7 +29,7 @@ class LaunchError(BrokerError):
 HomeOption = Annotated[
     Path | None,
     typer.Option(
-        "--home", envvar="AISWARM_HOME", help="aiswarm home: database, tokens, logs. [default: ~/.aiswarm]"
+        "--home", envvar="AISWARM_HOME", help="aiswarm home: database, tokens, logs. \\[default: ~/.aiswarm]"
     ),
 ]
 
@@ -68,7 +68,9 @@ def launch(
     ] = None,
     workdir: Annotated[
         Path | None,
-        typer.Option("--dir", envvar="AISWARM_DIR", help="Working directory of the CLIs. [default: current]"),
+        typer.Option(
+            "--dir", envvar="AISWARM_DIR", help="Working directory of the CLIs. \\[default: current]"
+        ),
     ] = None,
     mode: Annotated[
         str,
@@ -81,14 +83,14 @@ def launch(
         str | None,
         typer.Option(
             envvar="AISWARM_URL",
-            help="Broker MCP URL. [default: the broker serving --home, started if needed]",
+            help="Broker MCP URL. \\[default: the broker serving --home, started if needed]",
         ),
     ] = None,
     task_timeout: Annotated[
         float | None,
         typer.Option(
             envvar="AISWARM_TASK_TIMEOUT",
-            help="Kill a CLI run after this many seconds. [default: the task's]",
+            help="Kill a CLI run after this many seconds. \\[default: the task's]",
         ),
     ] = None,
     model_endpoint: Annotated[
@@ -211,7 +213,7 @@ def logs(
 
 def doctor(
     cli: Annotated[
-        list[str] | None, typer.Option("--cli", help="Only this CLI (repeatable). [default: all]")
+        list[str] | None, typer.Option("--cli", help="Only this CLI (repeatable). \\[default: all]")
     ] = None,
     url: Annotated[str | None, typer.Option(envvar="AISWARM_URL", help="Broker MCP URL to check.")] = None,
     home: HomeOption = None,
