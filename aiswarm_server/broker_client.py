@@ -13,8 +13,9 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx2
-from mcp import Client
+from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR
 from pydantic import BaseModel
 
 from aiswarm_server.auth import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE, read_token_file
@@ -134,7 +135,14 @@ class BrokerClient:
         if self._client is None:
             raise RuntimeError("use `async with BrokerClient(...)`")
         args = {k: v for k, v in arguments.items() if v is not None}
-        result = await self._client.call_tool(tool, args)
+        try:
+            result = await self._client.call_tool(tool, args)
+        except MCPError as error:
+            if error.code in (CONNECTION_CLOSED, INTERNAL_ERROR):  # the broker went away or answered non-2xx
+                raise BrokerUnreachable(
+                    f"lost the broker at {self.url} during {tool}: {error.error.message}", self.url
+                ) from error
+            raise BrokerCallError(tool, error.error.message) from error
         if result.is_error:
             text = " ".join(getattr(block, "text", "") for block in result.content).strip()
             raise BrokerCallError(tool, text.removeprefix(f"Error executing tool {tool}: "))

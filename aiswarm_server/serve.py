@@ -153,11 +153,11 @@ async def serve(
         info = BrokerInfo(url=bound.url, pid=os.getpid(), host=bound.host, port=port, started_at=time.time())
 
         def advertise(_broker: object) -> None:
+            if on_serving is not None:
+                on_serving(info.url)
             (settings.home / BROKER_FILE).write_text(info.model_dump_json(), encoding="utf-8")
             if port_file is not None:
                 port_file.write_text(str(port), encoding="utf-8")
-            if on_serving is not None:
-                on_serving(info.url)
 
         def withdraw() -> None:
             current = read_broker_info(settings.home)
