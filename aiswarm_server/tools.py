@@ -14,9 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
+from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import INVALID_PARAMS, GetPromptResult, ServerCapabilities
 from pydantic import Field, StrictFloat, StrictInt, create_model
+from typing_extensions import override
 
 from aiswarm_server import __version__
 from aiswarm_server.broker import Broker
@@ -459,11 +462,43 @@ INSTRUCTIONS = {
 }
 
 
+class ToolsOnlyServer(MCPServer):
+    """An MCP server that offers tools and nothing else, and says so.
+
+    The SDK declares the prompts and resources capabilities whenever their handlers exist, and always installs
+    them; this server declares neither. A client that asks anyway gets empty lists, and an unknown prompt is an
+    invalid-params error (-32602), as an unknown resource already is, instead of an internal error with a
+    logged traceback."""
+
+    def __init__(self, name: str, *, instructions: str, version: str) -> None:
+        super().__init__(name, instructions=instructions, version=version)
+        lowlevel = self._lowlevel_server
+        declared = lowlevel.get_capabilities
+
+        def tools_only(*args: Any, **kwargs: Any) -> ServerCapabilities:
+            return declared(*args, **kwargs).model_copy(update={"prompts": None, "resources": None})
+
+        lowlevel.get_capabilities = tools_only  # type: ignore[method-assign]
+
+    @override
+    async def get_prompt(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        context: Context[Any, Any] | None = None,
+    ) -> GetPromptResult:
+        raise MCPError(
+            INVALID_PARAMS, f"Unknown prompt: {name[:100]}. This server has no prompts, only tools."
+        )
+
+
 def build_servers(ref: BrokerRef, settings: BrokerSettings) -> dict[Role, MCPServer]:
     """One MCP server per role, each with only that role's tools."""
     servers: dict[Role, MCPServer] = {}
     for role in Role:
-        server = MCPServer(f"aiswarm-{role.value}", instructions=INSTRUCTIONS[role], version=__version__)
+        server = ToolsOnlyServer(
+            f"aiswarm-{role.value}", instructions=INSTRUCTIONS[role], version=__version__
+        )
         if role is Role.WORKER:
             _add_worker_tools(server, ref)
         else:
