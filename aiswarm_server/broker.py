@@ -72,6 +72,9 @@ def format_cursor(event_id: int, sequence: int) -> str:
 
 
 def parse_cursor(cursor: str | None) -> tuple[int | None, int]:
+    """Split a cursor into (last acknowledged event id, call sequence); ``None`` or ``""`` is (None, 0).
+
+    Raises :class:`InvalidRequest` for text this broker never gave out."""
     if cursor is None or cursor == "":
         return None, 0
     match = _CURSOR.fullmatch(cursor.strip())
@@ -84,6 +87,7 @@ def parse_cursor(cursor: str | None) -> tuple[int | None, int]:
 
 
 def normalize_labels(values: Sequence[str], what: str) -> list[str]:
+    """Lowercase, check, sort and deduplicate personas or capabilities; raise :class:`InvalidRequest` naming a bad one."""
     labels: list[str] = []
     for value in values:
         label = value.strip().lower()
@@ -115,12 +119,15 @@ class Broker:
 
     # lifecycle -----------------------------------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> None:
+        """Open the store (creating or migrating its schema), follow changes other broker processes commit, and start the
+        sweeper unless ``sweep`` is false. Raises :class:`SchemaTooNew` or :class:`StoreUnavailable`."""
         await self.store.open()
         await self.store.watch_changes(self._apply)
         if sweep:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="aiswarm-sweeper")
 
     async def stop(self) -> None:
+        """Stop the sweeper and close the store."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -139,7 +146,11 @@ class Broker:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 
     async def sweep(self) -> TaskChange:
-        """Requeue expired leases, mark silent agents lost, and re-offer tasks nobody took up."""
+        """Requeue expired leases, mark silent agents lost, and re-offer tasks nobody took up.
+
+        One store transaction: every expired or lost agent's task goes back to ``pending`` (attempts + 1) or to
+        ``dead`` after its last attempt, and its holder gets a ``lease_lost`` event; then one fitting parked agent is
+        woken per requeued task. Parked agents count as alive. Raises :class:`StoreUnavailable`."""
         now = self.clock()
         change = await self.store.sweep(
             now, now - self.settings.agent_lost_seconds, keep_alive=self.agent_waiters.parked_agents()
@@ -190,6 +201,7 @@ class Broker:
     # identity ------------------------------------------------------------------------------------
     @staticmethod
     def agent_of(identity: Identity) -> str:
+        """The agent a worker identity speaks for; raise :class:`InvalidRequest` for a primary or admin caller."""
         if identity.role is not Role.WORKER or identity.agent is None:
             raise InvalidRequest(
                 "This tool is for worker agents: call it with a worker token (`aiswarm token issue --agent NAME`)."
@@ -197,6 +209,8 @@ class Broker:
         return identity.agent
 
     async def issue_agent_token(self, agent: str) -> TokenReply:
+        """Issue a new worker token for ``agent`` (its earlier tokens stay valid until revoked). One store write;
+        only the token's hash is kept. Raises :class:`InvalidRequest` for a malformed agent name."""
         validate_agent_name(agent)
         token = await self.tokens.issue(Identity(role=Role.WORKER, agent=agent, label=f"agent {agent}"))
         return TokenReply(
@@ -213,6 +227,7 @@ class Broker:
         return TokenReply(agent=agent, token="", message=f"Revoked {count} token(s) of {agent}.")
 
     async def list_tokens(self, *, agent: str | None, include_revoked: bool) -> TokenListReply:
+        """The issued tokens (fingerprints, never the tokens), optionally only one agent's, revoked ones on request."""
         rows = await self.store.list_tokens()
         tokens = [
             TokenInfo(
@@ -242,7 +257,9 @@ class Broker:
         capabilities: Sequence[str] = (),
         pid: int | None = None,
     ) -> RegisterReply:
-        """Register (or re-register) the calling agent. Idempotent by name."""
+        """Register (or re-register) the calling worker, idempotently by name: it keeps its cursor and any task it
+        holds. One store write; no event results. Raises :class:`InvalidRequest` for a non-worker caller or a
+        malformed persona or capability."""
         name = self.agent_of(identity)
         if persona is not None:
             persona = normalize_labels([persona], "persona")[0]
@@ -264,7 +281,12 @@ class Broker:
     async def wait_for_next_event(
         self, identity: Identity, cursor: str | None, timeout_seconds: float
     ) -> WaitReply:
-        """Return what is after ``cursor`` (or a claimable task) at once, else park until something arrives."""
+        """Return what is after ``cursor`` (or a claimable task) at once, else park until something arrives.
+
+        Reading acknowledges every event up to ``cursor`` and marks the agent seen, in one store transaction; the
+        wait parks before it reads, so a task committed in between still wakes it. A task just offered to another
+        woken agent is left out for ``offer_seconds``. The timeout is capped at ``max_wait_seconds``. Raises
+        :class:`InvalidRequest` for a non-worker caller or a cursor this broker did not give out."""
         name = self.agent_of(identity)
         ack, sequence = parse_cursor(cursor)
         timeout = min(max(timeout_seconds, 0.0), float(self.settings.max_wait_seconds))
@@ -334,7 +356,12 @@ class Broker:
         return WaitReply(events=views, cursor=format_cursor(last, sequence + 1), message=message)
 
     async def claim_task(self, identity: Identity, task_id: int | None) -> ClaimReply:
-        """Claim a task atomically: the one named, or the best one this agent fits."""
+        """Claim a task atomically: the one named, or the best one this agent fits, under a lease.
+
+        One store transaction sets ``claimed``, a new fence token and the lease, and opens an attempt; an agent that
+        already holds a task gets it back with the same fence token. A task that cannot be claimed (taken, not
+        fitting, cancelled) is an answer with ``claimed`` false, not an error. Raises :class:`InvalidRequest` for a
+        non-worker caller."""
         name = self.agent_of(identity)
         outcome = await self.store.claim(name, task_id, self.clock(), self.settings.lease_seconds)
         if outcome.claim is None:
@@ -358,6 +385,10 @@ class Broker:
     async def report_progress(
         self, identity: Identity, task_id: int, fence_token: int, message: str, percent: float | None = None
     ) -> ProgressReply:
+        """Record a progress note and renew the lease of a task the caller holds, in one store transaction.
+
+        Raises :class:`StaleClaim` (not the holder, or an old fence token), :class:`TaskCancelled` (cancelled while
+        held; the holder also has a ``task_cancelled`` event) or :class:`NotFound`. No event results."""
         name = self.agent_of(identity)
         note = message.strip()[:PROGRESS_MAX_CHARS]
         if percent is not None:
@@ -383,6 +414,13 @@ class Broker:
         error: str | None = None,
         retryable: bool = True,
     ) -> CompletionReply:
+        """Record how the caller's attempt ended, in one store transaction.
+
+        Success completes the task and unblocks its dependents (woken if now ``pending``). Failure requeues it while
+        attempts remain and ``retryable`` holds, else fails it (``dead`` after its last attempt) and fails its
+        dependents. A report repeated with the same fence token is answered again, not recorded twice. Raises
+        :class:`StaleClaim`, :class:`TaskCancelled`, :class:`NotFound`, or :class:`InvalidRequest` for an oversized
+        result, error or data. Primaries waiting on the task are woken."""
         name = self.agent_of(identity)
         self._check_size("result", result, self.settings.max_result_chars)
         self._check_size("error", error, self.settings.max_result_chars)
@@ -411,6 +449,8 @@ class Broker:
         return CompletionReply(task_id=task_id, status=status, message=message)
 
     async def heartbeat(self, identity: Identity) -> HeartbeatReply:
+        """Mark the calling worker alive and renew the lease of the task it holds, in one store transaction. Raises
+        :class:`InvalidRequest` for a non-worker caller; no event results."""
         name = self.agent_of(identity)
         agent, task = await self.store.heartbeat(name, self.clock(), self.settings.lease_seconds)
         cancelled = ""
@@ -424,6 +464,7 @@ class Broker:
         )
 
     async def agent_status(self, identity: Identity) -> AgentStatusReply:
+        """The calling worker's record and the task it holds. Reads only; raises :class:`NotFound` before it registers."""
         name = self.agent_of(identity)
         agent = await self.store.get_agent(name)
         if agent is None:
@@ -436,7 +477,11 @@ class Broker:
         )
 
     async def release_task(self, agent: str, task_id: int, reason: str) -> CompletionReply:
-        """Hand a task back to the queue without counting a failure (the launcher's graceful stop)."""
+        """Hand a task back to the queue without counting a failure (the launcher's graceful stop).
+
+        One store transaction ends the attempt as ``released`` and makes the task ``pending``; one fitting parked
+        agent is woken for it. Raises :class:`StaleClaim` if ``agent`` does not hold it, :class:`NotFound` for an
+        unknown task."""
         change = await self.store.release(agent, task_id, None, reason, self.clock())
         self._apply(change)
         status = change.task.status if change.task else TaskStatus.PENDING
@@ -589,12 +634,14 @@ class Broker:
         return files | agents
 
     async def get_task(self, task_id: int) -> TaskReply:
+        """One task with every attempt. Reads only; raises :class:`NotFound` for an unknown id."""
         task = await self.store.get_task(task_id)
         if task is None:
             raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
         return TaskReply(task=task, message=_describe_task(task))
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> TasksReply:
+        """Tasks newest first, optionally of one status. Reads only; raises :class:`InvalidRequest` for a bad page."""
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidRequest(f"limit must be between 1 and {LIST_LIMIT_MAX}.")
         if offset < 0:
@@ -605,7 +652,11 @@ class Broker:
     async def wait_for_tasks(
         self, task_ids: Sequence[int], mode: Literal["all", "any"], timeout_seconds: float
     ) -> WaitTasksReply:
-        """Wait until all (or any) of the tasks reach a final status, or the timeout passes."""
+        """Wait until all (or any) of the tasks reach a final status, or the timeout passes.
+
+        Watches before it reads, so a completion committed in between still ends the wait; the timeout is capped at
+        ``max_wait_seconds``. Reads only. Raises :class:`InvalidRequest` (empty or oversized list) or
+        :class:`NotFound` (an unknown id)."""
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             raise InvalidRequest("task_ids must name at least one task.")
@@ -628,6 +679,9 @@ class Broker:
                     await asyncio.wait_for(changed, remaining)
 
     async def cancel_task(self, task_id: int, reason: str | None) -> TaskReply:
+        """Cancel a task that has not finished, in one store transaction: its holder (if any) gets a ``task_cancelled``
+        event and is woken, tasks depending on it fail, and primaries waiting on any of them are woken. A finished task
+        is left as it is (the reply says so). Raises :class:`NotFound` for an unknown id."""
         reason = (reason or "cancelled by the primary agent").strip()[:REASON_MAX_CHARS]
         change = await self.store.cancel(task_id, reason, self.clock())
         self._apply(change)
@@ -645,6 +699,7 @@ class Broker:
         return TaskReply(task=task, message=message)
 
     async def list_agents(self) -> AgentsReply:
+        """Every registered agent with its status and current task. Reads only."""
         agents = await self.store.list_agents()
         parked = set(self.agent_waiters.parked_agents())
         live = sum(1 for a in agents if a.status is not AgentStatus.LOST)
@@ -654,6 +709,7 @@ class Broker:
         )
 
     async def status(self) -> StatusReply:
+        """Counts of tasks and agents by status, parked waits and watched tasks, version, uptime. Reads only."""
         stats = await self.store.stats()
         return StatusReply(
             version=__version__,

@@ -94,6 +94,7 @@ def _app(
 
 
 def settings_for(home: Path | None, **overrides: Any) -> BrokerSettings:
+    """Broker settings for ``home`` with the CLI's overrides; a bad value is a :class:`CliError` naming the setting."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if home is not None:
         values["home"] = home.expanduser()
@@ -125,6 +126,7 @@ def _setting_default(name: str) -> str:
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a new event loop."""
     return asyncio.run(coro)
 
 
@@ -154,6 +156,7 @@ def _unreachable(
 
 
 def print_json(value: BaseModel | list[Any] | dict[str, Any]) -> None:
+    """Write a model, list or dict to stdout as indented JSON."""
     if isinstance(value, BaseModel):
         sys.stdout.write(value.model_dump_json(indent=2) + "\n")
     else:
@@ -161,6 +164,7 @@ def print_json(value: BaseModel | list[Any] | dict[str, Any]) -> None:
 
 
 def task_table(tasks: list[Task]) -> Table:
+    """A table of tasks for the terminal: id, status, title, persona, agent, tries and the outcome."""
     table = Table("id", "status", "title", "persona", "agent", "tries", "result / error", box=None)
     for t in tasks:
         outcome = t.result if t.status is TaskStatus.COMPLETED else (t.error or t.progress or "")

@@ -119,6 +119,7 @@ class BrokerApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
+        """Open the broker (store, tokens, sweeper) and the role servers' session managers for as long as the app serves."""
         settings = self.settings
         settings.home.mkdir(parents=True, exist_ok=True)
         broker = Broker(open_store(settings), settings)
@@ -142,6 +143,7 @@ class BrokerApp:
             await broker.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route one ASGI event: lifespan, ``/mcp`` (authenticated, body size bounded), ``/health``, ``/metrics``, else 404."""
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)

@@ -23,6 +23,8 @@ from aiswarm_server.limits import (
 
 
 class TaskStatus(StrEnum):
+    """Where a task is in its life; see :data:`TERMINAL_STATUSES` for the final ones."""
+
     BLOCKED = "blocked"  # waiting for its dependencies to complete
     PENDING = "pending"  # claimable
     CLAIMED = "claimed"  # held by one agent under a lease
@@ -33,6 +35,7 @@ class TaskStatus(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the task has finished (completed, failed, cancelled or dead) and will not change again."""
         return self in TERMINAL_STATUSES
 
 
@@ -42,24 +45,32 @@ TERMINAL_STATUSES = frozenset(
 
 
 class AgentStatus(StrEnum):
+    """Whether an agent is waiting for work, holding a task, or has not been heard from for too long."""
+
     IDLE = "idle"
     BUSY = "busy"
     LOST = "lost"
 
 
 class Role(StrEnum):
+    """What a token lets its holder do: one agent's work, submitting and observing, or both plus administration."""
+
     WORKER = "worker"
     PRIMARY = "primary"
     ADMIN = "admin"
 
 
 class EventKind(StrEnum):
+    """What an event in an agent's durable log tells it."""
+
     TASK_AVAILABLE = "task_available"
     TASK_CANCELLED = "task_cancelled"
     LEASE_LOST = "lease_lost"
 
 
 class AttemptOutcome(StrEnum):
+    """How one attempt at a task ended."""
+
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -80,6 +91,8 @@ class Identity(BaseModel):
 
 
 class Agent(BaseModel):
+    """A worker agent as registered: stable name, CLI, persona, capabilities, status and durable event cursor."""
+
     name: str
     cli: str = "unknown"
     persona: str | None = None
@@ -93,6 +106,8 @@ class Agent(BaseModel):
 
 
 class Attempt(BaseModel):
+    """One claim of a task by one agent, from the claim to its outcome."""
+
     number: int
     agent: str
     fence_token: int
@@ -103,6 +118,8 @@ class Attempt(BaseModel):
 
 
 class Task(BaseModel):
+    """A unit of work: what to do, who may do it, its dependencies, and every attempt and outcome."""
+
     id: int
     title: str
     prompt: str
@@ -233,6 +250,8 @@ class TaskRequest(BaseModel):
 
 
 class Event(BaseModel):
+    """One entry in an agent's durable event log (read from its cursor by ``wait_for_next_event``)."""
+
     id: int
     kind: EventKind
     agent: str

@@ -42,6 +42,7 @@ class HomeLocked(BrokerError):
 
 
 def read_broker_info(home: Path) -> BrokerInfo | None:
+    """What the broker serving ``home`` advertised, or None if none has (or the file is unreadable)."""
     try:
         return BrokerInfo.model_validate_json((home / BROKER_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
@@ -91,6 +92,7 @@ def home_is_served(home: Path) -> bool:
 
 
 def bind_socket(settings: BrokerSettings) -> socket.socket:
+    """Listen on the configured host and port; a taken port is a :class:`BrokerError` saying what to do."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

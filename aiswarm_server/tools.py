@@ -87,6 +87,7 @@ class BrokerRef:
     broker: Broker | None = None
 
     def get(self) -> Broker:
+        """The running broker; a :class:`ToolError` asking to retry while it starts."""
         if self.broker is None:
             raise ToolError("The broker is starting up; retry in a moment.")
         return self.broker
