@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -713,6 +714,23 @@ def token_path(
     sys.stdout.write(str(settings.home / f"{role}.token") + "\n")
 
 
+# The broker's refusals are written for models and name tools; people get the command instead.
+_COMMAND_FOR_TOOL = {
+    "list_tasks": "`aiswarm tasks`",
+    "get_task": "`aiswarm task ID`",
+    "submit_task": "`aiswarm submit`",
+    "list_agents": "`aiswarm agents`",
+    "wait_for_tasks": "`aiswarm submit --wait`",
+    "cancel_task": "`aiswarm task ID --cancel`",
+}
+_TOOL_NAME = re.compile(r"\b(" + "|".join(_COMMAND_FOR_TOOL) + r")\b(\([^)]*\))?")
+
+
+def for_people(refusal: str) -> str:
+    """A refusal the broker wrote for a model, with the tools it names replaced by the commands that do the same."""
+    return _TOOL_NAME.sub(lambda match: _COMMAND_FOR_TOOL[match.group(1)], refusal)
+
+
 def _register_launcher_commands() -> None:
     try:
         from launcher.cli import register
@@ -746,7 +764,7 @@ def main() -> None:
         errors.print(f"error: {error}", highlight=False, markup=False)
         sys.exit(1)
     except BrokerCallError as error:
-        errors.print(f"refused: {error}", highlight=False, markup=False)
+        errors.print(f"refused: {for_people(str(error))}", highlight=False, markup=False)
         sys.exit(1)
     except typer.Exit as done:
         sys.exit(done.exit_code)

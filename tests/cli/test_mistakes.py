@@ -155,6 +155,9 @@ def test_replies_meant_for_a_model_are_told_to_people_in_commands(live: BrokerPr
             assert tool not in ran.out, ran.out
     assert f"`aiswarm task {task_id}` shows it later" in shown.out
     assert "`aiswarm token revoke --agent NAME`" in tokens.out
+    missing = aiswarm("task", "99999", home=live.home)
+    assert missing.code == 1
+    assert missing.err.strip() == "refused: Task #99999 does not exist. Use `aiswarm tasks` to see task ids."
 
 
 HELP_DEFAULTS = [
