@@ -117,7 +117,8 @@ def keep_database_private(settings: BrokerSettings) -> None:
         settings.database_path,
         *(settings.database_path.with_name(settings.database_path.name + s) for s in ("-wal", "-shm")),
     ):
-        with contextlib.suppress(FileNotFoundError):
+        # Absent, or not ours to change (immutable, another owner): the store then says what it can and cannot do.
+        with contextlib.suppress(OSError):
             path.chmod(0o600)
 
 
