@@ -17,6 +17,8 @@ from aiswarm_server.auth import TokenRegistry, validate_agent_name
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import InvalidRequest, NotFound
 from aiswarm_server.limits import (
+    CURSOR_MAX_CHARS,
+    LABEL_MAX_CHARS,
     LIST_LIMIT_MAX,
     MAX_ATTEMPTS_LIMIT,
     PRIORITY_MAX,
@@ -63,7 +65,7 @@ from aiswarm_server.waiters import AgentWaiters, TaskWatchers
 log = logging.getLogger("aiswarm.broker")
 
 _CURSOR = re.compile(r"^(\d{1,18})(?:\.(\d{1,9}))?$")
-_LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_LABEL = re.compile(rf"^[a-z0-9][a-z0-9_.-]{{0,{LABEL_MAX_CHARS - 1}}}$")
 
 
 def format_cursor(event_id: int, sequence: int) -> str:
@@ -80,7 +82,7 @@ def parse_cursor(cursor: str | None) -> tuple[int | None, int]:
     match = _CURSOR.fullmatch(cursor.strip())
     if match is None:
         raise InvalidRequest(
-            f"cursor {cursor[:40]!r} is not one this broker gave out. Pass the `cursor` value returned by your "
+            f"cursor {cursor[:CURSOR_MAX_CHARS]!r} is not one this broker gave out. Pass the `cursor` value returned by your "
             "last wait_for_next_event or register_agent call (like '12.3'), or omit it to resume where you left off."
         )
     return int(match.group(1)), int(match.group(2) or 0)
@@ -94,7 +96,7 @@ def normalize_labels(values: Sequence[str], what: str) -> list[str]:
         if not _LABEL.fullmatch(label):
             raise InvalidRequest(
                 f"{what} {value[:70]!r} is not valid: use lowercase letters, digits, '.', '_' or '-' "
-                "(1-64 characters), e.g. 'python' or 'code-review'."
+                f"(1-{LABEL_MAX_CHARS} characters), e.g. 'python' or 'code-review'."
             )
         labels.append(label)
     return sorted(set(labels))
@@ -264,7 +266,7 @@ class Broker:
         if persona is not None:
             persona = normalize_labels([persona], "persona")[0]
         caps = normalize_labels(capabilities, "capability")
-        cli = cli.strip()[:64] or "unknown"
+        cli = cli.strip()[:LABEL_MAX_CHARS] or "unknown"
         agent = await self.store.register_agent(name, cli, persona, caps, pid, self.clock())
         self.agent_waiters.remember(name, agent.persona, agent.capabilities)
         held = (

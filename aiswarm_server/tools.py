@@ -26,6 +26,8 @@ from aiswarm_server.broker import Broker
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, BrokerSettings
 from aiswarm_server.errors import BrokerError
 from aiswarm_server.limits import (
+    COUNT_MAX,
+    CURSOR_MAX_CHARS,
     DEPENDENCIES_MAX,
     ID_MAX,
     LABEL_MAX_CHARS,
@@ -162,7 +164,7 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
             list[str], Field(max_length=LABEL_MAX_CHARS, description="What you can do, e.g. ['python'].")
         ] = [],  # noqa: B006
         pid: Annotated[
-            StrictInt | None, Field(ge=0, le=2**31, description="Your process id, if known.")
+            StrictInt | None, Field(ge=0, le=COUNT_MAX, description="Your process id, if known.")
         ] = None,
     ) -> RegisterReply:
         """Register yourself as a worker agent of this swarm (your name comes from your token).
@@ -179,7 +181,10 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
         ctx: Context[Any, Any],
         cursor: Annotated[
             str | None,
-            Field(max_length=40, description="The cursor from your previous call (omit on the first call)."),
+            Field(
+                max_length=CURSOR_MAX_CHARS,
+                description="The cursor from your previous call (omit on the first call).",
+            ),
         ] = None,
         timeout_seconds: Annotated[
             StrictInt,
@@ -349,7 +354,9 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
         limit: Annotated[
             StrictInt, Field(ge=1, le=LIST_LIMIT_MAX, description="At most this many, newest first.")
         ] = 50,
-        offset: Annotated[StrictInt, Field(ge=0, le=2**31, description="Skip this many (for paging).")] = 0,
+        offset: Annotated[
+            StrictInt, Field(ge=0, le=COUNT_MAX, description="Skip this many (for paging).")
+        ] = 0,
     ) -> TasksReply:
         """List tasks, newest first, optionally only those with one status."""
         _identity(ref, ctx)
