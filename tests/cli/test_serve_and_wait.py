@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -24,16 +25,29 @@ from tests.reliability.swarm import START_TIMEOUT
 LINE_TIMEOUT = 60.0
 
 
-def submit_and_wait(home: Path, title: str, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, **WIDE, "AISWARM_HOME": str(home)}
-    return subprocess.Popen(
-        [AISWARM, "submit", title, "-p", "do it", "--wait", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+@pytest.fixture
+def submit_and_wait() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``aiswarm submit TITLE -p ... --wait``; any still running at the end of the test is killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(home: Path, title: str, *extra: str) -> subprocess.Popen[str]:
+        env = {**os.environ, **WIDE, "AISWARM_HOME": str(home)}
+        process = subprocess.Popen(
+            [AISWARM, "submit", title, "-p", "do it", "--wait", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def first_line(stream: IO[str]) -> str:
@@ -70,23 +84,26 @@ async def work_on(broker: BrokerProcess, agent: str, task_id: int, *, success: b
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> BrokerProcess:
-    return BrokerProcess(tmp_path / "home").start(START_TIMEOUT)
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    process = BrokerProcess(tmp_path / "home").start(START_TIMEOUT)
+    yield process
+    process.stop()
 
 
-def test_submit_wait_exits_1_when_the_task_failed(broker: BrokerProcess) -> None:
-    try:
-        process = submit_and_wait(broker.home, "doomed")
-        task_id = submitted_id(process)
-        asyncio.run(work_on(broker, "failer-1", task_id, success=False))
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 1, err
-        assert f"Task #{task_id} failed: cannot be done" in out
-    finally:
-        broker.stop()
+def test_submit_wait_exits_1_when_the_task_failed(
+    broker: BrokerProcess, submit_and_wait: Callable[..., subprocess.Popen[str]]
+) -> None:
+    process = submit_and_wait(broker.home, "doomed")
+    task_id = submitted_id(process)
+    asyncio.run(work_on(broker, "failer-1", task_id, success=False))
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert f"Task #{task_id} failed: cannot be done" in out
 
 
-def test_submit_wait_survives_a_broker_restart_and_shows_the_attempts(broker: BrokerProcess) -> None:
+def test_submit_wait_survives_a_broker_restart_and_shows_the_attempts(
+    broker: BrokerProcess, submit_and_wait: Callable[..., subprocess.Popen[str]]
+) -> None:
     process = submit_and_wait(broker.home, "outlives its broker", "--json")
     task_id = submitted_id(process)
     broker.stop()
@@ -128,11 +145,8 @@ def test_a_taken_port_fails_the_start_in_one_line_and_leaves_no_database(tmp_pat
 
 
 def test_the_database_files_are_private(broker: BrokerProcess) -> None:
-    try:
-        assert aiswarm("submit", "private", "-p", "y", home=broker.home).code == 0
-        files = list(broker.home.glob("aiswarm.db*"))
-        assert {f.name for f in files} >= {"aiswarm.db", "aiswarm.db-wal", "aiswarm.db-shm"}
-        for path in files:
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    finally:
-        broker.stop()
+    assert aiswarm("submit", "private", "-p", "y", home=broker.home).code == 0
+    files = list(broker.home.glob("aiswarm.db*"))
+    assert {f.name for f in files} >= {"aiswarm.db", "aiswarm.db-wal", "aiswarm.db-shm"}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
