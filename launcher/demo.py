@@ -36,8 +36,9 @@ from launcher.adapters.install import (
     node_major,
     node_path,
 )
+from launcher.agents import plan_agents
 from launcher.scripted_model import ScriptedModelServer
-from launcher.supervisor import LaunchConfig, Supervisor, plan_agents
+from launcher.supervisor import LaunchConfig, Supervisor
 
 SAMPLE_TASKS: list[dict[str, object]] = [
     {

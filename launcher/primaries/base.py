@@ -22,8 +22,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from aiswarm_server.errors import BrokerError
 from launcher.adapters.base import DEFAULT_TOOL_TIMEOUT_MS, MCP_SERVER_NAME
+from launcher.errors import LaunchError
 from launcher.primaries.jsonc import JsoncDocument, JsoncError
 
 SERVER_NAME = MCP_SERVER_NAME
@@ -38,7 +38,7 @@ STDIO_STARTUP_SECONDS = 30
 DESCRIPTION = "aiswarm broker: hand tasks to worker agents and wait for their results"
 
 
-class ClientConfigError(BrokerError):
+class ClientConfigError(LaunchError):
     """The client's config cannot be changed as asked; the message says why and what to do."""
 
 
