@@ -11,9 +11,7 @@ aiswarm's entry.
 from __future__ import annotations
 
 import difflib
-import os
 import stat
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -22,9 +20,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from aiswarm_server.files import write_private
+from aiswarm_server.jsonc import JsoncDocument, JsoncError
 from launcher.adapters.base import DEFAULT_TOOL_TIMEOUT_MS, MCP_SERVER_NAME
 from launcher.errors import LaunchError
-from launcher.primaries.jsonc import JsoncDocument, JsoncError
 
 SERVER_NAME = MCP_SERVER_NAME
 """The entry's name in every client's config."""
@@ -117,7 +116,7 @@ class ConfigChange:
         carries_secret = bool(self.secret) and self.secret in self.after
         keeps_mode = self.path.exists() and not carries_secret
         mode = stat.S_IMODE(self.path.stat().st_mode) if keeps_mode else 0o600
-        _write_atomically(self.path, self.after.encode("utf-8"), mode)
+        write_private(self.path, self.after, mode=mode)
         return backup
 
     def _backup(self) -> Path:
@@ -128,24 +127,8 @@ class ConfigChange:
             backup = self.path.with_name(f"{self.path.name}.{stamp}-{counter}.aiswarm-backup")
             counter += 1
         # The old file may hold tokens (ours or the user's): the backup is readable by its owner only.
-        _write_atomically(backup, self.path.read_bytes(), 0o600)
+        write_private(backup, self.path.read_bytes())
         return backup
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_config_text(path: Path) -> str | None:
