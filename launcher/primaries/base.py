@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from typing_extensions import override
+
 from aiswarm_server.files import write_private
 from aiswarm_server.jsonc import JsoncDocument, JsoncError
 from launcher.adapters.base import DEFAULT_TOOL_TIMEOUT_MS, MCP_SERVER_NAME
@@ -61,6 +63,7 @@ class AiswarmServer:
 
     @property
     def authorization(self) -> dict[str, str]:
+        """The token as an ``Authorization`` header."""
         return {"Authorization": f"Bearer {self.token}"}
 
     @property
@@ -80,6 +83,7 @@ class ConfigChange:
 
     @property
     def changed(self) -> bool:
+        """Whether the change changes anything."""
         return self.before != self.after
 
     def diff(self) -> str:
@@ -179,10 +183,12 @@ class McpClient(ABC):
         return f"restart {self.title} to load it"
 
     @abstractmethod
-    def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path: ...
+    def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path:
+        """The user's own config file under ``home``, moved where the client's variables in ``environ`` say."""
 
     @abstractmethod
-    def project_config_path(self, directory: Path) -> Path: ...
+    def project_config_path(self, directory: Path) -> Path:
+        """The config file of the project in ``directory``."""
 
     @abstractmethod
     def server_entry(self, server: AiswarmServer) -> dict[str, Any]:
@@ -212,6 +218,7 @@ class JsonClient(McpClient):
                 f"{path}: not valid JSON, {error}; fix it first, nothing was changed"
             ) from None
 
+    @override
     def with_entry(self, path: Path, text: str | None, entry: dict[str, Any]) -> str:
         if text is None or not text.strip():
             text = JsoncDocument("").text if not self.scaffold else _scaffold_text(self.scaffold)
@@ -224,6 +231,7 @@ class JsonClient(McpClient):
             raise ClientConfigError(f"{path}: cannot add aiswarm's entry: {error}") from None
         return document.text
 
+    @override
     def without_entry(self, path: Path, text: str) -> str | None:
         if not text.strip():
             return text
