@@ -649,3 +649,17 @@ def test_toml_strings_that_need_escapes_survive() -> None:
     document = TomlDocument("")
     document.set_table(("mcp_servers", "aiswarm"), {"command": odd, "env": {"A KEY": odd}})
     assert tomllib.loads(document.text)["mcp_servers"]["aiswarm"] == {"command": odd, "env": {"A KEY": odd}}
+
+
+def test_toml_table_added_to_a_group_goes_after_it_and_leaves_the_next_tables_comment_with_it() -> None:
+    from launcher.primaries.toml_tables import TomlDocument
+
+    text = '[mcp_servers.a]\ncommand = "a"\n\n# the fast profile\n[profiles.fast]\nmodel = "m"\n'
+    document = TomlDocument(text)
+    document.set_table(("mcp_servers", "aiswarm"), {"url": "u", "http_headers": {"A": "B"}})
+    assert document.text == (
+        '[mcp_servers.a]\ncommand = "a"\n\n[mcp_servers.aiswarm]\nurl = "u"\nhttp_headers = {A = "B"}\n\n'
+        '# the fast profile\n[profiles.fast]\nmodel = "m"\n'
+    )
+    document.remove_table(("mcp_servers", "aiswarm"))
+    assert document.text == text

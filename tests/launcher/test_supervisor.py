@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -281,3 +282,24 @@ def test_refreshed_logins_are_returned_while_the_cli_runs_and_after(
     assert calls.count(True) >= 3, "returned while the CLI was running"
     assert calls[-1] is False, "and once more after it exited"
     assert "carried the CLI's refreshed login back to" in (tmp_path / "logs" / "qwen-1.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["launch", "--cli", "qwen:x"], "--cli 'qwen:x': write NAME:COUNT"),
+        (["launch", "--mode", "often"], "--mode 'often': choose per-task or session"),
+        (["logs", "nobody"], "no log for agent 'nobody'"),
+    ],
+)
+def test_a_refused_launcher_command_prints_one_line_and_no_error_class(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    env = {**os.environ, "AISWARM_HOME": str(tmp_path / "home"), "COLUMNS": "300"}
+    done = subprocess.run(
+        [sys.executable, "-m", "aiswarm_server", *args], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert says in done.stderr
+    assert "LaunchError" not in done.stderr and "BrokerError" not in done.stderr
