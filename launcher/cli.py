@@ -1,7 +1,7 @@
 """Launcher commands added to the ``aiswarm`` app: launch, logs, doctor, install-cli.
 
 Every option has an ``AISWARM_*`` environment fallback (shown in ``--help``). Errors are raised as
-:class:`LaunchError` (a ``BrokerError``), which ``aiswarm_server.cli.main`` prints as one line.
+:class:`~launcher.errors.LaunchError`, which ``aiswarm_server.cli.main`` prints as one line.
 """
 
 from __future__ import annotations
@@ -17,21 +17,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from aiswarm_server.cli import HomeOption
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.errors import BrokerError
-from launcher.supervisor import LaunchConfig, Supervisor, plan_agents
-
-
-class LaunchError(BrokerError):
-    """A launcher command cannot go ahead; the message says what to do."""
-
-
-HomeOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--home", envvar="AISWARM_HOME", help="aiswarm home: database, tokens, logs. \\[default: ~/.aiswarm]"
-    ),
-]
+from launcher.agents import plan_agents
+from launcher.errors import LaunchError
+from launcher.supervisor import LaunchConfig, Supervisor
 
 
 def _settings(home: Path | None) -> BrokerSettings:
