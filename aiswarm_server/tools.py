@@ -18,7 +18,7 @@ from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import INVALID_PARAMS, GetPromptResult, ServerCapabilities
-from pydantic import Field, StrictFloat, StrictInt, create_model
+from pydantic import Field, StrictFloat, StrictInt, ValidationError, create_model
 from typing_extensions import override
 
 from aiswarm_server import __version__
@@ -470,8 +470,19 @@ INSTRUCTIONS = {
 }
 
 
+def _one_line(error: ValidationError) -> str:
+    """Pydantic's refusal of tool arguments as one line a model can act on (no URLs, no error codes)."""
+    problems = []
+    for item in error.errors(include_url=False)[:5]:
+        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        got = repr(item.get("input"))
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')} (got {got[:40]})")
+    more = f" (and {error.error_count() - 5} more)" if error.error_count() > 5 else ""
+    return "; ".join(problems) + more + ". Fix these arguments and call again."
+
+
 class ToolsOnlyServer(MCPServer):
-    """An MCP server that offers tools and nothing else, and says so.
+    """An MCP server that offers tools and nothing else, and says so; refused arguments are one line.
 
     The SDK declares the prompts and resources capabilities whenever their handlers exist, and always installs
     them; this server declares neither. A client that asks anyway gets empty lists, and an unknown prompt is an
@@ -487,6 +498,17 @@ class ToolsOnlyServer(MCPServer):
             return declared(*args, **kwargs).model_copy(update={"prompts": None, "resources": None})
 
         lowlevel.get_capabilities = tools_only  # type: ignore[method-assign]
+
+    @override
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as error:
+            if not isinstance(error.__cause__, ValidationError):
+                raise
+            raise ToolError(f"Error executing tool {name}: {_one_line(error.__cause__)}") from error.__cause__
 
     @override
     async def get_prompt(

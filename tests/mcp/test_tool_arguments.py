@@ -41,7 +41,8 @@ async def test_a_boolean_is_refused_wherever_an_integer_is_expected(live_broker:
         for tool, reply, arguments in calls:
             with pytest.raises(BrokerCallError, match="valid integer") as refused:
                 await admin.call(tool, reply, **arguments)
-            assert "Traceback" not in str(refused.value)
+            said = str(refused.value)
+            assert "\n" not in said and "errors.pydantic.dev" not in said and "(got " in said, said
         assert len((await admin.list_tasks(limit=500)).tasks) == before
         assert (await admin.get_task(first)).task.status is not TaskStatus.CANCELLED
         token = (await admin.issue_agent_token("bool-worker")).token
