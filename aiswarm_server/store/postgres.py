@@ -12,48 +12,30 @@ at READ COMMITTED on a pooled connection, and the rows a transition depends on a
 * dependency cascades lock the dependent rows before re-checking them, so two dependencies completing at once
   cannot both decide "the other one is not done yet".
 
-A deadlock the server detects anyway is retried. Each store method below is its transaction's body: ``@_writes``
-/ ``@_reads`` run it on a pooled connection (``db``) and, for a write that returns a TaskChange, NOTIFY the other
-brokers on commit (:mod:`.postgres_notify`, which also holds the listening side).
+Each store method below is its transaction's body: ``@writes`` / ``@reads`` (:mod:`.postgres_database`) run it on
+a pooled connection (``db``), retry it on a detected deadlock and, for a write that returns a TaskChange, NOTIFY the
+other brokers on commit (:mod:`.postgres_notify`, which also holds the listening side).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import os
-import random
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import asyncpg
-import asyncpg.exceptions
 from typing_extensions import override
 
-from aiswarm_server.config import redact_database_url
-from aiswarm_server.errors import SchemaTooNew, StaleClaim, StoreUnavailable
+from aiswarm_server.errors import StaleClaim, StoreUnavailable
 from aiswarm_server.models import AttemptOutcome, EventKind, TaskChange, TaskStatus
 from aiswarm_server.store import rows, rules
 from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
-from aiswarm_server.store.postgres_notify import ChangeListener, announce, channel_for
+from aiswarm_server.store.postgres_database import Db, PostgresDatabase, Row, migrations, reads, writes
+from aiswarm_server.store.postgres_notify import ChangeListener
 from aiswarm_server.store.rows import agent_from_row, dumps, event_from_row, identity_from_row, task_from_row
 
 if TYPE_CHECKING:
     from aiswarm_server.models import Agent, Identity, NewTask, Task
 
-T = TypeVar("T")
-P = ParamSpec("P")
-Db = Any  # an asyncpg.Connection inside a transaction (asyncpg ships no type information)
-Row = Any  # asyncpg.Record
-
-MIGRATIONS_PACKAGE = "aiswarm_server.store.migrations.postgres"
-#: Deadlocks PostgreSQL detects (and serialization failures) roll the transaction back: run it again.
-RETRIES = 5
-
-_RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
-_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+__all__ = ["PostgresStore", "migrations"]
 
 # A task fits an agent when its persona is unset or the agent's, and its capabilities are a subset of the agent's.
 # $persona / $capabilities are numbered per statement: see each use.
@@ -103,147 +85,15 @@ ORDER BY t.priority DESC, t.id LIMIT $3::int
 """
 
 
-def migrations() -> list[tuple[int, str]]:
-    """The numbered PostgreSQL migrations shipped with the package, in order."""
-    return rows.migrations(MIGRATIONS_PACKAGE)
-
-
-if TYPE_CHECKING:  # types.CoroutineType is subscriptable for type checkers only (Python 3.11)
-    Body = Callable[Concatenate["PostgresStore", Db, P], Awaitable[T]]
-    Method = Callable[Concatenate["PostgresStore", P], CoroutineType[Any, Any, T]]
-
-
-def _transaction_method(body: Body[P, T], readonly: bool) -> Method[P, T]:
-    @functools.wraps(body)
-    async def method(self: PostgresStore, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._run(functools.partial(body, self), readonly, args, kwargs)
-
-    return method
-
-
-def _writes(body: Body[P, T]) -> Method[P, T]:
-    """Make ``body(store, db, ...)`` the store method that runs it as one write transaction, announced on commit."""
-    return _transaction_method(body, readonly=False)
-
-
-def _reads(body: Body[P, T]) -> Method[P, T]:
-    """Make ``body(store, db, ...)`` the store method that runs it as one read-only, repeatable-read transaction."""
-    return _transaction_method(body, readonly=True)
-
-
-class PostgresStore(Store):
-    """PostgreSQL through an asyncpg pool; several broker processes may share one database (or one schema).
+class PostgresStore(PostgresDatabase, Store):
+    """The store on PostgreSQL (see :class:`PostgresDatabase`); several broker processes may share one database.
 
     ``url`` is a ``postgresql://`` URL; query parameters that are not connection options become server settings,
     so ``?search_path=team_a`` keeps one swarm's tables in schema ``team_a``. Commits are durable
-    (``synchronous_commit`` is the server's: on by default).
+    (``synchronous_commit`` is the server's: on by default). Each method below is its transaction's body.
     """
 
     shared_between_processes = True
-
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
-        self.url = url
-        self.where = redact_database_url(url)
-        self.pool_size = pool_size
-        #: Tells this process's notifications from other brokers' (each broker skips its own).
-        self.origin = f"{os.getpid():x}-{os.urandom(4).hex()}"
-        self.channel = "aiswarm.public"
-        self._pool: Any = None
-        self._listener: ChangeListener | None = None
-
-    # plumbing -----------------------------------------------------------------------------------------------
-    def unreachable(self, error: BaseException) -> StoreUnavailable:
-        """The refusal for a database that cannot be used, naming it (without its password)."""
-        return StoreUnavailable(
-            f"PostgreSQL at {self.where} could not be used ({type(error).__name__}: {error}). "
-            "Check that the server is running and AISWARM_DATABASE_URL is right, then retry."
-        )
-
-    @override
-    async def open(self) -> None:
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.pool_size, command_timeout=60
-            )
-        except _UNREACHABLE as error:
-            raise self.unreachable(error) from error
-        try:
-            async with self._pool.acquire() as con:
-                self.channel = channel_for(await con.fetchval("SELECT current_schema()") or "public")
-                await self._migrate(con)
-        except _UNREACHABLE as error:
-            await self._pool.close()
-            self._pool = None
-            raise self.unreachable(error) from error
-        except BaseException:
-            await self._pool.close()
-            self._pool = None
-            raise
-
-    async def _migrate(self, con: Db) -> None:
-        available = migrations()
-        latest = available[-1][0] if available else 0
-        async with con.transaction():
-            # Two brokers starting at once on an empty database: one migrates, the other waits and finds it done.
-            await con.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aiswarm-migrations'))"
-            )
-            await con.execute(
-                """CREATE TABLE IF NOT EXISTS aiswarm_schema_version (
-                       version integer PRIMARY KEY, applied_at double precision NOT NULL)"""
-            )
-            current = await con.fetchval("SELECT COALESCE(MAX(version), 0) FROM aiswarm_schema_version")
-            if current > latest:
-                raise SchemaTooNew(
-                    f"the database {self.where} was written by a newer aiswarm (schema {current}, this one knows "
-                    f"{latest}). Upgrade aiswarm, or point AISWARM_DATABASE_URL at another database."
-                )
-            for number, sql in available:
-                if number > current:
-                    await con.execute(sql)
-                    await con.execute(
-                        "INSERT INTO aiswarm_schema_version (version, applied_at) VALUES ($1, $2)",
-                        number,
-                        time.time(),
-                    )
-
-    @override
-    async def close(self) -> None:
-        if self._listener is not None:
-            await self._listener.stop()
-            self._listener = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    async def _run(
-        self, body: Callable[..., Awaitable[T]], readonly: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> T:
-        """Run ``body(connection, ...)`` as one transaction; announce the TaskChange it returns, on commit."""
-        pool = self._pool
-        if pool is None:
-            raise StoreUnavailable("the store is closed; restart the broker with `aiswarm serve`")
-        for attempt in range(RETRIES):
-            try:
-                async with pool.acquire() as con:
-                    if readonly:
-                        async with con.transaction(isolation="repeatable_read", readonly=True):
-                            return await body(con, *args, **kwargs)
-                    async with con.transaction():
-                        value = await body(con, *args, **kwargs)
-                        if isinstance(value, TaskChange):
-                            await announce(con, self.channel, self.origin, value)
-                    return value
-            except _RETRYABLE:
-                if attempt == RETRIES - 1:
-                    raise StoreUnavailable(
-                        "the database kept refusing this change under concurrent updates; nothing was changed. "
-                        "Retry the call."
-                    ) from None
-                await asyncio.sleep(random.uniform(0.001, 0.01 * (attempt + 1)))
-            except _UNREACHABLE as error:
-                raise self.unreachable(error) from error
-        raise AssertionError("unreachable")
 
     # changes across broker processes ----------------------------------------------------------------------------
     @override
@@ -253,7 +103,7 @@ class PostgresStore(Store):
         self._listener = ChangeListener(self, apply)
         await self._listener.start()
 
-    @_reads
+    @reads
     async def changes_since(self, db: Db, since: float) -> TaskChange:
         """What other brokers may have announced since ``since``: the pending queue, tasks finished, agents with
         events (re-announced after a gap in listening)."""
@@ -269,7 +119,7 @@ class PostgresStore(Store):
 
     # agents -------------------------------------------------------------------------------------------------
     @override
-    @_writes
+    @writes
     async def _register_agent(self, db: Db, name: str, profile: AgentProfile, now: float) -> Agent:
         await _touch_agent(db, name, now)
         row = await db.fetchrow(
@@ -283,18 +133,18 @@ class PostgresStore(Store):
         return agent_from_row(row)
 
     @override
-    @_reads
+    @reads
     async def get_agent(self, db: Db, name: str) -> Agent | None:
         row = await db.fetchrow("SELECT * FROM agents WHERE name = $1", name)
         return agent_from_row(row) if row else None
 
     @override
-    @_reads
+    @reads
     async def list_agents(self, db: Db) -> list[Agent]:
         return [agent_from_row(r) for r in await db.fetch("SELECT * FROM agents ORDER BY name")]
 
     @override
-    @_writes
+    @writes
     async def poll_agent(
         self, db: Db, name: str, ack_cursor: int | None, now: float, claimable_limit: int = 3
     ) -> AgentPoll:
@@ -318,14 +168,14 @@ class PostgresStore(Store):
         )
 
     @override
-    @_writes
+    @writes
     async def heartbeat(self, db: Db, name: str, now: float, lease: float) -> tuple[Agent, Task | None]:
         row = await _touch_agent(db, name, now)
         return agent_from_row(row), await _renew_current(db, name, now, lease)
 
     # tasks --------------------------------------------------------------------------------------------------
     @override
-    @_writes
+    @writes
     async def create_tasks(self, db: Db, tasks: Sequence[NewTask], now: float) -> TaskChange:
         change = TaskChange()
         for spec in tasks:
@@ -351,12 +201,12 @@ class PostgresStore(Store):
         return change
 
     @override
-    @_reads
+    @reads
     async def get_task(self, db: Db, task_id: int, with_attempts: bool = True) -> Task | None:
         return await _task(db, task_id, with_attempts)
 
     @override
-    @_reads
+    @reads
     async def get_tasks(self, db: Db, task_ids: Sequence[int]) -> list[Task]:
         found = {
             r["id"]: r
@@ -371,7 +221,7 @@ class PostgresStore(Store):
         return [task_from_row(found[i], deps.get(i, [])) for i in task_ids if i in found]
 
     @override
-    @_reads
+    @reads
     async def list_tasks(self, db: Db, status: TaskStatus | None, limit: int, offset: int = 0) -> list[Task]:
         if status is None:
             found = await db.fetch("SELECT * FROM tasks ORDER BY id DESC LIMIT $1 OFFSET $2", limit, offset)
@@ -385,7 +235,7 @@ class PostgresStore(Store):
         return [task_from_row(r) for r in found]
 
     @override
-    @_reads
+    @reads
     async def missing_tasks(self, db: Db, task_ids: Sequence[int]) -> list[int]:
         if not task_ids:
             return []
@@ -396,7 +246,7 @@ class PostgresStore(Store):
         return [i for i in task_ids if i not in found]
 
     @override
-    @_writes
+    @writes
     async def claim(self, db: Db, agent: str, task_id: int | None, now: float, lease: float) -> ClaimResult:
         me = await _touch_agent(db, agent, now)
         held_id = me["current_task_id"]
@@ -437,7 +287,7 @@ class PostgresStore(Store):
         return ClaimResult(rules.claim_of(task_from_row(row), now))
 
     @override
-    @_writes
+    @writes
     async def renew(
         self, db: Db, agent: str, task_id: int, fence: int, now: float, lease: float, progress: str | None
     ) -> Task:
@@ -455,7 +305,7 @@ class PostgresStore(Store):
         return task_from_row(row)
 
     @override
-    @_writes
+    @writes
     async def _complete(
         self, db: Db, agent: str, task_id: int, fence: int, report: rules.Report, now: float
     ) -> TaskChange:
@@ -506,7 +356,7 @@ class PostgresStore(Store):
         return change
 
     @override
-    @_writes
+    @writes
     async def release(
         self, db: Db, agent: str, task_id: int, fence: int | None, reason: str, now: float
     ) -> TaskChange:
@@ -520,7 +370,7 @@ class PostgresStore(Store):
         return change
 
     @override
-    @_writes
+    @writes
     async def cancel(self, db: Db, task_id: int, reason: str, now: float) -> TaskChange:
         # Lock the holder before the task (agent, then task, as everywhere); if the task changed hands in between,
         # look again.
@@ -558,7 +408,7 @@ class PostgresStore(Store):
         return change
 
     @override
-    @_writes
+    @writes
     async def sweep(
         self, db: Db, now: float, agent_lost_before: float, keep_alive: Sequence[str] = ()
     ) -> TaskChange:
@@ -609,18 +459,18 @@ class PostgresStore(Store):
         return change
 
     @override
-    @_reads
+    @reads
     async def next_lease_expiry(self, db: Db) -> float | None:
         return await db.fetchval("SELECT MIN(lease_expires_at) FROM tasks WHERE status = 'claimed'")
 
     @override
-    @_reads
+    @reads
     async def pending_tasks(self, db: Db, limit: int) -> list[Task]:
         return await _pending(db, limit)
 
     # tokens -------------------------------------------------------------------------------------------------
     @override
-    @_writes
+    @writes
     async def add_token(self, db: Db, token_hash: str, identity: Identity, now: float) -> None:
         await db.execute(
             "INSERT INTO tokens (token_hash, role, agent, label, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -632,7 +482,7 @@ class PostgresStore(Store):
         )
 
     @override
-    @_reads
+    @reads
     async def find_token(self, db: Db, token_hash: str) -> Identity | None:
         row = await db.fetchrow(
             "SELECT role, agent, label FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL", token_hash
@@ -640,7 +490,7 @@ class PostgresStore(Store):
         return identity_from_row(row) if row else None
 
     @override
-    @_writes
+    @writes
     async def revoke_tokens(
         self, db: Db, *, agent: str | None = None, token_hash: str | None = None, now: float
     ) -> int:
@@ -651,7 +501,7 @@ class PostgresStore(Store):
         return int(status.split()[-1])  # "UPDATE <count>"
 
     @override
-    @_reads
+    @reads
     async def list_tokens(self, db: Db) -> list[tuple[str, Identity, float, float | None]]:
         found = await db.fetch("SELECT * FROM tokens ORDER BY created_at")
         return [
@@ -665,7 +515,7 @@ class PostgresStore(Store):
         ]
 
     @override
-    @_reads
+    @reads
     async def stats(self, db: Db) -> StoreStats:
         tasks = {r[0]: r[1] for r in await db.fetch("SELECT status, COUNT(*) FROM tasks GROUP BY status")}
         agents = {r[0]: r[1] for r in await db.fetch("SELECT status, COUNT(*) FROM agents GROUP BY status")}

@@ -1,35 +1,20 @@
-"""The SQLite store: one connection, one transaction per method, no statement-at-a-time hops.
+"""The SQLite store: the embedded default, owned by one broker process.
 
-Why not a statement-at-a-time async driver: every statement would be its own hop to the database
-thread (~70-85 µs each here); running a whole store method in one hop doubled lifecycle throughput
-in the measurements in docs/DESIGN.md.
-
-Where the transactions run depends on the durability (see :class:`SqliteStore`): with the default
-``synchronous=NORMAL`` a commit never waits for the disk, so a transaction (tens of µs) runs right on
-the event loop's thread, and checkpoints (the only step that syncs) run on a background thread with
-their own connection; with ``FULL`` every commit syncs, so transactions go to the store's own thread.
-
-Each store method below is its transaction's body: ``@_writes`` / ``@_reads`` run it inside
-``BEGIN IMMEDIATE`` / ``BEGIN`` ... ``COMMIT`` on the store's connection (``db``). One writer at a time is
-SQLite's own lock order. The decisions and the messages agents read come from :mod:`.rules`.
+Each store method below is its transaction's body: ``@writes`` / ``@reads`` (:mod:`.sqlite_database`) run it
+inside ``BEGIN IMMEDIATE`` / ``BEGIN`` ... ``COMMIT`` on the store's connection (``db``), on the event loop or on
+the store's thread. One writer at a time is SQLite's own lock order. The decisions and the messages agents read
+come from :mod:`.rules`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import logging
 import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from typing_extensions import override
 
-from aiswarm_server.errors import SchemaTooNew, StaleClaim, StoreUnavailable
+from aiswarm_server.errors import StaleClaim
 from aiswarm_server.models import AttemptOutcome, EventKind, TaskChange, TaskStatus
 from aiswarm_server.store import rows, rules
 from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
@@ -41,17 +26,12 @@ from aiswarm_server.store.rows import (
     identity_from_row,
     task_from_row,
 )
+from aiswarm_server.store.sqlite_database import Db, SqliteDatabase, migrations, reads, writes
+
+__all__ = ["SqliteStore", "migrations"]
 
 if TYPE_CHECKING:
     from aiswarm_server.models import Agent, Identity, NewTask, Task
-
-T = TypeVar("T")
-P = ParamSpec("P")
-Db = sqlite3.Connection
-INLINE_BUSY_TIMEOUT_MS = 250
-log = logging.getLogger("aiswarm.store")
-
-MIGRATIONS_PACKAGE = "aiswarm_server.store.migrations.sqlite"
 
 # A task fits an agent when its persona is unset or the agent's, and its capabilities are a subset of the agent's.
 _FITS = """
@@ -93,191 +73,17 @@ SELECT t.* FROM {_PENDING} WHERE t.status = 'pending' AND {_FITS} ORDER BY t.pri
 """
 
 
-def migrations() -> list[tuple[int, str]]:
-    """The numbered SQLite migrations shipped with the package, in order."""
-    return rows.migrations(MIGRATIONS_PACKAGE)
+class SqliteStore(SqliteDatabase, Store):
+    """The store on SQLite (see :class:`SqliteDatabase` for the file, the durability and where transactions run).
 
-
-if TYPE_CHECKING:  # types.CoroutineType is subscriptable for type checkers only (Python 3.11)
-    Body = Callable[Concatenate["SqliteStore", Db, P], T]
-    Method = Callable[Concatenate["SqliteStore", P], CoroutineType[Any, Any, T]]
-
-
-def _writes(body: Body[P, T]) -> Method[P, T]:
-    """Make ``body(store, db, ...)`` the store method that runs it as one write transaction."""
-    return _in_transaction(body, "BEGIN IMMEDIATE")
-
-
-def _reads(body: Body[P, T]) -> Method[P, T]:
-    """Make ``body(store, db, ...)`` the store method that runs it as one read transaction."""
-    return _in_transaction(body, "BEGIN")
-
-
-def _in_transaction(body: Body[P, T], begin: str) -> Method[P, T]:
-    @functools.wraps(body)
-    async def method(self: SqliteStore, *args: P.args, **kwargs: P.kwargs) -> T:
-        if self.inline:
-            return self._transaction(body, begin, args, kwargs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, body, begin, args, kwargs)
-
-    return method
-
-
-class SqliteStore(Store):
-    """SQLite in WAL mode; ``durability`` picks ``synchronous=NORMAL`` (default) or ``FULL``.
-
-    NORMAL: transactions run inline on the event loop (measured 2.4x the lifecycle rate of a hop to a
-    thread per transaction: ``aiswarm bench``, store section), automatic checkpoints are off and a
-    background thread checkpoints the WAL every ``checkpoint_seconds`` after writes. A process crash loses
-    nothing either way; NORMAL can lose the last commits on power loss, as SQLite documents.
-    FULL: every commit is synced to disk, on the store's own thread, so the loop never waits for the disk.
+    Each method below is its transaction's body; SQLite's single writer is the lock order.
     """
 
     shared_between_processes = False
 
-    def __init__(
-        self,
-        path: Path,
-        durability: Literal["normal", "full"] = "normal",
-        *,
-        checkpoint_seconds: float = 1.0,
-    ) -> None:
-        self.path = path
-        self.durability = durability
-        self.inline = durability == "normal"
-        self.checkpoint_seconds = checkpoint_seconds
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiswarm-sqlite")
-        self._db: sqlite3.Connection | None = None
-        self._checkpointer: asyncio.Task[None] | None = None
-        self._checkpointed_changes = 0
-
-    # plumbing -----------------------------------------------------------------------------------------------
-    def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'full' else 'NORMAL'}")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=5000")
-            if self.inline:
-                db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints sync: see _checkpoint_forever
-            self._migrate(db)
-            if self.inline:
-                # Nothing in this process contends for the write lock, so a wait for it means another process
-                # holds it; on the loop's thread a long wait would stall every call, so refuse soon instead.
-                db.execute(f"PRAGMA busy_timeout={INLINE_BUSY_TIMEOUT_MS}")
-        except sqlite3.DatabaseError as error:
-            db.close()
-            if (
-                isinstance(error, sqlite3.OperationalError)
-                or "not a database" in str(error)
-                or "malformed" in str(error)
-            ):
-                raise StoreUnavailable(_describe(error, self.path)) from error
-            raise
-        self._db = db
-
-    def _migrate(self, db: Db) -> None:
-        available = migrations()
-        latest = available[-1][0] if available else 0
-        current = db.execute("PRAGMA user_version").fetchone()[0]
-        if current > latest:
-            raise SchemaTooNew(
-                f"{self.path} was written by a newer aiswarm (schema {current}, this one knows {latest}). "
-                "Upgrade aiswarm, or point AISWARM_HOME at another directory."
-            )
-        for number, sql in available:
-            if number <= current:
-                continue
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # executescript would COMMIT first; run the statements one by one inside our transaction.
-                for statement in _split_sql(sql):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={number}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-
-    def _transaction(
-        self, body: Body[..., T], begin: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> T:
-        db = self._db
-        if db is None:
-            raise StoreUnavailable("the store is closed; restart the broker with `aiswarm serve`")
-        try:
-            db.execute(begin)
-            try:
-                value = body(self, db, *args, **kwargs)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return value
-        except sqlite3.DatabaseError as error:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise StoreUnavailable(_describe(error, self.path)) from error
-
-    @override
-    async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._connect)
-        if self.inline:
-            self._checkpointer = asyncio.create_task(self._checkpoint_forever(), name="aiswarm-checkpoint")
-
-    async def _checkpoint_forever(self) -> None:
-        """Copy the WAL back into the database (and sync) off the loop, whenever there were writes."""
-        loop = asyncio.get_running_loop()
-        checkpoint_db: sqlite3.Connection | None = None
-
-        def checkpoint() -> None:
-            nonlocal checkpoint_db
-            if checkpoint_db is None:
-                checkpoint_db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                checkpoint_db.execute("PRAGMA busy_timeout=5000")
-            checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-
-        try:
-            while True:
-                await asyncio.sleep(self.checkpoint_seconds)
-                db = self._db
-                if db is None or db.total_changes == self._checkpointed_changes:
-                    continue
-                self._checkpointed_changes = db.total_changes
-                try:
-                    await loop.run_in_executor(self._executor, checkpoint)
-                except sqlite3.Error as error:  # the next commit reports a real fault; keep trying
-                    log.warning("checkpoint of %s failed: %s", self.path, error)
-        finally:
-            if checkpoint_db is not None:
-                await loop.run_in_executor(self._executor, checkpoint_db.close)
-
-    @override
-    async def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
-            self._checkpointer = None
-
-        def _close() -> None:
-            if self._db is not None:
-                self._db.close()  # the last connection to close checkpoints and removes the WAL
-                self._db = None
-
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, _close)
-        self._executor.shutdown(wait=True)
-
     # agents -------------------------------------------------------------------------------------------------
     @override
-    @_writes
+    @writes
     def _register_agent(self, db: Db, name: str, profile: AgentProfile, now: float) -> Agent:
         _touch_agent(db, name, now)
         row = db.execute(
@@ -287,18 +93,18 @@ class SqliteStore(Store):
         return agent_from_row(row)
 
     @override
-    @_reads
+    @reads
     def get_agent(self, db: Db, name: str) -> Agent | None:
         row = db.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
         return agent_from_row(row) if row else None
 
     @override
-    @_reads
+    @reads
     def list_agents(self, db: Db) -> list[Agent]:
         return [agent_from_row(r) for r in db.execute("SELECT * FROM agents ORDER BY name")]
 
     @override
-    @_writes
+    @writes
     def poll_agent(
         self, db: Db, name: str, ack_cursor: int | None, now: float, claimable_limit: int = 3
     ) -> AgentPoll:
@@ -330,14 +136,14 @@ class SqliteStore(Store):
         return AgentPoll(agent=agent, cursor=cursor, events=events, claimable=claimable)
 
     @override
-    @_writes
+    @writes
     def heartbeat(self, db: Db, name: str, now: float, lease: float) -> tuple[Agent, Task | None]:
         row = _touch_agent(db, name, now)
         return agent_from_row(row), _renew_current(db, name, now, lease)
 
     # tasks --------------------------------------------------------------------------------------------------
     @override
-    @_writes
+    @writes
     def create_tasks(self, db: Db, tasks: Sequence[NewTask], now: float) -> TaskChange:
         change = TaskChange()
         for spec in tasks:
@@ -364,12 +170,12 @@ class SqliteStore(Store):
         return change
 
     @override
-    @_reads
+    @reads
     def get_task(self, db: Db, task_id: int, with_attempts: bool = True) -> Task | None:
         return _task(db, task_id, with_attempts)
 
     @override
-    @_reads
+    @reads
     def get_tasks(self, db: Db, task_ids: Sequence[int]) -> list[Task]:
         found = {
             r["id"]: r
@@ -380,7 +186,7 @@ class SqliteStore(Store):
         return [task_from_row(found[i], _task_deps(db, i)) for i in task_ids if i in found]
 
     @override
-    @_reads
+    @reads
     def list_tasks(self, db: Db, status: TaskStatus | None, limit: int, offset: int = 0) -> list[Task]:
         if status is None:
             found = db.execute("SELECT * FROM tasks ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))
@@ -392,7 +198,7 @@ class SqliteStore(Store):
         return [task_from_row(r) for r in found]
 
     @override
-    @_reads
+    @reads
     def missing_tasks(self, db: Db, task_ids: Sequence[int]) -> list[int]:
         if not task_ids:
             return []
@@ -405,7 +211,7 @@ class SqliteStore(Store):
         return [i for i in task_ids if i not in found]
 
     @override
-    @_writes
+    @writes
     def claim(self, db: Db, agent: str, task_id: int | None, now: float, lease: float) -> ClaimResult:
         me = _touch_agent(db, agent, now)
         held_id = me["current_task_id"]
@@ -450,7 +256,7 @@ class SqliteStore(Store):
         return ClaimResult(rules.claim_of(task_from_row(row), now))
 
     @override
-    @_writes
+    @writes
     def renew(
         self, db: Db, agent: str, task_id: int, fence: int, now: float, lease: float, progress: str | None
     ) -> Task:
@@ -465,7 +271,7 @@ class SqliteStore(Store):
         return task_from_row(row)
 
     @override
-    @_writes
+    @writes
     def _complete(
         self, db: Db, agent: str, task_id: int, fence: int, report: rules.Report, now: float
     ) -> TaskChange:
@@ -500,7 +306,7 @@ class SqliteStore(Store):
         return change
 
     @override
-    @_writes
+    @writes
     def release(
         self, db: Db, agent: str, task_id: int, fence: int | None, reason: str, now: float
     ) -> TaskChange:
@@ -513,7 +319,7 @@ class SqliteStore(Store):
         return change
 
     @override
-    @_writes
+    @writes
     def cancel(self, db: Db, task_id: int, reason: str, now: float) -> TaskChange:
         row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
@@ -540,7 +346,7 @@ class SqliteStore(Store):
         return change
 
     @override
-    @_writes
+    @writes
     def sweep(
         self, db: Db, now: float, agent_lost_before: float, keep_alive: Sequence[str] = ()
     ) -> TaskChange:
@@ -576,12 +382,12 @@ class SqliteStore(Store):
         return change
 
     @override
-    @_reads
+    @reads
     def next_lease_expiry(self, db: Db) -> float | None:
         return db.execute("SELECT MIN(lease_expires_at) FROM tasks WHERE status = 'claimed'").fetchone()[0]
 
     @override
-    @_reads
+    @reads
     def pending_tasks(self, db: Db, limit: int) -> list[Task]:
         found = db.execute(
             f"SELECT t.* FROM {_PENDING} WHERE t.status = 'pending' ORDER BY t.priority DESC, t.id LIMIT ?",
@@ -591,7 +397,7 @@ class SqliteStore(Store):
 
     # tokens -------------------------------------------------------------------------------------------------
     @override
-    @_writes
+    @writes
     def add_token(self, db: Db, token_hash: str, identity: Identity, now: float) -> None:
         db.execute(
             "INSERT INTO tokens (token_hash, role, agent, label, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -599,7 +405,7 @@ class SqliteStore(Store):
         )
 
     @override
-    @_reads
+    @reads
     def find_token(self, db: Db, token_hash: str) -> Identity | None:
         row = db.execute(
             "SELECT role, agent, label FROM tokens WHERE token_hash = ? AND revoked_at IS NULL", (token_hash,)
@@ -607,7 +413,7 @@ class SqliteStore(Store):
         return identity_from_row(row) if row else None
 
     @override
-    @_writes
+    @writes
     def revoke_tokens(
         self, db: Db, *, agent: str | None = None, token_hash: str | None = None, now: float
     ) -> int:
@@ -617,7 +423,7 @@ class SqliteStore(Store):
         ).rowcount
 
     @override
-    @_reads
+    @reads
     def list_tokens(self, db: Db) -> list[tuple[str, Identity, float, float | None]]:
         return [
             (
@@ -630,7 +436,7 @@ class SqliteStore(Store):
         ]
 
     @override
-    @_reads
+    @reads
     def stats(self, db: Db) -> StoreStats:
         tasks = {r[0]: r[1] for r in db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status")}
         agents = {r[0]: r[1] for r in db.execute("SELECT status, COUNT(*) FROM agents GROUP BY status")}
@@ -641,40 +447,6 @@ class SqliteStore(Store):
 # --------------------------------------------------------------------------------------------------------------
 # Steps of the transactions above; each runs inside the caller's BEGIN ... COMMIT.
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _split_sql(script: str) -> list[str]:
-    statements: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        if line.lstrip().startswith("--"):
-            continue
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip():
-        statements.append(buffer.strip())
-    return statements
-
-
-def _describe(error: sqlite3.DatabaseError, path: Path) -> str:
-    text = str(error).lower()
-    if "readonly" in text or "read-only" in text:
-        return f"the database {path} is read-only; nothing was changed. Make it writable and retry."
-    if "full" in text:
-        return f"the disk holding {path} is full; nothing was changed. Free some space and retry."
-    if "locked" in text or "busy" in text:
-        return (
-            f"the database {path} is locked by another process; nothing was changed. "
-            "Only one `aiswarm serve` may own it: stop the other one, then retry."
-        )
-    if "malformed" in text or "not a database" in text or "corrupt" in text:
-        return (
-            f"the database {path} is corrupt ({error}); nothing was changed. "
-            "Move it aside (keep it for recovery) and restart the broker."
-        )
-    return f"the database {path} refused the operation ({error}); nothing was changed."
 
 
 def _touch_agent(db: Db, name: str, now: float) -> sqlite3.Row:
