@@ -51,6 +51,7 @@ from aiswarm_server.models import (
     TaskStatus,
 )
 from aiswarm_server.store.base import AgentPoll, ClaimResult, Store, StoreStats
+from aiswarm_server.store.retry import retry_at
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
@@ -127,6 +128,9 @@ def _row_to_task(
         working_dir=row["working_dir"],
         max_attempts=row["max_attempts"],
         timeout_seconds=row["timeout_seconds"],
+        retry_delay_seconds=row["retry_delay_seconds"],
+        retry_backoff=row["retry_backoff"],
+        retry_at=row["retry_at"],
         status=TaskStatus(row["status"]),
         claimed_by=row["claimed_by"],
         fence_token=row["fence_token"],
@@ -817,8 +821,10 @@ async def _create_tasks(con: Connection, tasks: list[NewTask], now: float) -> Ta
         error = f"dependency #{broken[0]['id']} ended as {broken[0]['status']}" if broken else None
         row = await con.fetchrow(
             """INSERT INTO tasks (title, prompt, priority, persona, capabilities, working_dir, max_attempts,
-                   timeout_seconds, status, error, submitted_by, created_at, updated_at, finished_at)
-               VALUES ($1, $2, $3, $4, $5::text[], $6, $7, $8, $9, $10, $11, $12, $12, $13) RETURNING *""",
+                   timeout_seconds, status, error, submitted_by, created_at, updated_at, finished_at,
+                   retry_delay_seconds, retry_backoff)
+               VALUES ($1, $2, $3, $4, $5::text[], $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15)
+               RETURNING *""",
             spec.title,
             spec.prompt,
             spec.priority,
@@ -832,6 +838,8 @@ async def _create_tasks(con: Connection, tasks: list[NewTask], now: float) -> Ta
             spec.submitted_by,
             now,
             now if broken else None,
+            spec.retry_delay_seconds,
+            spec.retry_backoff,
         )
         if deps:
             await con.execute(
@@ -1106,16 +1114,19 @@ async def _requeue_or_bury(
     if agent:
         await _free_agent(con, agent, task_id)
     failures = row["failures"] + (1 if count_failure else 0)
+    later: float | None = None
     if not retryable:
         status = TaskStatus.FAILED
     elif failures >= row["max_attempts"]:
         status = TaskStatus.DEAD
         error = f"{error} (gave up after {failures} failed attempt(s))"
     else:
-        status = TaskStatus.PENDING
+        if count_failure:
+            later = retry_at(now, failures, row["retry_delay_seconds"], row["retry_backoff"])
+        status = TaskStatus.PENDING if later is None else TaskStatus.BLOCKED
     updated = await con.fetchrow(
         """UPDATE tasks SET status = $1, failures = $2, error = $3, claimed_by = NULL, lease_expires_at = NULL,
-               claimed_at = NULL, deadline_at = NULL, updated_at = $4, finished_at = $5
+               claimed_at = NULL, deadline_at = NULL, updated_at = $4, finished_at = $5, retry_at = $7
            WHERE id = $6 RETURNING *""",
         status.value,
         failures,
@@ -1123,12 +1134,13 @@ async def _requeue_or_bury(
         now,
         now if status.is_terminal else None,
         task_id,
+        later,
     )
     task = _row_to_task(updated)
     change.task = task
     if status is TaskStatus.PENDING:
         change.claimable.append(task)
-    else:
+    elif status.is_terminal:
         change.finished.append(task_id)
         await _fail_dependents(con, task_id, status.value, now, change)
 
@@ -1295,4 +1307,11 @@ async def _sweep(con: Connection, now: float, lost_before: float, keep_alive: li
         await _append_event(con, holder, EventKind.LEASE_LOST, row["id"], message, now)
         change.notified_agents.append(holder)
         await _requeue_or_bury(con, row, AttemptOutcome.EXPIRED, message, now, change)
+    # A concurrent sweep waits on these rows, re-checks the status, and leaves them to this one.
+    due = await con.fetch(
+        """UPDATE tasks SET status = 'pending', retry_at = NULL, updated_at = $1::float8
+           WHERE retry_at <= $1::float8 AND status = 'blocked' RETURNING *""",
+        now,
+    )
+    change.claimable.extend(_row_to_task(r) for r in due)
     return change

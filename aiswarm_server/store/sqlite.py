@@ -40,6 +40,7 @@ from aiswarm_server.models import (
     TaskStatus,
 )
 from aiswarm_server.store.base import AgentPoll, ClaimResult, Store, StoreStats
+from aiswarm_server.store.retry import retry_at
 
 T = TypeVar("T")
 SEEN_RESOLUTION_SECONDS = 2.0
@@ -98,6 +99,9 @@ def _row_to_task(
         working_dir=row["working_dir"],
         max_attempts=row["max_attempts"],
         timeout_seconds=row["timeout_seconds"],
+        retry_delay_seconds=row["retry_delay_seconds"],
+        retry_backoff=row["retry_backoff"],
+        retry_at=row["retry_at"],
         status=TaskStatus(row["status"]),
         claimed_by=row["claimed_by"],
         fence_token=row["fence_token"],
@@ -641,8 +645,9 @@ def _create_tasks(db: sqlite3.Connection, tasks: list[NewTask], now: float) -> T
         error = f"dependency #{broken[0]['id']} ended as {broken[0]['status']}" if broken else None
         row = db.execute(
             """INSERT INTO tasks (title, prompt, priority, persona, capabilities, working_dir, max_attempts,
-                   timeout_seconds, status, error, submitted_by, created_at, updated_at, finished_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *""",
+                   timeout_seconds, status, error, submitted_by, created_at, updated_at, finished_at,
+                   retry_delay_seconds, retry_backoff)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *""",
             (
                 spec.title,
                 spec.prompt,
@@ -658,6 +663,8 @@ def _create_tasks(db: sqlite3.Connection, tasks: list[NewTask], now: float) -> T
                 now,
                 now,
                 now if broken else None,
+                spec.retry_delay_seconds,
+                spec.retry_backoff,
             ),
         ).fetchone()
         db.executemany(
@@ -934,24 +941,27 @@ def _requeue_or_bury(
     if agent:
         _free_agent(db, agent, task_id)
     failures = row["failures"] + (1 if count_failure else 0)
+    later: float | None = None
     if not retryable:
         status = TaskStatus.FAILED
     elif failures >= row["max_attempts"]:
         status = TaskStatus.DEAD
         error = f"{error} (gave up after {failures} failed attempt(s))"
     else:
-        status = TaskStatus.PENDING
+        if count_failure:
+            later = retry_at(now, failures, row["retry_delay_seconds"], row["retry_backoff"])
+        status = TaskStatus.PENDING if later is None else TaskStatus.BLOCKED
     updated = db.execute(
         """UPDATE tasks SET status = ?, failures = ?, error = ?, claimed_by = NULL, lease_expires_at = NULL,
-               claimed_at = NULL, deadline_at = NULL, updated_at = ?, finished_at = ?
+               claimed_at = NULL, deadline_at = NULL, updated_at = ?, finished_at = ?, retry_at = ?
            WHERE id = ? RETURNING *""",
-        (status.value, failures, error, now, now if status.is_terminal else None, task_id),
+        (status.value, failures, error, now, now if status.is_terminal else None, later, task_id),
     ).fetchone()
     task = _row_to_task(updated)
     change.task = task
     if status is TaskStatus.PENDING:
         change.claimable.append(task)
-    else:
+    elif status.is_terminal:
         change.finished.append(task_id)
         _fail_dependents(db, task_id, status.value, now, change)
 
@@ -1079,4 +1089,10 @@ def _sweep(db: sqlite3.Connection, now: float, lost_before: float, keep_alive: l
         _append_event(db, row["claimed_by"], EventKind.LEASE_LOST, row["id"], message, now)
         change.notified_agents.append(row["claimed_by"])
         _requeue_or_bury(db, row, AttemptOutcome.EXPIRED, message, now, change)
+    due = db.execute(
+        """UPDATE tasks SET status = 'pending', retry_at = NULL, updated_at = :now
+           WHERE retry_at <= :now AND status = 'blocked' RETURNING *""",
+        {"now": now},
+    ).fetchall()
+    change.claimable.extend(_row_to_task(r) for r in due)
     return change
