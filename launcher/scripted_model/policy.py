@@ -47,6 +47,7 @@ from launcher.scripted_model.conversation import Conversation, ToolDeclaration, 
 from launcher.scripted_model.task_grammar import (
     Fail,
     ReportProgress,
+    ReportResult,
     TaskPromptError,
     WriteFile,
     parse_task_prompt,
@@ -291,6 +292,7 @@ class _Outcome:
     written: list[str] = field(default_factory=list)
     error: str | None = None
     cancelled: bool = False
+    result: str | None = None
 
 
 def _handle_claim(
@@ -311,7 +313,9 @@ def _handle_claim(
         return f"Task {task_id}: cannot report, report_task_completion is not declared."
     arguments: dict[str, Any] = {"task_id": task_id, "fence_token": fence_token, "success": outcome.success}
     if outcome.success:
-        arguments["result"] = f"Wrote {', '.join(outcome.written)}" if outcome.written else "Done."
+        arguments["result"] = outcome.result or (
+            f"Wrote {', '.join(outcome.written)}" if outcome.written else "Done."
+        )
     else:
         arguments["result"] = f"Failed: {outcome.error}"
         arguments["error"] = outcome.error
@@ -330,9 +334,13 @@ def _perform(
         return _Outcome(False, error=f"cannot do this task: {exc}")
     working_dir = task.get("working_dir") or cli_working_dir(conversation)
     written: list[str] = []
+    reported: str | None = None
     for op in operations:
         if isinstance(op, Fail):
             return _Outcome(False, written, op.reason)
+        if isinstance(op, ReportResult):
+            reported = op.text
+            continue
         if isinstance(op, ReportProgress):
             if tools.broker("report_progress") is None:
                 return _Outcome(False, written, "report_progress is not declared")
@@ -362,7 +370,7 @@ def _perform(
         if _failed(result):
             return _Outcome(False, written, f"writing {op.path} failed: {_first_line(result.text)}")
         written.append(op.path)
-    return _Outcome(True, written)
+    return _Outcome(True, written, result=reported)
 
 
 def cli_working_dir(conversation: Conversation) -> str | None:

@@ -26,6 +26,10 @@ ignored; every other line must be one of these directives (keywords are case-ins
 ``FAIL <reason>``
     Stop and report the task as failed with this reason (for tests of failure handling).
 
+``RESULT <text>``
+    Report the task done with ``<text>`` as its result (e.g. a reviewer's verdict) instead of the list of files
+    written.
+
 Paths must be relative and stay inside the task's working directory. Anything else (an
 unknown line, a ``WRITE`` without a block, an unterminated block, an absolute path, ``..``)
 makes the whole prompt invalid: the agent reports the task failed with a message naming
@@ -44,6 +48,7 @@ _CREATE = re.compile(
 )
 _PROGRESS = re.compile(r"^PROGRESS\s+(?P<message>\S.*?)\s*$", re.IGNORECASE)
 _FAIL = re.compile(r"^FAIL\s+(?P<reason>\S.*?)\s*$", re.IGNORECASE)
+_RESULT = re.compile(r"^RESULT\s+(?P<text>\S.*?)\s*$", re.IGNORECASE)
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[^`]*$")
 
 
@@ -69,7 +74,14 @@ class Fail:
     reason: str
 
 
-Operation = WriteFile | ReportProgress | Fail
+@dataclass(frozen=True)
+class ReportResult:
+    """Report the task done with ``text`` as its result."""
+
+    text: str
+
+
+Operation = WriteFile | ReportProgress | Fail | ReportResult
 
 
 class TaskPromptError(ValueError):
@@ -113,14 +125,18 @@ def parse_task_prompt(prompt: str) -> list[Operation]:
             operations.append(ReportProgress(m["message"]))
         elif m := _FAIL.match(line):
             operations.append(Fail(m["reason"]))
+        elif m := _RESULT.match(line):
+            operations.append(ReportResult(m["text"]))
         else:
             raise TaskPromptError(
                 f"line {number}: cannot understand {line[:80]!r} "
                 "(expected WRITE <path> + fenced block, 'Create the file <path> containing exactly: <text>', "
-                "PROGRESS <message> or FAIL <reason>)"
+                "PROGRESS <message>, FAIL <reason> or RESULT <text>)"
             )
     if not operations:
-        raise TaskPromptError("the task prompt asks for nothing (no WRITE, Create, PROGRESS or FAIL line)")
+        raise TaskPromptError(
+            "the task prompt asks for nothing (no WRITE, Create, PROGRESS, FAIL or RESULT line)"
+        )
     return operations
 
 

@@ -7,6 +7,7 @@ import pytest
 from launcher.scripted_model.task_grammar import (
     Fail,
     ReportProgress,
+    ReportResult,
     TaskPromptError,
     WriteFile,
     parse_task_prompt,
@@ -47,3 +48,8 @@ def test_progress_and_fail_directives_keep_their_order() -> None:
 def test_anything_outside_the_grammar_is_an_error_naming_the_problem(prompt: str, complaint: str) -> None:
     with pytest.raises(TaskPromptError, match=complaint):
         parse_task_prompt(prompt)
+
+
+def test_result_sets_the_reported_text() -> None:
+    ops = parse_task_prompt("RESULT CHANGES: the parser has no tests\nPROGRESS reviewed")
+    assert ops == [ReportResult("CHANGES: the parser has no tests"), ReportProgress("reviewed")]
