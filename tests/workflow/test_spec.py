@@ -25,7 +25,8 @@ def test_a_valid_file_gives_durations_in_seconds_and_dependency_order() -> None:
     )
     assert flow.defaults.retry.delay == 30 and flow.defaults.timeout == 600
     assert [s.key for s in flow.in_dependency_order()] == ["a", "b", "c"]
-    assert flow.step("b").review is not None and flow.step("b").review.persona == "reviewer"
+    review = flow.step("b").review
+    assert review is not None and review.persona == "reviewer" and review.rounds == 2
 
 
 @pytest.mark.parametrize(
