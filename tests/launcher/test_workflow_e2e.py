@@ -1,0 +1,135 @@
+"""``aiswarm run`` on real CLIs: qwen-code as the implementer and gemini-cli as the reviewer, the scripted model.
+
+The flows are the ones in ``examples/``: a review loop the reviewer approves, and one it never approves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launcher.scripted_model import ScriptedModelServer
+from tests.broker_harness import BrokerProcess
+from tests.clis import InstalledClis
+from tests.launcher.test_launch_e2e import started_by
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@dataclass
+class Swarm:
+    """A broker, the scripted model and a launcher with an implementer and a reviewer."""
+
+    broker: BrokerProcess
+    home: Path
+    workdir: Path
+    env: dict[str, str]
+    launcher_log: Path
+
+    def run_flow(self, flow: Path) -> tuple[int, dict[str, Any]]:
+        """``aiswarm run FLOW --json``; returns the exit code and the summary."""
+        done = subprocess.run(
+            [sys.executable, "-m", "aiswarm_server", "run", str(flow), "--json", "--dir", str(self.workdir)],
+            capture_output=True,
+            text=True,
+            env={**self.env, "AISWARM_URL": self.broker.url},
+            timeout=600,
+        )
+        assert done.stdout.strip(), f"{done.stderr}\n{self.launcher_log.read_text()[-3000:]}"
+        return done.returncode, json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    """``aiswarm launch --cli qwen,gemini --persona implementer,reviewer`` against a broker and the scripted model."""
+    root = tmp_path_factory.mktemp("flow")
+    home, workdir, user_home = root / "home", root / "work", root / "user"
+    for d in (workdir, user_home):
+        d.mkdir()
+    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120"}).start()
+    model = ScriptedModelServer().start()
+    env = {
+        **os.environ,
+        "PATH": clis.path_env(),
+        "HOME": str(user_home),
+        "AISWARM_HOME": str(home),
+        "NO_COLOR": "1",
+    }
+    env.pop("AISWARM_TOKEN", None)
+    launcher_log = root / "launcher.log"
+    with open(launcher_log, "wb") as out:
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aiswarm_server",
+                "launch",
+                "--agents",
+                "2",
+                "--cli",
+                "qwen,gemini",
+                "--persona",
+                "implementer,reviewer",
+                "--url",
+                broker.url,
+                "--model-endpoint",
+                model.url,
+                "--dir",
+                str(workdir),
+                "--no-ui",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    try:
+        yield Swarm(broker, home, workdir, env, launcher_log)
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGINT)
+            try:
+                launcher.wait(30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
+        broker_pid = broker.process.pid if broker.process else None
+        for proc in started_by(home):
+            if proc.pid != broker_pid:
+                proc.kill()
+        model.stop()
+        broker.stop()
+
+
+def test_a_reviewed_flow_completes_on_real_clis_and_a_rerun_submits_nothing(swarm: Swarm) -> None:
+    code, summary = swarm.run_flow(EXAMPLES / "review-loop.yaml")
+    assert code == 0, summary
+    steps = {s["key"]: s for s in summary["steps"]}
+    assert steps["module"]["outcome"] == "completed" and steps["module"]["reviews"] == 1
+    assert steps["module"]["detail"] == "approved in review round 1"
+    assert (swarm.workdir / "greeting.py").read_text().startswith("def greet(name: str) -> str:")
+    assert (swarm.workdir / "NOTES.md").exists()
+
+    code, again = swarm.run_flow(EXAMPLES / "review-loop.yaml")
+    assert code == 0 and all(s["reused"] for s in again["steps"])
+    assert [s["task_ids"] for s in again["steps"]] == [s["task_ids"] for s in summary["steps"]]
+
+
+def test_a_reviewer_that_never_approves_ends_review_exhausted_on_real_clis(swarm: Swarm) -> None:
+    code, summary = swarm.run_flow(EXAMPLES / "review-exhausted.yaml")
+    assert code == 1
+    steps = {s["key"]: s for s in summary["steps"]}
+    assert steps["parser"]["outcome"] == "review_exhausted" and steps["parser"]["reviews"] == 2
+    assert len(steps["parser"]["task_ids"]) == 4  # write, review, fix, review
+    assert "must reject empty input" in steps["parser"]["detail"]
+    assert steps["release"]["outcome"] == "skipped" and not (swarm.workdir / "RELEASE.md").exists()
