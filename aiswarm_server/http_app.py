@@ -12,6 +12,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
 from aiswarm_server import __version__
+from aiswarm_server.a2a_agent import A2AEndpoint, is_a2a_path
 from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import Role
@@ -114,6 +115,7 @@ class BrokerApp:
             for role, server in self.servers.items()
         }
         self.broker: Broker | None = None
+        self.a2a: A2AEndpoint | None = None
         self.on_ready: list[Callable[[Broker], None]] = []
         self.on_stop: list[Callable[[], None]] = []
 
@@ -155,6 +157,8 @@ class BrokerApp:
             await _send_json(send, 200, {"status": "ok", "service": "aiswarm", "version": __version__})
         elif path == "/metrics":
             await self._metrics(send)
+        elif is_a2a_path(path):
+            await self._a2a(scope, receive, send)
         else:
             await _send_json(send, 404, {"error": f"no such endpoint {path}; MCP is served at /mcp"})
 
@@ -197,6 +201,27 @@ class BrokerApp:
             )
             return
         await self.role_apps[identity.role](scope, receive, send)
+
+    async def _a2a(self, scope: Scope, receive: Receive, send: Send) -> None:
+        broker = self.broker
+        if broker is None:
+            await _send_json(send, 503, {"error": "the broker is starting or stopping; retry shortly"})
+            return
+        token = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                text = value.decode("latin-1")
+                if text[:7].lower() == "bearer ":
+                    token = text[7:].strip()
+            elif name == b"content-length" and (
+                not value.isdigit() or int(value) > self.settings.max_request_bytes
+            ):
+                await _too_large(send, self.settings.max_request_bytes)
+                return
+        if self.a2a is None:
+            self.a2a = A2AEndpoint(lambda: self.broker, self.settings.home)
+        identity = await broker.tokens.authenticate(token) if token else None
+        await self.a2a(scope, receive, send, identity)
 
     async def _metrics(self, send: Send) -> None:
         broker = self.broker

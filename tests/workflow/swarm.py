@@ -21,6 +21,7 @@ class ScriptedWorker:
     persona: str | None
     decide: Callable[[ClaimedTask], Decision]
     done: list[ClaimedTask] = field(default_factory=list)
+    hold: asyncio.Event | None = None  # when set, a claimed task is reported only once the event is set
 
     async def run(self, url: str, admin_token: str) -> None:
         """Work until cancelled."""
@@ -33,6 +34,9 @@ class ScriptedWorker:
                 if not claim.claimed or claim.task is None or claim.fence_token is None:
                     cursor = (await broker.wait_for_next_event(cursor, timeout_seconds=2)).cursor
                     continue
+                if self.hold is not None:
+                    await broker.report_progress(claim.task.id, claim.fence_token, "started")
+                    await self.hold.wait()
                 success, text = self.decide(claim.task)
                 self.done.append(claim.task)
                 await broker.report_task_completion(
