@@ -1,21 +1,28 @@
-"""``aiswarm run`` on real CLIs: qwen-code as the implementer and gemini-cli as the reviewer, the scripted model.
+"""Workflows and A2A on real CLIs: qwen-code as the implementer and gemini-cli as the reviewer, the scripted model.
 
-The flows are the ones in ``examples/``: a review loop the reviewer approves, and one it never approves.
+The flows are the ones in ``examples/``: a review loop the reviewer approves, and one it never approves. An
+``a2a-sdk`` client hands the swarm a task that a real CLI does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from a2a.client import ClientConfig, create_client
+from a2a.helpers.proto_helpers import get_artifact_text
+from a2a.types import Message, Part, Role, SendMessageRequest, StreamResponse, TaskState
 
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
@@ -133,3 +140,33 @@ def test_a_reviewer_that_never_approves_ends_review_exhausted_on_real_clis(swarm
     assert len(steps["parser"]["task_ids"]) == 4  # write, review, fix, review
     assert "must reject empty input" in steps["parser"]["detail"]
     assert steps["release"]["outcome"] == "skipped" and not (swarm.workdir / "RELEASE.md").exists()
+
+
+def test_an_a2a_client_hands_the_swarm_a_task_that_a_real_cli_does(swarm: Swarm) -> None:
+    async def send() -> list[StreamResponse]:
+        token = swarm.broker.primary_token
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+            client = await create_client(swarm.broker.base, ClientConfig(httpx_client=http))
+            request = SendMessageRequest(
+                message=Message(
+                    role=Role.ROLE_USER,
+                    message_id=str(uuid.uuid4()),
+                    parts=[Part(text="WRITE from-a2a.txt\n```\nhanded over by A2A\n```")],
+                ),
+                metadata={"persona": "implementer", "working_dir": str(swarm.workdir)},
+            )
+            try:
+                return [event async for event in client.send_message(request)]
+            finally:
+                await client.close()
+
+    events = asyncio.run(send())
+    states = [e.status_update.status.state for e in events if e.HasField("status_update")]
+    assert states[-1] == TaskState.TASK_STATE_COMPLETED, events
+    notes = [
+        p.text for e in events if e.HasField("status_update") for p in e.status_update.status.message.parts
+    ]
+    assert any("claimed by qwen-1" in note for note in notes)
+    artifact = next(e.artifact_update.artifact for e in events if e.HasField("artifact_update"))
+    assert get_artifact_text(artifact) == "Wrote from-a2a.txt"
+    assert (swarm.workdir / "from-a2a.txt").read_text() == "handed over by A2A\n"
