@@ -15,7 +15,8 @@ from aiswarm_server import __version__
 from aiswarm_server.a2a_agent import A2AEndpoint, is_a2a_path
 from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.models import Role
+from aiswarm_server.gateway.gateway import Gateway
+from aiswarm_server.models import Identity, Role
 from aiswarm_server.store import open_store
 from aiswarm_server.tools import BrokerRef, build_servers
 
@@ -100,6 +101,13 @@ async def _read_bounded(receive: Receive, limit: int) -> Receive | None:
     return replay
 
 
+def _caller(broker: Broker, request: Any) -> Identity | None:
+    """Who an MCP request comes from, by its bearer token (the HTTP layer has already checked it)."""
+    value = request.headers.get("authorization", "") if request is not None else ""
+    token = value[7:].strip() if value.lower().startswith("bearer ") else None
+    return broker.tokens.authenticate_cached(token)
+
+
 class BrokerApp:
     """The whole HTTP surface as one small ASGI callable (no framework routing on the hot path)."""
 
@@ -116,6 +124,10 @@ class BrokerApp:
         }
         self.broker: Broker | None = None
         self.a2a: A2AEndpoint | None = None
+        self.gateway = Gateway.from_home(settings.home)
+        if self.gateway.upstreams:  # no upstreams: no middleware on the hot path
+            for server in self.servers.values():
+                server.middleware.append(self.gateway.middleware(lambda: self.broker, _caller))
         self.on_ready: list[Callable[[Broker], None]] = []
         self.on_stop: list[Callable[[], None]] = []
 
@@ -131,6 +143,8 @@ class BrokerApp:
             self.broker = broker
             self.ref.broker = broker
             async with contextlib.AsyncExitStack() as stack:
+                self.gateway.start()
+                stack.push_async_callback(self.gateway.stop)
                 for server in self.servers.values():
                     await stack.enter_async_context(server.session_manager.run())
                 for callback in self.on_ready:
