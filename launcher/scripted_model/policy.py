@@ -45,6 +45,7 @@ from typing import Any
 
 from launcher.scripted_model.conversation import Conversation, ToolDeclaration, ToolResult, result_payload
 from launcher.scripted_model.task_grammar import (
+    CallMcpTool,
     Fail,
     ReportProgress,
     ReportResult,
@@ -178,13 +179,13 @@ class Toolbox:
     def call(self, logical: str, arguments: dict[str, Any]) -> CallTool:
         """A call to broker tool ``logical``; the caller has checked it is declared."""
         name = self.broker(logical) or logical
-        return CallTool(name, self._complete(name, arguments), StepKind.COORDINATION)
+        return CallTool(name, self.complete(name, arguments), StepKind.COORDINATION)
 
     def work(self, tool: ToolDeclaration, arguments: dict[str, Any]) -> CallTool:
         """A call to one of the CLI's own tools."""
-        return CallTool(tool.name, self._complete(tool.name, arguments), StepKind.WORK)
+        return CallTool(tool.name, self.complete(tool.name, arguments), StepKind.WORK)
 
-    def _complete(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         # gemini adds a required-looking `wait_for_previous` to every tool; fill such
         # booleans with false rather than leave a required parameter out.
         declared = next((t for t in self.declared if t.name == name), None)
@@ -335,11 +336,21 @@ def _perform(
     working_dir = task.get("working_dir") or cli_working_dir(conversation)
     written: list[str] = []
     reported: str | None = None
+    called: list[str] = []
     for op in operations:
         if isinstance(op, Fail):
             return _Outcome(False, written, op.reason)
         if isinstance(op, ReportResult):
             reported = op.text
+            continue
+        if isinstance(op, CallMcpTool):
+            name = tools.broker(op.tool)
+            if name is None:
+                return _Outcome(False, written, f"the tool {op.tool} is not declared")
+            answer = yield CallTool(name, tools.complete(name, dict(op.arguments)), StepKind.WORK)
+            if answer.is_error:
+                return _Outcome(False, written, f"{op.tool} failed: {_first_line(answer.text)}")
+            called.append(f"{op.tool}: {_first_line(answer.text)}")
             continue
         if isinstance(op, ReportProgress):
             if tools.broker("report_progress") is None:
@@ -370,7 +381,7 @@ def _perform(
         if _failed(result):
             return _Outcome(False, written, f"writing {op.path} failed: {_first_line(result.text)}")
         written.append(op.path)
-    return _Outcome(True, written, result=reported)
+    return _Outcome(True, written, result=reported or ("; ".join(called) if called else None))
 
 
 def cli_working_dir(conversation: Conversation) -> str | None:

@@ -24,13 +24,16 @@ from a2a.client import ClientConfig, create_client
 from a2a.helpers.proto_helpers import get_artifact_text
 from a2a.types import Message, Part, Role, SendMessageRequest, StreamResponse, TaskState
 
+from aiswarm_server.broker_client import BrokerClient
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis
 from tests.launcher.test_launch_e2e import started_by
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+SECRET = "gateway-secret-e2e-51d0"
 
 
 @dataclass
@@ -63,7 +66,13 @@ def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iter
     home, workdir, user_home = root / "home", root / "work", root / "user"
     for d in (workdir, user_home):
         d.mkdir()
-    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120"}).start()
+    home.mkdir(parents=True)
+    command = json.dumps([sys.executable, "-m", "tests.gateway.upstream_server"])
+    (home / "config.toml").write_text(
+        f'[mcp_servers.files]\ncommand = {command}\ncwd = "{ROOT}"\n'
+        'env = { UPSTREAM_TOKEN = "${TEST_UPSTREAM_SECRET}" }\n'
+    )
+    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120", "TEST_UPSTREAM_SECRET": SECRET}).start()
     model = ScriptedModelServer().start()
     env = {
         **os.environ,
@@ -170,3 +179,27 @@ def test_an_a2a_client_hands_the_swarm_a_task_that_a_real_cli_does(swarm: Swarm)
     artifact = next(e.artifact_update.artifact for e in events if e.HasField("artifact_update"))
     assert get_artifact_text(artifact) == "Wrote from-a2a.txt"
     assert (swarm.workdir / "from-a2a.txt").read_text() == "handed over by A2A\n"
+
+
+def test_a_real_cli_calls_an_upstream_mcp_tool_through_the_gateway(swarm: Swarm) -> None:
+    async def run() -> Any:
+        async with BrokerClient(swarm.broker.url, swarm.broker.primary_token) as primary:
+            reply = await primary.submit_task(
+                "Call the upstream echo tool",
+                'CALL files__echo {"text": "through the gateway"}\nCALL files__has_credential',
+                persona="implementer",
+                working_dir=str(swarm.workdir),
+            )
+            task_id = reply.tasks[0].id
+            while not (await primary.wait_for_tasks([task_id], timeout_seconds=30)).done:
+                pass
+            return (await primary.get_task(task_id)).task
+
+    task = asyncio.run(run())
+    assert task.status.value == "completed", (task.error, swarm.launcher_log.read_text()[-3000:])
+    result = task.result or ""  # the CLI hands the scripted model the tool's structured answer
+    assert 'files__echo: {"result":"echo: through the gateway"}' in result
+    assert 'files__has_credential: {"result":"yes"}' in result  # the upstream got the broker-kept credential
+    for path in (swarm.home / "agents").rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
