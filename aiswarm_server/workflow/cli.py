@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -23,8 +24,9 @@ console = Console()
 
 
 def register(app: typer.Typer) -> None:
-    """Attach ``run`` to the main CLI."""
+    """Attach ``run`` and ``plan`` to the main CLI."""
     app.command("run")(run)
+    app.command("plan")(plan)
 
 
 def record_path(home: Path, flow: Workflow, source: Path) -> Path:
@@ -70,6 +72,19 @@ def run(
         _show_plan(flow)
         return
     settings = BrokerSettings(home=home.expanduser()) if home is not None else BrokerSettings()
+    _run_flow(flow, flow_file, settings, url, working_dir, fresh=fresh, as_json=as_json)
+
+
+def _run_flow(
+    flow: Workflow,
+    flow_file: Path,
+    settings: BrokerSettings,
+    url: str | None,
+    working_dir: Path | None,
+    *,
+    fresh: bool,
+    as_json: bool,
+) -> None:
     if flow.working_dir is not None and working_dir is None:
         base = (flow_file.resolve().parent / flow.working_dir).resolve()
     else:
@@ -104,7 +119,7 @@ def run(
         raise typer.Exit(1)
 
 
-def _show_plan(flow: Workflow) -> None:
+def _show_plan(flow: Workflow, out: Console = console) -> None:
     table = Table("key", "title", "persona", "depends on", "retry", "review", box=None)
     for step in flow.in_dependency_order():
         retry = step.retry or flow.defaults.retry
@@ -117,8 +132,8 @@ def _show_plan(flow: Workflow) -> None:
             f"{retry.attempts} tries, {retry.delay:g}s x{retry.backoff:g}",
             review,
         )
-    console.print(f"{flow.name}: {len(flow.tasks)} task(s), valid")
-    console.print(table)
+    out.print(f"{flow.name}: {len(flow.tasks)} task(s), valid")
+    out.print(table)
 
 
 _STYLE = {
@@ -142,3 +157,106 @@ def _show_summary(summary: FlowSummary) -> None:
     done = sum(s.outcome is StepOutcome.COMPLETED for s in summary.steps)
     console.print(f"\n{summary.name}: {done} of {len(summary.steps)} step(s) completed")
     console.print(table)
+
+
+def plan(
+    request: Annotated[str, typer.Argument(help="What you want done, in your own words.")],
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            envvar="AISWARM_PLANNER_URL",
+            help="OpenAI-compatible base URL (…/v1). [default: base_url under [planner] in config.toml]",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(envvar="AISWARM_PLANNER_MODEL", help="Model name. [default: [planner] model]"),
+    ] = None,
+    key_env: Annotated[
+        str | None, typer.Option("--key-env", help="Environment variable holding the endpoint's API key.")
+    ] = None,
+    write: Annotated[
+        Path | None,
+        typer.Option("--write", help="Write the plan as a workflow file (run it with `aiswarm run`)."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Submit the plan without asking.")] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Ask the model again even if the answer is cached.")
+    ] = False,
+    working_dir: Annotated[
+        Path | None, typer.Option("--dir", help="Directory the tasks work in. [default: current]")
+    ] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            envvar="AISWARM_HOME",
+            help="aiswarm home: database, tokens, logs. [default: ~/.aiswarm]",
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", envvar="AISWARM_URL", help="Broker MCP URL. [default: the broker serving --home]"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON.")] = False,
+) -> None:
+    """Turn a request into a workflow with a model, show it, and submit it (or write it to a file)."""
+    from aiswarm_server.workflow.planner import context_text, make_plan, planner_config
+
+    settings = BrokerSettings(home=home.expanduser()) if home is not None else BrokerSettings()
+    config = planner_config(settings.home, endpoint, model, key_env)
+    context = context_text(_personas(settings.home), asyncio.run(_agents(settings, url)))
+    made = make_plan(request, config, context, settings.home / "plans" / "cache", fresh=fresh)
+    out = console if not as_json else Console(stderr=True)
+    _show_plan(made.workflow, out)
+    used = ", ".join(f"{k} {v}" for k, v in made.usage.items() if k.endswith("tokens"))
+    out.print(
+        f"from the cache ({made.cache_path})"
+        if made.cached
+        else f"model {config.model}: {used or 'no usage reported'}"
+    )
+    text = yaml.safe_dump(made.workflow.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    if write is not None:
+        write.write_text(text, encoding="utf-8")
+        out.print(f"wrote {write}; run it with `aiswarm run {write}`")
+        if not yes:
+            return
+    if not yes:
+        if not sys.stdin.isatty():
+            out.print("not submitted: pass --yes to submit, or --write FILE to keep it")
+            return
+        if not typer.confirm("Submit this plan?"):
+            return
+    flow_file = write or settings.home / "plans" / f"{made.workflow.name}-{made.cache_path.stem}.yaml"
+    if write is None:
+        flow_file.write_text(text, encoding="utf-8")
+    _run_flow(
+        made.workflow, flow_file, settings, url, working_dir or Path.cwd(), fresh=False, as_json=as_json
+    )
+
+
+def _personas(home: Path) -> list[tuple[str, str]]:
+    try:
+        from launcher.personas import PersonaError, load_personas
+    except ImportError:
+        return []
+    try:
+        return [(p.name, p.description) for p in sorted(load_personas(home).values(), key=lambda p: p.name)]
+    except PersonaError:
+        return []
+
+
+async def _agents(settings: BrokerSettings, url: str | None) -> list[tuple[str, str | None, str]]:
+    """The registered agents, if a broker answers (the plan can still be made without one)."""
+    from aiswarm_server.broker_client import BrokerUnreachable
+
+    try:
+        token = local_token(settings.home, "admin")
+        async with BrokerClient(url or local_broker_url(settings), token) as broker:
+            agents = (await broker.list_agents()).agents
+    except BrokerUnreachable:
+        return []
+    return [(a.name, a.persona, a.status.value) for a in agents]

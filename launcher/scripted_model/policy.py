@@ -110,8 +110,13 @@ DEFAULT_IDLE_WAITS = 3
 MAX_RESULT_WAITS = 4  # stays under the CLIs' loop guards (5 identical calls in a row)
 
 
+PLANNER_MARKER = "You are the aiswarm planner"
+
+
 def decide(conversation: Conversation) -> Step:
     """The next step for this conversation."""
+    if PLANNER_MARKER in conversation.system:
+        return Answer(plan_for(conversation.prompt), StepKind.SIDE)
     if conversation.response_schema is not None:
         return Answer(json.dumps(minimal_instance(conversation.response_schema)), StepKind.SIDE)
     if not conversation.tools:
@@ -482,3 +487,29 @@ def minimal_instance(schema: Any, name: str = "") -> Any:
     if kind == "null":
         return None
     return ""
+
+
+_FENCED = re.compile(r"```[a-zA-Z]*\n(?P<body>.*?)\n```", re.DOTALL)
+
+
+def plan_for(request: str) -> str:
+    """The scripted planner's answer: a fenced block in the request verbatim (so tests can hand it any answer,
+    malformed ones included), else a two-step plan: do the request, then review it."""
+    fenced = _FENCED.search(request)
+    if fenced is not None:
+        return fenced["body"]
+    text = " ".join(request.split()) or "the request"
+    plan = {
+        "name": "plan",
+        "tasks": [
+            {"key": "work", "title": text[:60], "persona": "implementer", "prompt": request},
+            {
+                "key": "review",
+                "title": f"Review: {text[:50]}",
+                "persona": "reviewer",
+                "depends_on": ["work"],
+                "prompt": f"Review the work done for: {text}",
+            },
+        ],
+    }
+    return "```json\n" + json.dumps(plan, indent=2) + "\n```"
