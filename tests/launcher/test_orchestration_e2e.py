@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,10 +68,19 @@ def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iter
     for d in (workdir, user_home):
         d.mkdir()
     home.mkdir(parents=True)
+    port_file = root / "remote-port"
+    remote = subprocess.Popen(
+        [sys.executable, "-m", "tests.a2a.remote_agent", "--port-file", str(port_file)], cwd=ROOT
+    )
+    while not (port_file.exists() and port_file.read_text()):
+        assert remote.poll() is None, "the remote A2A agent did not start"
+        time.sleep(0.05)
     command = json.dumps([sys.executable, "-m", "tests.gateway.upstream_server"])
     (home / "config.toml").write_text(
         f'[mcp_servers.files]\ncommand = {command}\ncwd = "{ROOT}"\n'
         'env = { UPSTREAM_TOKEN = "${TEST_UPSTREAM_SECRET}" }\n'
+        f'[a2a_agents.shouter]\nurl = "http://127.0.0.1:{port_file.read_text()}"\npersona = "shouter"\n'
+        'token_env = "SHOUTER_TOKEN"\n'
     )
     broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120", "TEST_UPSTREAM_SECRET": SECRET}).start()
     model = ScriptedModelServer().start()
@@ -80,6 +90,7 @@ def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "HOME": str(user_home),
         "AISWARM_HOME": str(home),
         "NO_COLOR": "1",
+        "SHOUTER_TOKEN": "remote-secret",
     }
     env.pop("AISWARM_TOKEN", None)
     launcher_log = root / "launcher.log"
@@ -125,6 +136,8 @@ def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 proc.kill()
         model.stop()
         broker.stop()
+        remote.terminate()
+        remote.wait(10)
 
 
 def test_a_reviewed_flow_completes_on_real_clis_and_a_rerun_submits_nothing(swarm: Swarm) -> None:
@@ -203,3 +216,17 @@ def test_a_real_cli_calls_an_upstream_mcp_tool_through_the_gateway(swarm: Swarm)
     for path in (swarm.home / "agents").rglob("*"):
         if path.is_file():
             assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_launch_forwards_a_task_for_a_remote_persona_to_its_a2a_agent(swarm: Swarm) -> None:
+    async def run() -> Any:
+        async with BrokerClient(swarm.broker.url, swarm.broker.primary_token) as primary:
+            reply = await primary.submit_task("Shout", "forwarded by the launcher", persona="shouter")
+            task_id = reply.tasks[0].id
+            while not (await primary.wait_for_tasks([task_id], timeout_seconds=30)).done:
+                pass
+            return (await primary.get_task(task_id)).task
+
+    task = asyncio.run(run())
+    assert task.status.value == "completed", (task.error, swarm.launcher_log.read_text()[-3000:])
+    assert task.result == "FORWARDED BY THE LAUNCHER" and task.attempts[-1].agent == "a2a-shouter"
