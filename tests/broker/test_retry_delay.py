@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from aiswarm_server.broker import Broker, TaskSpec
 from aiswarm_server.errors import InvalidRequest
 from aiswarm_server.models import NewTask, TaskStatus
-from aiswarm_server.store import Store, open_store
-from aiswarm_server.store.retry import MAX_RETRY_DELAY_SECONDS, retry_at
+from aiswarm_server.store import Store
+from aiswarm_server.store.rules import MAX_RETRY_DELAY_SECONDS, RetryDelay
 from tests.broker_harness import FakeClock
 from tests.conftest import PRIMARY, worker
-from tests.store.postgres_fixture import fresh_schema
 
 pytestmark = pytest.mark.anyio
 NOW = 1_000_000.0
@@ -79,22 +74,10 @@ async def test_retry_settings_out_of_range_are_refused_with_the_range(abroker: B
         await abroker.submit_tasks(PRIMARY, [TaskSpec("t", "p", retry_delay_seconds=100_000)])
 
 
-def test_the_retry_rule_caps_the_wait() -> None:
-    assert retry_at(NOW, 1, 0, 2) is None
-    assert retry_at(NOW, 3, 5, 2) == NOW + 20
-    assert retry_at(NOW, 500, 10, 10) == NOW + MAX_RETRY_DELAY_SECONDS
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            backend = open_store(tmp_path / "retry.db")
-        else:
-            backend = open_store(await stack.enter_async_context(fresh_schema()))
-        await backend.open()
-        stack.push_async_callback(backend.close)
-        yield backend
+def test_the_retry_rule_grows_by_the_backoff_and_caps_the_wait() -> None:
+    assert RetryDelay(0, 2).retry_at(NOW, 1) is None
+    assert RetryDelay(5, 2).retry_at(NOW, 3) == NOW + 20
+    assert RetryDelay(10, 10).retry_at(NOW, 500) == NOW + MAX_RETRY_DELAY_SECONDS
 
 
 async def test_every_store_holds_a_failed_task_until_its_retry_time(store: Store) -> None:
