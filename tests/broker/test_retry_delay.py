@@ -6,9 +6,9 @@ import pytest
 
 from aiswarm_server.broker import Broker, TaskSpec
 from aiswarm_server.errors import InvalidRequest
-from aiswarm_server.models import NewTask, TaskStatus
+from aiswarm_server.models import AttemptOutcome, NewTask, TaskStatus
 from aiswarm_server.store import Store
-from aiswarm_server.store.rules import MAX_RETRY_DELAY_SECONDS, RetryDelay
+from aiswarm_server.store.rules import MAX_RETRY_DELAY_SECONDS, RetryDelay, after_attempt
 from tests.broker_harness import FakeClock
 from tests.conftest import PRIMARY, worker
 
@@ -106,3 +106,13 @@ async def test_every_store_holds_a_failed_task_until_its_retry_time(store: Store
     task = await store.get_task(task_id)
     assert task is not None and task.status is TaskStatus.PENDING and task.retry_at is None
     assert (await store.claim("w", None, NOW + 5, 30)).claim is not None
+
+
+def test_after_attempt_holds_a_failed_task_but_requeues_a_released_one_at_once() -> None:
+    delay = RetryDelay(30, 2)
+    failed = after_attempt(AttemptOutcome.FAILED, 1, 5, "flaky", delay=delay, now=NOW)
+    assert (failed.status, failed.failures, failed.retry_at) == (TaskStatus.BLOCKED, 2, NOW + 60)
+    released = after_attempt(AttemptOutcome.RELEASED, 1, 5, "stopping", delay=delay, now=NOW)
+    assert (released.status, released.retry_at) == (TaskStatus.PENDING, None)
+    last = after_attempt(AttemptOutcome.FAILED, 4, 5, "flaky", delay=delay, now=NOW)
+    assert last.status is TaskStatus.DEAD and last.retry_at is None
