@@ -119,6 +119,7 @@ class A2AEndpoint:
     """The A2A surface of one broker: built on the first request, sharing the broker's tokens and tasks."""
 
     def __init__(self, broker: Callable[[], Broker | None], home: Path) -> None:
+        """``broker`` gives the running broker (None while it starts or stops); personas come from ``home``."""
         self._broker = broker
         self._home = home
         self._rpc: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None

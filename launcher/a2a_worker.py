@@ -94,6 +94,7 @@ class A2AWorker:
     """Forwards the tasks for one persona to one remote A2A agent, as a broker worker."""
 
     def __init__(self, spec: RemoteAgentSpec, broker_url: str, admin_token: str) -> None:
+        """The admin token issues the worker its own agent token when it starts."""
         self.spec = spec
         self.broker_url = broker_url
         self.admin_token = admin_token

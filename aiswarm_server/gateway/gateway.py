@@ -28,6 +28,7 @@ class Gateway:
     """Every configured upstream, and who may see which of their tools."""
 
     def __init__(self, specs: Mapping[str, UpstreamSpec], home: Path) -> None:
+        """One upstream per spec (not connected until :meth:`start`); personas are read from ``home``."""
         self.home = home
         self.upstreams = {name: Upstream(spec) for name, spec in specs.items()}
 

@@ -34,6 +34,7 @@ class Upstream:
     """Keeps one connection to an upstream server: (re)connects with backoff, lists its tools, forwards calls."""
 
     def __init__(self, spec: UpstreamSpec) -> None:
+        """Not connected until :meth:`start`."""
         self.spec = spec
         self.name = spec.name
         self.tools: list[Tool] = []

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
+from aiswarm_server.broker_client import BrokerCallError
 from aiswarm_server.models import Task, TaskStatus
 from aiswarm_server.replies import SubmitReply, TaskReply, WaitTasksReply
 from aiswarm_server.workflow.spec import Step, Workflow
@@ -184,6 +185,7 @@ class FlowRunner:
         fresh: bool = False,
         poll_seconds: int = POLL_SECONDS,
     ) -> None:
+        """``record_path`` keeps what earlier runs submitted; tasks work in ``base_dir`` unless a step says otherwise."""
         self.flow = flow
         self.broker = broker
         self.record_path = record_path
@@ -245,8 +247,6 @@ class FlowRunner:
                 redone.add(step.key)
 
     async def _task_or_none(self, task_id: int) -> Task | None:
-        from aiswarm_server.broker_client import BrokerCallError
-
         try:
             return (await self.broker.get_task(task_id)).task
         except BrokerCallError:
