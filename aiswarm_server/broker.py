@@ -25,6 +25,8 @@ from aiswarm_server.limits import (
     PRIORITY_MIN,
     PROGRESS_MAX_CHARS,
     REASON_MAX_CHARS,
+    RETRY_BACKOFF_MAX,
+    RETRY_DELAY_LIMIT_SECONDS,
     TASK_TIMEOUT_LIMIT_SECONDS,
     TITLE_MAX_CHARS,
 )
@@ -533,6 +535,16 @@ class Broker:
                 f"timeout_seconds must be between 1 and {TASK_TIMEOUT_LIMIT_SECONDS} "
                 f"({TASK_TIMEOUT_LIMIT_SECONDS // 86_400} days)."
             )
+        retry_delay = spec.retry_delay_seconds or 0.0
+        if not 0 <= retry_delay <= RETRY_DELAY_LIMIT_SECONDS:
+            raise InvalidRequest(
+                f"retry_delay_seconds must be between 0 and {RETRY_DELAY_LIMIT_SECONDS} (one day)."
+            )
+        retry_backoff = spec.retry_backoff or 1.0
+        if not 1 <= retry_backoff <= RETRY_BACKOFF_MAX:
+            raise InvalidRequest(
+                f"retry_backoff must be between 1 and {RETRY_BACKOFF_MAX} (each retry waits that many times longer)."
+            )
         persona = normalize_labels([spec.persona], "persona")[0] if spec.persona else None
         if persona is not None and personas and persona not in personas:
             raise InvalidRequest(
@@ -549,6 +561,8 @@ class Broker:
             working_dir=spec.working_dir,
             max_attempts=max_attempts,
             timeout_seconds=timeout,
+            retry_delay_seconds=retry_delay,
+            retry_backoff=retry_backoff,
             submitted_by=submitter,
         )
 

@@ -732,6 +732,9 @@ def for_people(refusal: str) -> str:
 
 
 def _register_launcher_commands() -> None:
+    from aiswarm_server.workflow.cli import register as register_workflow_commands
+
+    register_workflow_commands(app)
     try:
         from launcher.cli import register
         from launcher.primaries import install_client_command

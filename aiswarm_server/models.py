@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from aiswarm_server.limits import (
     DEPENDENCIES_MAX,
@@ -17,6 +17,8 @@ from aiswarm_server.limits import (
     PATH_MAX_CHARS,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    RETRY_BACKOFF_MAX,
+    RETRY_DELAY_LIMIT_SECONDS,
     TASK_TIMEOUT_LIMIT_SECONDS,
     TITLE_MAX_CHARS,
 )
@@ -25,7 +27,7 @@ from aiswarm_server.limits import (
 class TaskStatus(StrEnum):
     """Where a task is in its life; see :data:`TERMINAL_STATUSES` for the final ones."""
 
-    BLOCKED = "blocked"  # waiting for its dependencies to complete
+    BLOCKED = "blocked"  # waiting for its dependencies to complete, or for its retry delay (retry_at)
     PENDING = "pending"  # claimable
     CLAIMED = "claimed"  # held by one agent under a lease
     COMPLETED = "completed"
@@ -130,6 +132,9 @@ class Task(BaseModel):
     working_dir: str | None = None
     max_attempts: int = 3
     timeout_seconds: int = 1800
+    retry_delay_seconds: float = 0.0  # wait before the next attempt after a failure (0: at once)
+    retry_backoff: float = 1.0  # each further retry waits this many times longer
+    retry_at: float | None = None  # set while a failed task waits for its next attempt (status blocked)
     status: TaskStatus = TaskStatus.PENDING
     claimed_by: str | None = None
     fence_token: int = 0
@@ -166,6 +171,8 @@ class NewTask(BaseModel):
     working_dir: str | None = None
     max_attempts: int = 3
     timeout_seconds: int = 1800
+    retry_delay_seconds: float = 0.0
+    retry_backoff: float = 1.0
     submitted_by: str = ""
 
 
@@ -195,6 +202,20 @@ WorkingDir = Annotated[
     str, Field(max_length=PATH_MAX_CHARS, description="Absolute path of an existing directory to work in.")
 ]
 MaxAttempts = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPTS_LIMIT)]
+RetryDelay = Annotated[
+    StrictFloat,
+    Field(
+        ge=0,
+        le=RETRY_DELAY_LIMIT_SECONDS,
+        description="After a failed attempt, wait this many seconds before the next one (default 0: at once).",
+    ),
+]
+RetryBackoff = Annotated[
+    StrictFloat,
+    Field(
+        ge=1, le=RETRY_BACKOFF_MAX, description="Each further retry waits this many times longer (default 1)."
+    ),
+]
 TaskTimeout = Annotated[StrictInt, Field(ge=1, le=TASK_TIMEOUT_LIMIT_SECONDS)]
 
 _ASCII_ID = re.compile(r"-?[0-9]{1,19}")
@@ -231,6 +252,8 @@ class TaskRequest(BaseModel):
         max_length=LABEL_MAX_CHARS,
         description="A name for this task that later tasks in the same batch can depend on.",
     )
+    retry_delay_seconds: RetryDelay | None = None
+    retry_backoff: RetryBackoff | None = None
 
     @field_validator("depends_on")
     @classmethod
