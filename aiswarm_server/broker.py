@@ -15,7 +15,7 @@ from typing import Any, Literal
 from aiswarm_server import __version__
 from aiswarm_server.auth import TokenRegistry, validate_agent_name
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.errors import InvalidRequest, NotFound
+from aiswarm_server.errors import BrokerError, InvalidRequest, NotFound
 from aiswarm_server.limits import (
     CURSOR_MAX_CHARS,
     LABEL_MAX_CHARS,
@@ -642,10 +642,10 @@ class Broker:
         )
 
     async def known_personas(self) -> set[str]:
-        """The personas a task may ask for: the persona files the launcher loads for this home, and any persona a
-        registered agent declared (it may come from another home). Empty when neither is known: then any persona
-        is accepted."""
-        files = await asyncio.to_thread(_persona_files, self.settings.home)
+        """The personas a task may ask for: those the launcher can run for this home (persona files, remote A2A
+        agents) and any persona a registered agent declared (it may come from another home). Empty when none is
+        known: then any persona is accepted."""
+        files = await asyncio.to_thread(_configured_personas, self.settings.home)
         agents = {a.persona for a in await self.store.list_agents() if a.persona}
         return files | agents
 
@@ -754,17 +754,24 @@ def _check_working_dir(path: str) -> None:
         )
 
 
-def _persona_files(home: Path) -> set[str]:
-    """Names of the persona files the launcher would load for this home (empty when the launcher is absent)."""
+def _configured_personas(home: Path) -> set[str]:
+    """The personas the launcher can run for this home: its persona files and the personas of the remote A2A
+    agents in its ``config.toml`` (empty when the launcher is absent or its files cannot be read)."""
     try:
-        from launcher.personas import PersonaError, load_personas
+        from launcher.a2a_worker import load_remote_agents
+        from launcher.personas import load_personas
     except ImportError:
         return set()
     try:
-        return set(load_personas(home))
-    except PersonaError as error:
+        names = set(load_personas(home))
+    except ValueError as error:  # PersonaError: the launcher refuses the file too, naming it
         log.warning("persona files unreadable, persona names not checked: %s", error)
         return set()
+    try:
+        names |= {agent.persona for agent in load_remote_agents(home)}
+    except BrokerError as error:  # A2AAgentError: the launcher refuses the file too, saying why
+        log.warning("%s", error)
+    return names
 
 
 def _expire(woken: asyncio.Future[None]) -> None:
