@@ -17,6 +17,8 @@ from launcher.adapters.base import (
     RunOutcome,
     TokenUsage,
 )
+from launcher.adapters.claude import ClaudeAdapter
+from launcher.adapters.codex import CodexAdapter
 from launcher.adapters.gemini import GeminiAdapter
 from launcher.adapters.opencode import OpencodeAdapter
 from launcher.adapters.qwen import QwenAdapter
@@ -25,6 +27,8 @@ _ADAPTERS: dict[str, type[CliAdapter]] = {
     QwenAdapter.name: QwenAdapter,
     GeminiAdapter.name: GeminiAdapter,
     OpencodeAdapter.name: OpencodeAdapter,
+    CodexAdapter.name: CodexAdapter,
+    ClaudeAdapter.name: ClaudeAdapter,
 }
 
 
@@ -49,7 +53,9 @@ __all__ = [
     "AgentHome",
     "AgentSpec",
     "CarriedCredential",
+    "ClaudeAdapter",
     "CliAdapter",
+    "CodexAdapter",
     "CredentialFinding",
     "GeminiAdapter",
     "ModelEndpoint",
