@@ -105,6 +105,8 @@ class CodexAdapter(CliAdapter):
                     "startup_timeout_sec": 30,
                 }
             },
+            # codex 0.171 defers MCP tools behind its tool_search by default: a worker needs the broker's at once.
+            "features": {"tool_search_always_defer_mcp_tools": False},
             "analytics": {"enabled": False},
             "feedback": {"enabled": False},
             "history": {"persistence": "none"},
