@@ -198,8 +198,15 @@ def test_real_cli_does_tasks_through_aiswarm_launch_and_reports_its_usage(worker
     assert tasks[0].result == f"Wrote out/{worker.cli}.txt"
     stats = worker.world.model.stats()["clis"][worker.cli]
     assert stats.get("work") == 2 and stats.get("coordination") == 5 and "rejected" not in stats, stats
-    usages = re.findall(r'usage: \{.*"total_tokens": (\d+)', worker.agent_log.read_text())
-    assert len(usages) == 2 and all(int(total) > 0 for total in usages), worker.tail()
+    usages = poll(
+        lambda: (
+            (found := re.findall(r'usage: \{.*"total_tokens": (\d+)', worker.agent_log.read_text()))[1:]
+            and found
+        ),
+        60,  # the report reaches the broker before the CLI has exited
+        "both runs' usage in the agent log",
+    )
+    assert all(int(total) > 0 for total in usages), worker.tail()
 
 
 @pytest.mark.parametrize(("status", "outcome"), [(401, "auth_failure"), (429, "rate_limited")])
