@@ -271,6 +271,18 @@ def test_the_config_file_is_read_and_a_built_in_name_cannot_be_taken(tmp_path: P
         register_configured_clis(config)
 
 
+def test_the_readme_example_is_a_valid_description(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## Worker CLIs", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    [adapter] = generic_adapters(described(example))
+    register_adapter(adapter)
+    home = get_adapter("qwen-plain").prepare_agent_home(
+        spec("qwen-plain", tmp_path, endpoint=ENDPOINT), env={}
+    )
+    assert json.loads(home.settings_path.read_text())["mcpServers"]["aiswarm"]["httpUrl"] == BROKER
+    assert get_adapter("qwen-plain").detect_rate_limit_line("Retrying in 60s (attempt 1/10)")
+
+
 # --- the real qwen-code, described in the config file, through aiswarm launch -------------------------
 
 
