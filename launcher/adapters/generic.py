@@ -227,7 +227,7 @@ def generic_adapters(clis: Mapping[str, Any]) -> list[type[GenericAdapter]]:
     for name, table in clis.items():
         if not isinstance(table, Mapping):
             raise GenericCliError(f"[{CLIS_TABLE}.{name}] must be a table: see launcher/adapters/generic.py")
-        adapters.append(generic_adapter(name, parse_cli_table(name, table)))  # pyright: ignore[reportUnknownArgumentType]
+        adapters.append(generic_adapter(name, parse_cli_table(name, table)))
     return adapters
 
 
@@ -244,7 +244,7 @@ def configured_adapters(config_file: Path) -> list[type[GenericAdapter]]:
     clis = document.get(CLIS_TABLE, {})
     if not isinstance(clis, Mapping):
         raise GenericCliError(f"{config_file}: {CLIS_TABLE} must be a table of [{CLIS_TABLE}.<name>] tables")
-    return generic_adapters(clis)  # pyright: ignore[reportUnknownArgumentType]
+    return generic_adapters(clis)
 
 
 def generic_adapter(name: str, spec: GenericCliSpec) -> type[GenericAdapter]:
@@ -434,10 +434,10 @@ def _fill(node: Any, values: Mapping[str, Any]) -> Any:
     if isinstance(node, str):
         return _fill_text(node, values)
     if isinstance(node, Mapping):
-        filled = {str(k): _fill(v, values) for k, v in node.items()}  # pyright: ignore[reportUnknownVariableType]
+        filled = {str(k): _fill(v, values) for k, v in node.items()}
         return {k: v for k, v in filled.items() if v is not None}
     if isinstance(node, list):
-        return [v for v in (_fill(item, values) for item in node) if v is not None]  # pyright: ignore[reportUnknownVariableType]
+        return [v for v in (_fill(item, values) for item in node) if v is not None]
     return node
 
 
@@ -445,10 +445,10 @@ def _strings(node: Any) -> Iterator[str]:
     if isinstance(node, str):
         yield node
     elif isinstance(node, Mapping):
-        for value in node.values():  # pyright: ignore[reportUnknownVariableType]
+        for value in node.values():
             yield from _strings(value)
     elif isinstance(node, list):
-        for value in node:  # pyright: ignore[reportUnknownVariableType]
+        for value in node:
             yield from _strings(value)
 
 
@@ -462,7 +462,7 @@ def _output_objects(stdout: str, where: Mapping[str, Any]) -> list[dict[str, Any
     if isinstance(whole, dict):
         objects: list[Any] = [whole]
     elif isinstance(whole, list):
-        objects = whole  # pyright: ignore[reportUnknownVariableType]
+        objects = whole
     else:
         objects = []
     if len(objects) <= 1:
@@ -476,8 +476,8 @@ def _at(document: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
             return None
-        node = node[part]  # pyright: ignore[reportUnknownVariableType]
-    return node  # pyright: ignore[reportUnknownVariableType]
+        node = node[part]
+    return node
 
 
 def _number(value: Any) -> int | None:
