@@ -18,7 +18,6 @@ through its shell. Headless runs skip approvals and the sandbox, as ``--yolo`` d
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,7 +33,6 @@ from launcher.adapters.base import (
     CarriedCredential,
     CliAdapter,
     CredentialFinding,
-    OutcomeKind,
     TokenUsage,
     bearer_headers,
     chosen_model,
@@ -64,10 +62,6 @@ class CodexAdapter(CliAdapter):
     """codex, headless with ``exec --json --ephemeral --dangerously-bypass-approvals-and-sandbox PROMPT``."""
 
     name: ClassVar[str] = "codex"
-    exit_codes: ClassVar[Mapping[int, tuple[OutcomeKind, str]]] = {}
-    rate_limit_lines: ClassVar[tuple[re.Pattern[str], ...]] = (
-        re.compile(r"Reconnecting\.\.\..*\b429\b", re.I),
-    )
 
     def user_config_dir(self, user_home: Path, env: Mapping[str, str] | None = None) -> Path:
         """The user's own codex directory: their ``$CODEX_HOME`` if set, else ``~/.codex``."""
