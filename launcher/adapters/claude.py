@@ -124,13 +124,14 @@ class ClaudeAdapter(CliAdapter):
             "ANTHROPIC_CUSTOM_HEADERS": f"{AGENT_HEADER}: {spec.name}",
         }
         if spec.endpoint is not None:
-            # Claude Code appends /v1/messages itself: the endpoint's OpenAI-style /v1 must go.
             env |= {
-                "ANTHROPIC_BASE_URL": spec.endpoint.base_url.rstrip("/").removesuffix("/v1"),
                 "ANTHROPIC_API_KEY": spec.endpoint.api_key,
                 "ANTHROPIC_AUTH_TOKEN": "",
                 "CLAUDE_CODE_OAUTH_TOKEN": "",
             }
+            if spec.endpoint.base_url:
+                # Claude Code appends /v1/messages itself: an OpenAI-style /v1 on the endpoint must go.
+                env["ANTHROPIC_BASE_URL"] = spec.endpoint.base_url.rstrip("/").removesuffix("/v1")
         return env
 
     @override

@@ -44,6 +44,9 @@ from launcher.adapters.settings_files import write_private_toml
 ENDPOINT_PROVIDER = "aiswarm"
 """codex's ``model_providers`` id for the custom endpoint."""
 
+OPENAI_API = "https://api.openai.com/v1"
+"""The endpoint's base URL when it names none (a key for OpenAI's own API)."""
+
 ENDPOINT_KEY_VARIABLE = "AISWARM_MODEL_API_KEY"
 """The variable the endpoint's API key is passed in (``env_key`` of the provider)."""
 
@@ -115,7 +118,7 @@ class CodexAdapter(CliAdapter):
             ours["model_providers"] = {
                 ENDPOINT_PROVIDER: {
                     "name": "aiswarm model endpoint",
-                    "base_url": agent.endpoint.base_url,
+                    "base_url": agent.endpoint.base_url or OPENAI_API,
                     "env_key": ENDPOINT_KEY_VARIABLE,
                     "wire_api": "responses",
                     "http_headers": {AGENT_HEADER: agent.name},

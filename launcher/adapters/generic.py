@@ -406,8 +406,10 @@ def _values(agent: AgentSpec, root: Path, settings_file: Path) -> dict[str, Any]
         "token": agent.token,
         "tool_timeout_ms": agent.tool_timeout_ms,
         "tool_timeout_seconds": agent.tool_timeout_ms // 1000,
-        "endpoint_url": endpoint.base_url if endpoint else None,
-        "endpoint_host": endpoint.base_url.rstrip("/").removesuffix("/v1") if endpoint else None,
+        "endpoint_url": endpoint.base_url if endpoint and endpoint.base_url else None,
+        "endpoint_host": endpoint.base_url.rstrip("/").removesuffix("/v1")
+        if endpoint and endpoint.base_url
+        else None,
         "endpoint_key": endpoint.api_key if endpoint else None,
         "settings_file": str(settings_file),
     }
