@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from typing_extensions import override
 
+from aiswarm_server.files import read_json_object, write_private_json
 from launcher.adapters.base import (
     AGENT_HEADER,
     MCP_SERVER_NAME,
@@ -43,8 +44,6 @@ from launcher.adapters.base import (
     deep_merge,
     last_json_value,
     pick,
-    read_user_json,
-    write_private_json,
 )
 
 ALLOWED_TOOLS = (
@@ -160,7 +159,7 @@ class ClaudeAdapter(CliAdapter):
     @override
     def _settings_credentials(self, user_home: Path, env: Mapping[str, str]) -> list[CredentialFinding]:
         path = self.user_config_dir(user_home, env) / "settings.json"
-        chosen = pick(read_user_json(path), "apiKeyHelper", "env")
+        chosen = pick(read_json_object(path), "apiKeyHelper", "env")
         found: list[CredentialFinding] = []
         if isinstance(chosen.get("apiKeyHelper"), str):
             found.append(CredentialFinding(kind="settings", detail=f"{path}: apiKeyHelper"))

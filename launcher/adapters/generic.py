@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import override
 
+from aiswarm_server.files import write_private_json
 from launcher.adapters.base import (
     AgentHome,
     AgentSpec,
@@ -61,7 +62,6 @@ from launcher.adapters.base import (
     copy_user_file,
     json_lines,
     last_json_value,
-    write_private_json,
 )
 from launcher.adapters.install import CliPin, cli_prefix
 from launcher.adapters.settings_files import SettingsFormatError, set_path, write_private_toml
