@@ -64,6 +64,9 @@ _CARRIED_SETTINGS = ("env", "model", "apiKeyHelper", "awsAuthRefresh", "awsCrede
 
 _MCP_CONFIG = "mcp.json"
 
+_LOGIN_VARIABLES = ("ANTHROPIC_", "CLAUDE_CODE_OAUTH")
+"""Prefixes of the variables that choose Claude Code's API, key or login."""
+
 
 class ClaudeAdapter(CliAdapter):
     """Claude Code, headless with ``-p PROMPT --output-format json --permission-mode acceptEdits``."""
@@ -92,7 +95,11 @@ class ClaudeAdapter(CliAdapter):
         settings = self._carry_user_settings(user_dir / "settings.json", _CARRIED_SETTINGS, carried)
         self._carry_env_keys(agent, env, carried)
         if agent.endpoint is not None:
+            # Claude Code applies settings.json's env over its own environment: the user's key or base URL would win.
             settings.pop("apiKeyHelper", None)
+            own_env = settings.get("env")
+            if isinstance(own_env, dict):
+                settings["env"] = {k: v for k, v in own_env.items() if not k.startswith(_LOGIN_VARIABLES)}
         write_private_json(
             root / _MCP_CONFIG,
             {

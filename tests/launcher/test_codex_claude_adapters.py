@@ -280,6 +280,9 @@ def test_claude_env_points_at_the_endpoint_host_with_tool_search_off_and_retries
     assert env["ENABLE_TOOL_SEARCH"] == "false" and env["CLAUDE_CODE_MAX_RETRIES"] == "2"
     assert env["ANTHROPIC_CUSTOM_HEADERS"] == "X-Aiswarm-Agent: claude-1"
     assert adapter.command(home, "x")[-2:] == ["--model", "m1"]
+    assert json.loads(home.settings_path.read_text())["env"] == {}, (
+        "the user's key must not override the endpoint's"
+    )
 
 
 def test_claude_copies_the_subscription_login_to_carry_refreshes_back(
