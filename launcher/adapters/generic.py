@@ -63,7 +63,7 @@ from launcher.adapters.base import (
     json_lines,
     last_json_value,
 )
-from launcher.adapters.install import CliPin, cli_prefix
+from launcher.adapters.install import CliPin
 from launcher.adapters.settings_files import SettingsFormatError, set_path, write_private_toml
 
 CLIS_TABLE = "clis"
@@ -287,8 +287,7 @@ class GenericAdapter(CliAdapter):
         program = Path(self.spec.command[0]).expanduser()
         if len(program.parts) > 1:
             return program if program.exists() else None
-        private = cli_prefix(home, self.name) / "node_modules" / ".bin" / program.name
-        return private if private.exists() else super().find_binary(home, path=path)
+        return super().find_binary(home, path=path)
 
     # --- hooks --------------------------------------------------------------------------
 
