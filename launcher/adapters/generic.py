@@ -27,7 +27,7 @@ writes how to run it headless, where its MCP entry for the broker goes, and how 
     message = "error.message"                        # the error text in the output, checked for auth / 429
     rate_limit_lines = ['Retrying in \\d+s']          # stderr lines that mean "rate limited" while it runs
 
-Placeholders, in the command, ``env`` and the MCP file: ``{prompt}``, ``{home}`` (the agent's private
+Placeholders, in the command, ``env`` and the MCP file (its keys too): ``{prompt}``, ``{home}`` (the agent's private
 directory), ``{agent}``, ``{model}``, ``{broker_url}``, ``{token}`` (the agent's broker token),
 ``{tool_timeout_ms}``, ``{tool_timeout_seconds}``, ``{endpoint_url}`` (OpenAI-style ``.../v1``),
 ``{endpoint_host}`` (without ``/v1``), ``{endpoint_key}``, ``{settings_file}``. A value that is exactly one
@@ -435,8 +435,8 @@ def _fill(node: Any, values: Mapping[str, Any]) -> Any:
     if isinstance(node, str):
         return _fill_text(node, values)
     if isinstance(node, Mapping):
-        filled = {str(k): _fill(v, values) for k, v in node.items()}
-        return {k: v for k, v in filled.items() if v is not None}
+        filled = {_fill_text(str(k), values): _fill(v, values) for k, v in node.items()}
+        return {str(k): v for k, v in filled.items() if k is not None and v is not None}
     if isinstance(node, list):
         return [v for v in (_fill(item, values) for item in node) if v is not None]
     return node
@@ -446,7 +446,8 @@ def _strings(node: Any) -> Iterator[str]:
     if isinstance(node, str):
         yield node
     elif isinstance(node, Mapping):
-        for value in node.values():
+        for key, value in node.items():
+            yield str(key)
             yield from _strings(value)
     elif isinstance(node, list):
         for value in node:

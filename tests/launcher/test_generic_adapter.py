@@ -1,5 +1,6 @@
 """A CLI described only in the config file (``[clis.<name>]``): its schema, the home and command it gives, and
-the real qwen-code described that way doing tasks end to end through ``aiswarm launch``."""
+the real qwen-code (prompt as an argument) and opencode (prompt on stdin) described that way doing tasks end to end
+through ``aiswarm launch``."""
 
 from __future__ import annotations
 
@@ -77,6 +78,50 @@ message = "error.message"
 rate_limit_lines = ['Retrying in \d+\s*s']
 """
 
+OPENCODE_DESCRIBED = """
+# opencode, described without Python: the prompt on stdin, the model endpoint as a provider in its JSON config.
+[clis.opencode-plain]
+command = ["opencode", "run", "--format", "json", "--title", "aiswarm {agent}"]
+prompt = "stdin"
+model_args = ["--model", "aiswarm/{model}"]
+
+[clis.opencode-plain.env]
+OPENCODE_CONFIG = "{settings_file}"
+XDG_CONFIG_HOME = "{home}/config"
+XDG_DATA_HOME = "{home}/data"
+XDG_STATE_HOME = "{home}/state"
+OPENCODE_DISABLE_AUTOUPDATE = "1"
+OPENCODE_DISABLE_MODELS_FETCH = "1"
+OPENCODE_DISABLE_LSP_DOWNLOAD = "1"
+
+[clis.opencode-plain.mcp]
+file = "opencode.json"
+key = "mcp.aiswarm"
+entry = { type = "remote", url = "{broker_url}", headers = { Authorization = "Bearer {token}" }, timeout = "{tool_timeout_ms}", enabled = true }
+
+[clis.opencode-plain.mcp.settings]
+autoupdate = false
+share = "disabled"
+permission = { "*" = "allow" }
+model = "aiswarm/{model}"
+small_model = "aiswarm/{model}"
+
+[clis.opencode-plain.mcp.settings.provider.aiswarm]
+npm = "@ai-sdk/openai-compatible"
+options = { baseURL = "{endpoint_url}", apiKey = "{endpoint_key}", headers = { X-Aiswarm-Agent = "{agent}" } }
+models = { "{model}" = { tool_call = true } }
+
+[clis.opencode-plain.usage]
+sum = true
+where = { type = "step_finish" }
+input_tokens = "part.tokens.input"
+output_tokens = "part.tokens.output"
+
+[clis.opencode-plain.errors]
+where = { type = "error" }
+message = "error.data.message"
+"""
+
 TOML_ON_STDIN = """
 [clis.tomly]
 command = ["/opt/tomly/bin/tomly", "run", "--config", "{settings_file}"]
@@ -119,7 +164,8 @@ def spec(cli: str, tmp_path: Path, **kw: Any) -> AgentSpec:
 def registered(monkeypatch: pytest.MonkeyPatch) -> None:
     """The described CLIs registered for one test (the registry is put back afterwards)."""
     monkeypatch.setattr(launcher.adapters, "_ADAPTERS", dict(launcher.adapters._ADAPTERS))
-    for adapter in generic_adapters(described(QWEN_DESCRIBED) | described(TOML_ON_STDIN)):
+    descriptions = described(QWEN_DESCRIBED) | described(OPENCODE_DESCRIBED) | described(TOML_ON_STDIN)
+    for adapter in generic_adapters(descriptions):
         register_adapter(adapter)
 
 
@@ -205,6 +251,21 @@ QWEN_401 = json.dumps(
 )
 
 
+def test_placeholders_in_keys_are_filled_and_a_key_without_a_value_is_left_out(tmp_path: Path) -> None:
+    adapter = get_adapter("opencode-plain")
+    home = adapter.prepare_agent_home(spec("opencode-plain", tmp_path, endpoint=ENDPOINT), env={})
+    provider = json.loads(home.settings_path.read_text())["provider"]["aiswarm"]
+    assert provider["models"] == {"m1": {"tool_call": True}}
+    assert provider["options"]["baseURL"] == ENDPOINT.base_url
+    bare = adapter.prepare_agent_home(spec("opencode-plain", tmp_path), env={})
+    settings = json.loads(bare.settings_path.read_text())
+    assert settings["provider"]["aiswarm"]["models"] == {} and "model" not in settings
+    assert adapter.prompt_on_stdin and adapter.command(bare, "p")[-2:] == [
+        "--title",
+        "aiswarm opencode-plain-1",
+    ]
+
+
 def test_usage_and_errors_are_read_where_the_description_says() -> None:
     qwen = get_adapter("qwen-plain")
     usage = qwen.parse_usage(QWEN_OK)
@@ -286,14 +347,18 @@ def test_the_readme_example_is_a_valid_description(tmp_path: Path) -> None:
 # --- the real qwen-code, described in the config file, through aiswarm launch -------------------------
 
 
-@pytest.fixture
+@pytest.fixture(
+    params=[("qwen-plain", QWEN_DESCRIBED), ("opencode-plain", OPENCODE_DESCRIBED)], ids=["qwen", "opencode"]
+)
 def described_swarm(
-    clis: InstalledClis, tmp_path: Path
-) -> Iterator[tuple[BrokerProcess, ScriptedModelServer, Path, Path]]:
+    request: pytest.FixtureRequest, clis: InstalledClis, tmp_path: Path
+) -> Iterator[tuple[str, BrokerProcess, ScriptedModelServer, Path, Path]]:
+    """A broker, the scripted model and ``aiswarm launch --cli NAME``, NAME described in config.toml only."""
+    cli, description = request.param
     home, workdir, user_home = tmp_path / "home", tmp_path / "work", tmp_path / "user"
     for d in (home, workdir, user_home):
         d.mkdir()
-    (home / "config.toml").write_text(QWEN_DESCRIBED)
+    (home / "config.toml").write_text(description)
     broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120"}).start()
     model = ScriptedModelServer().start()
     env = {
@@ -308,7 +373,7 @@ def described_swarm(
     with open(log, "wb") as out:
         launcher = subprocess.Popen(
             [
-                *(sys.executable, "-m", "aiswarm_server", "launch", "--agents", "1", "--cli", "qwen-plain"),
+                *(sys.executable, "-m", "aiswarm_server", "launch", "--agents", "1", "--cli", cli),
                 *("--url", broker.url, "--model-endpoint", model.url, "--dir", str(workdir), "--no-ui"),
             ],
             stdout=out,
@@ -317,7 +382,7 @@ def described_swarm(
             env=env,
         )
     try:
-        yield broker, model, workdir, log
+        yield cli, broker, model, workdir, log
     finally:
         if launcher.poll() is None:
             launcher.send_signal(signal.SIGINT)
@@ -332,11 +397,12 @@ def described_swarm(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(400)
-def test_real_qwen_described_only_in_the_config_file_does_tasks_through_launch(
-    described_swarm: tuple[BrokerProcess, ScriptedModelServer, Path, Path],
+def test_a_real_cli_described_only_in_the_config_file_does_tasks_through_launch(
+    described_swarm: tuple[str, BrokerProcess, ScriptedModelServer, Path, Path],
 ) -> None:
-    broker, model, workdir, log = described_swarm
-    agent_log = broker.home / "logs" / "qwen-plain-1.log"
+    cli, broker, model, workdir, log = described_swarm
+    agent = f"{cli}-1"
+    agent_log = broker.home / "logs" / f"{agent}.log"
 
     def tail() -> str:
         logs = [log, agent_log]
@@ -346,7 +412,7 @@ def test_real_qwen_described_only_in_the_config_file_does_tasks_through_launch(
         async with BrokerClient(broker.url, broker.admin_token) as admin:
             deadline = time.monotonic() + 120
             while (await admin.broker_status()).parked_waits < 1:
-                assert time.monotonic() < deadline, f"qwen-plain-1 never parked:\n{tail()}"
+                assert time.monotonic() < deadline, f"{agent} never parked:\n{tail()}"
                 await asyncio.sleep(0.2)
             async with BrokerClient(broker.url, broker.primary_token) as primary:
                 specs = [
@@ -365,10 +431,10 @@ def test_real_qwen_described_only_in_the_config_file_does_tasks_through_launch(
 
     tasks = asyncio.run(run())
     assert [t.status.value for t in tasks] == ["completed", "completed"], tail()
-    assert {t.attempts[-1].agent for t in tasks} == {"qwen-plain-1"}
+    assert {t.attempts[-1].agent for t in tasks} == {agent}
     assert (workdir / "out" / "a.txt").read_text() == "from a CLI\nin the config file\n"
     assert (workdir / "out" / "b.txt").read_text() == "described"
-    assert model.stats()["agents"]["qwen-plain-1"]["work"] == 2  # the header from the described settings
+    assert model.stats()["agents"][agent]["work"] == 2  # the header from the described settings
     deadline = time.monotonic() + 60  # the report reaches the broker before the CLI has exited
     while len(usages := re.findall(r'usage: \{.*"total_tokens": (\d+)', agent_log.read_text())) < 2:
         assert time.monotonic() < deadline, tail()
