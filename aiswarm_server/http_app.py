@@ -1,4 +1,5 @@
-"""The ASGI app: streamable HTTP MCP at ``/mcp`` (one MCP server per role, chosen by token), ``/health``, ``/metrics``."""
+"""The ASGI app: streamable HTTP MCP at ``/mcp`` (one MCP server per role, chosen by token), ``/health``, ``/metrics``,
+the dashboard at ``/ui``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from aiswarm_server import __version__
 from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
+from aiswarm_server.dashboard import Dashboard
 from aiswarm_server.models import Role
 from aiswarm_server.store import open_store
 from aiswarm_server.tools import BrokerRef, build_servers
@@ -116,6 +118,8 @@ class BrokerApp:
         self.broker: Broker | None = None
         self.on_ready: list[Callable[[Broker], None]] = []
         self.on_stop: list[Callable[[], None]] = []
+        self.dashboard = Dashboard(lambda: self.broker, security.allowed_hosts)
+        self.on_ready.append(lambda broker: broker.observers.append(self.dashboard.observe))
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -155,6 +159,8 @@ class BrokerApp:
             await _send_json(send, 200, {"status": "ok", "service": "aiswarm", "version": __version__})
         elif path == "/metrics":
             await self._metrics(send)
+        elif path == "/ui" or path.startswith("/ui/"):
+            await self.dashboard(scope, receive, send)
         else:
             await _send_json(send, 404, {"error": f"no such endpoint {path}; MCP is served at /mcp"})
 
