@@ -359,13 +359,19 @@ def ui(
     try:
         httpx.get(f"{base}/health", timeout=5).raise_for_status()
     except httpx.HTTPError:
-        raise CliError(f"no broker answers at {base}: start it with `aiswarm serve` (or pass --url).") from None
+        raise CliError(
+            f"no broker answers at {base}: start it with `aiswarm serve` (or pass --url)."
+        ) from None
     console.print(f"dashboard: {address}", highlight=False, soft_wrap=True)
-    console.print(f"log in with the token in {settings.home / 'primary.token'}", highlight=False, soft_wrap=True)
+    console.print(
+        f"log in with the token in {settings.home / 'primary.token'}", highlight=False, soft_wrap=True
+    )
     graphical = sys.platform in ("darwin", "win32") or bool(
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     )
-    if graphical and not no_browser:  # without a display, webbrowser would start a text browser in this terminal
+    if (
+        graphical and not no_browser
+    ):  # without a display, webbrowser would start a text browser in this terminal
         import webbrowser
 
         with contextlib.suppress(webbrowser.Error):

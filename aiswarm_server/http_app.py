@@ -16,6 +16,7 @@ from aiswarm_server import __version__
 from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.dashboard import Dashboard
+from aiswarm_server.metrics import CONTENT_TYPE, BrokerMetrics
 from aiswarm_server.models import Role
 from aiswarm_server.store import open_store
 from aiswarm_server.tools import BrokerRef, build_servers
@@ -120,6 +121,8 @@ class BrokerApp:
         self.on_stop: list[Callable[[], None]] = []
         self.dashboard = Dashboard(lambda: self.broker, security.allowed_hosts)
         self.on_ready.append(lambda broker: broker.observers.append(self.dashboard.observe))
+        self.metrics = BrokerMetrics()
+        self.on_ready.append(self.metrics.attach)
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -205,23 +208,13 @@ class BrokerApp:
         await self.role_apps[identity.role](scope, receive, send)
 
     async def _metrics(self, send: Send) -> None:
-        broker = self.broker
-        lines = [f'aiswarm_info{{version="{__version__}"}} 1']
-        if broker is not None:
-            status = await broker.status()
-            lines += [f'aiswarm_tasks{{status="{k}"}} {v}' for k, v in sorted(status.tasks.items())]
-            lines += [f'aiswarm_agents{{status="{k}"}} {v}' for k, v in sorted(status.agents.items())]
-            lines += [
-                f"aiswarm_parked_waits {status.parked_waits}",
-                f"aiswarm_watched_tasks {status.watched_tasks}",
-            ]
-        body = ("\n".join(lines) + "\n").encode()
+        body = await self.metrics.render()
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"content-type", b"text/plain; version=0.0.4"),
+                    (b"content-type", CONTENT_TYPE.encode()),
                     (b"content-length", str(len(body)).encode()),
                 ],
             }
