@@ -207,7 +207,7 @@ class Broker:
             if agent is not None:
                 self._record_offer(task.id, agent, now)
 
-    def _apply(self, change: TaskChange, kind: NewsKind = "remote", agent: str | None = None) -> None:
+    def _apply(self, change: TaskChange, kind: NewsKind = "remote", actor: str | None = None) -> None:
         """Wake exactly who a change concerns: one fitting agent per claimable task, the agents with new events,
         and the primaries watching finished tasks; then tell the observers."""
         now = self.clock()
@@ -227,7 +227,7 @@ class Broker:
         if len(self._offers) > 10_000:
             self._offers.clear()
             self._offered_to.clear()
-        self._tell(BrokerNews(kind, change, agent, self._cli_of.get(agent or ""), at=now))
+        self._tell(BrokerNews(kind, change, actor, self._cli_of.get(actor or ""), at=now))
 
     def _tell(self, news: BrokerNews) -> None:
         for observer in self.observers:

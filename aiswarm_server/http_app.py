@@ -19,6 +19,7 @@ from aiswarm_server.dashboard import Dashboard
 from aiswarm_server.metrics import CONTENT_TYPE, BrokerMetrics
 from aiswarm_server.models import Role
 from aiswarm_server.store import open_store
+from aiswarm_server.tasklog import BrokerTaskLog
 from aiswarm_server.tools import BrokerRef, build_servers
 
 log = logging.getLogger("aiswarm.http")
@@ -123,6 +124,10 @@ class BrokerApp:
         self.on_ready.append(lambda broker: broker.observers.append(self.dashboard.observe))
         self.metrics = BrokerMetrics()
         self.on_ready.append(self.metrics.attach)
+        if settings.log_format == "json":
+            task_log = BrokerTaskLog(settings.home / "logs")
+            self.on_ready.append(task_log.attach)
+            self.on_stop.append(task_log.close)
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
