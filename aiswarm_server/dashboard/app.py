@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -22,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from aiswarm_server.auth import AGENT_NAME
 from aiswarm_server.broker import Broker, BrokerNews, TaskSpec
 from aiswarm_server.dashboard.access import SESSION_COOKIE, SESSION_SECONDS, Access, AccessDenied, Caller
 from aiswarm_server.errors import BrokerError, NotFound
@@ -37,13 +40,13 @@ BOARD_COLUMNS = [
     TaskStatus.CANCELLED,
 ]
 TASKS_PER_COLUMN = 100
-STREAM_POLL_SECONDS = (
-    5.0  # re-read even without news: claims made by other broker processes sharing the store
-)
-STREAM_COALESCE_SECONDS = 0.2  # a burst of changes becomes one board update
-STREAM_LIFETIME_SECONDS = (
-    600.0  # the browser's EventSource reconnects; a long-lived stream never pins a broker
-)
+# A board stream re-reads without news every 5 s (claims made by other brokers sharing the store), turns a burst
+# of changes into one update, and ends after 10 minutes (the browser's EventSource reconnects).
+STREAM_POLL_SECONDS = 5.0
+STREAM_COALESCE_SECONDS = 0.2
+STREAM_LIFETIME_SECONDS = 600.0
+LOG_TAIL_LINES = 40
+LOG_TAIL_BYTES = 16_384
 
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -274,7 +277,11 @@ class Dashboard:
 
         async def read(broker: Broker, _caller: Caller) -> dict[str, Any]:
             reply = await broker.get_task(task_id)
-            return {"task": reply.task.model_dump(mode="json"), "message": reply.message}
+            task = reply.task
+            log_tail = None
+            if task.status is TaskStatus.CLAIMED and task.claimed_by is not None:
+                log_tail = agent_log_tail(broker.settings.home / "logs", task.claimed_by)
+            return {"task": task.model_dump(mode="json"), "log_tail": log_tail, "message": reply.message}
 
         return await self._json(request, read)
 
@@ -363,6 +370,25 @@ class Dashboard:
                 await asyncio.sleep(STREAM_COALESCE_SECONDS)
         finally:
             self._listeners.discard(changed)
+
+
+def agent_log_tail(logs_dir: Path, agent: str) -> list[str] | None:
+    """The last lines of the agent's launcher log, if this broker's home has one (agent names are validated)."""
+    if not AGENT_NAME.fullmatch(agent):
+        return None
+    path = logs_dir / f"{agent}.log"
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - LOG_TAIL_BYTES))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = text.splitlines()
+    if size > LOG_TAIL_BYTES:
+        lines = lines[1:]  # the first one is cut
+    return lines[-LOG_TAIL_LINES:]
 
 
 async def board_snapshot(broker: Broker) -> dict[str, Any]:

@@ -120,8 +120,14 @@ def test_submit_release_and_requeue_from_the_dashboard(broker: BrokerProcess) ->
     task_id = submitted.json()["tasks"][0]["id"]
     worker = call(broker, broker.admin_token, "issue_agent_token", agent="ui-releaser").token
     fence = call(broker, worker, "claim_task", task_id=task_id).fence_token
+    # The launcher keeps each agent's log in the home: a running task's page shows its last lines.
+    (broker.home / "logs").mkdir(exist_ok=True)
+    (broker.home / "logs" / "ui-releaser.log").write_text("".join(f"line {i}\n" for i in range(100)))
+    page = httpx.get(f"{broker.base}/ui/api/tasks/{task_id}", headers=headers).json()
+    assert page["log_tail"] == [f"line {i}" for i in range(60, 100)]
     released = httpx.post(f"{broker.base}/ui/api/tasks/{task_id}/release", json={}, headers=headers)
     assert released.status_code == 200 and released.json()["status"] == "pending"
+    assert httpx.get(f"{broker.base}/ui/api/tasks/{task_id}", headers=headers).json()["log_tail"] is None
     again = httpx.post(f"{broker.base}/ui/api/tasks/{task_id}/release", json={}, headers=headers)
     assert again.status_code == 400 and "only a running task" in again.json()["error"]
 

@@ -126,6 +126,11 @@ function agentsPage() {
   follow((snapshot) => renderAgents(snapshot.agents, true));
 }
 
+function renderLog(lines) {
+  document.getElementById("log-section").hidden = !lines;
+  document.getElementById("task-log").textContent = (lines || []).join("\n");
+}
+
 function renderTask(task) {
   document.title = "aiswarm · #" + task.id + " " + task.title;
   document.getElementById("task-id").textContent = "#" + task.id;
@@ -166,7 +171,9 @@ function taskPage() {
   const id = Number(window.location.pathname.split("/").pop());
   const load = async () => {
     try {
-      renderTask((await api("/ui/api/tasks/" + id)).task);
+      const reply = await api("/ui/api/tasks/" + id);
+      renderTask(reply.task);
+      renderLog(reply.log_tail);
     } catch (error) {
       say(error.message, true);
     }
