@@ -78,7 +78,7 @@ def normalize_labels(values: Sequence[str], what: str) -> list[str]:
     return sorted(set(labels))
 
 
-NewsKind = Literal["submitted", "claimed", "completed", "released", "cancelled", "swept", "remote"]
+NewsKind = Literal["submitted", "claimed", "completed", "released", "cancelled", "swept", "offline", "remote"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +496,16 @@ class Broker:
             task_id=task_id, status=status, message=f"Task #{task_id} released: {status.value}."
         )
 
+    async def mark_agents_offline(self, names: Sequence[str]) -> AgentsReply:
+        """Mark agents offline at once: their launcher stopped them (after releasing what they held)."""
+        for name in names:
+            validate_agent_name(name)
+        agents = await self.store.mark_agents_offline(list(dict.fromkeys(names)))
+        self._tell(BrokerNews("offline", TaskChange(), at=self.clock()))
+        unknown = sorted(set(names) - {a.name for a in agents})
+        note = f" Unknown: {', '.join(unknown)}." if unknown else ""
+        return AgentsReply(agents=agents, message=f"{len(agents)} agent(s) marked offline.{note}")
+
     # primary side --------------------------------------------------------------------------------
     def _check_size(self, what: str, value: str | None, limit: int) -> None:
         if value is not None and len(value) > limit:
@@ -607,7 +617,7 @@ class Broker:
             return (
                 ""  # a parked agent is a live one and fits any task without requirements: no O(agents) read
             )
-        agents = [a for a in await self.store.list_agents() if a.status.value != "lost"]
+        agents = [a for a in await self.store.list_agents() if a.status.is_live]
         unfit = [t.id for t in tasks if not any(t.fits(a.persona, a.capabilities) for a in agents)]
         if not unfit:
             return ""
@@ -702,7 +712,7 @@ class Broker:
     async def list_agents(self) -> AgentsReply:
         agents = await self.store.list_agents()
         parked = set(self.agent_waiters.parked_agents())
-        live = sum(1 for a in agents if a.status.value != "lost")
+        live = sum(1 for a in agents if a.status.is_live)
         return AgentsReply(
             agents=agents,
             message=f"{len(agents)} agent(s), {live} live, {len(parked & {a.name for a in agents})} waiting for work.",

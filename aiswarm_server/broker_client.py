@@ -197,6 +197,9 @@ class BrokerClient:
     async def list_tokens(self, agent: str | None = None, include_revoked: bool = False) -> TokenListReply:
         return await self.call("list_tokens", TokenListReply, agent=agent, include_revoked=include_revoked)
 
+    async def mark_agents_offline(self, agents: list[str]) -> AgentsReply:
+        return await self.call("mark_agents_offline", AgentsReply, agents=agents)
+
     async def release_task(
         self, agent: str, task_id: int, reason: str = "released by the launcher"
     ) -> CompletionReply:

@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aiswarm_server import __version__
 from aiswarm_server.broker import Broker, BrokerNews
-from aiswarm_server.models import Task, TaskStatus
+from aiswarm_server.models import AgentStatus, Task, TaskStatus
 
 log = logging.getLogger("aiswarm.metrics")
 
@@ -125,7 +125,7 @@ class BrokerMetrics:
         if broker is not None:
             status = await broker.status()
             _set_all(self.tasks, status.tasks, [s.value for s in TaskStatus])
-            _set_all(self.agents, status.agents, ["idle", "busy", "lost"])
+            _set_all(self.agents, status.agents, [s.value for s in AgentStatus])
             self.parked_waits.set(status.parked_waits)
             self.watched_tasks.set(status.watched_tasks)
         return generate_latest(self.registry)

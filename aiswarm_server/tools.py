@@ -453,6 +453,20 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
 
     @server.tool()
     @_refusals
+    async def mark_agents_offline(
+        ctx: Context[Any, Any],
+        agents: Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=64)]],
+            Field(min_length=1, max_length=1000, description="The names of the agents that stopped."),
+        ],
+    ) -> AgentsReply:
+        """Mark agents offline at once because their launcher stopped them (release their tasks first). An agent
+        that calls the broker again is live again."""
+        _identity(ref, ctx)
+        return await ref.get().mark_agents_offline(agents)
+
+    @server.tool()
+    @_refusals
     async def broker_status(ctx: Context[Any, Any]) -> StatusReply:
         """Counts of tasks and agents by status, parked waits, uptime."""
         _identity(ref, ctx)

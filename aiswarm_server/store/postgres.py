@@ -36,6 +36,7 @@ import asyncpg.exceptions
 from aiswarm_server.config import redact_database_url
 from aiswarm_server.errors import NotFound, SchemaTooNew, StaleClaim, StoreUnavailable, TaskCancelled
 from aiswarm_server.models import (
+    GONE_AGENT_STATUSES,
     Agent,
     AgentStatus,
     Attempt,
@@ -510,6 +511,15 @@ class PostgresStore(Store):
 
         return await self._read(_list)
 
+    async def mark_agents_offline(self, names: Sequence[str]) -> list[Agent]:
+        async def _mark(con: Connection) -> list[Agent]:
+            rows = await con.fetch(
+                "UPDATE agents SET status = 'offline' WHERE name = ANY($1::text[]) RETURNING *", list(names)
+            )
+            return sorted((_row_to_agent(r) for r in rows), key=lambda a: a.name)
+
+        return await self._write(_mark)
+
     async def poll_agent(
         self, name: str, ack_cursor: int | None, now: float, claimable_limit: int = 3
     ) -> AgentPoll:
@@ -693,7 +703,11 @@ async def _touch_agent(con: Connection, name: str, now: float) -> Row:
     after any other transaction about the same agent (a report, a claim, an event appended for it).
     """
     row = await con.fetchrow("SELECT * FROM agents WHERE name = $1 FOR UPDATE", name)
-    if row is not None and row["status"] != "lost" and now - row["last_seen_at"] < SEEN_RESOLUTION_SECONDS:
+    if (
+        row is not None
+        and row["status"] not in GONE_AGENT_STATUSES
+        and now - row["last_seen_at"] < SEEN_RESOLUTION_SECONDS
+    ):
         return row
     if row is None:
         row = await con.fetchrow(
@@ -707,7 +721,7 @@ async def _touch_agent(con: Connection, name: str, now: float) -> Row:
         # Another broker created it a moment ago: update that row instead (the UPDATE waits for its lock).
     return await con.fetchrow(
         """UPDATE agents SET last_seen_at = $2::float8,
-               status = CASE WHEN status = 'lost' THEN
+               status = CASE WHEN status IN ('lost', 'offline') THEN
                    (CASE WHEN current_task_id IS NULL THEN 'idle' ELSE 'busy' END) ELSE status END
            WHERE name = $1 RETURNING *""",
         name,
@@ -913,7 +927,7 @@ async def _end_attempt(
 
 async def _free_agent(con: Connection, agent: str, task_id: int) -> None:
     await con.execute(
-        """UPDATE agents SET current_task_id = NULL, status = CASE WHEN status = 'lost' THEN 'lost' ELSE 'idle' END
+        """UPDATE agents SET current_task_id = NULL, status = CASE WHEN status IN ('lost', 'offline') THEN status ELSE 'idle' END
            WHERE name = $1 AND current_task_id = $2""",
         agent,
         task_id,
@@ -1169,7 +1183,7 @@ async def _complete(
                    WHERE task_id = $4 AND fence_token = $5),
                freed AS (
                    UPDATE agents SET current_task_id = NULL,
-                       status = CASE WHEN status = 'lost' THEN 'lost' ELSE 'idle' END
+                       status = CASE WHEN status IN ('lost', 'offline') THEN status ELSE 'idle' END
                    WHERE name = $6 AND current_task_id = $4)
                UPDATE tasks SET status = 'completed', result = $1, data = $2::json, error = NULL,
                    lease_expires_at = NULL, updated_at = $3::float8, finished_at = $3::float8
@@ -1257,15 +1271,15 @@ async def _sweep(con: Connection, now: float, lost_before: float, keep_alive: li
         # are halfway to the cut-off (one write per agent per half period, not one per sweep).
         await con.execute(
             """UPDATE agents SET last_seen_at = $1::float8
-               WHERE name = ANY($2::text[]) AND status != 'lost' AND last_seen_at < $3::float8""",
+               WHERE name = ANY($2::text[]) AND status NOT IN ('lost', 'offline') AND last_seen_at < $3::float8""",
             now,
             keep_alive,
             (now + lost_before) / 2,
         )
-    # A concurrent sweep waits on these rows, re-checks status != 'lost', and leaves them to this one.
+    # A concurrent sweep waits on these rows, re-checks the status, and leaves them to this one.
     lost = await con.fetch(
         """UPDATE agents SET status = 'lost'
-           WHERE status != 'lost' AND last_seen_at < $1::float8 AND NOT (name = ANY($2::text[]))
+           WHERE status NOT IN ('lost', 'offline') AND last_seen_at < $1::float8 AND NOT (name = ANY($2::text[]))
            RETURNING name""",
         lost_before,
         keep_alive,

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from aiswarm_server.errors import NotFound, SchemaTooNew, StaleClaim, StoreUnavailable, TaskCancelled
 from aiswarm_server.models import (
+    GONE_AGENT_STATUSES,
     Agent,
     AgentStatus,
     Attempt,
@@ -330,6 +331,17 @@ class SqliteStore(Store):
             lambda db: [_row_to_agent(r) for r in db.execute("SELECT * FROM agents ORDER BY name")]
         )
 
+    async def mark_agents_offline(self, names: Sequence[str]) -> list[Agent]:
+        def _mark(db: sqlite3.Connection) -> list[Agent]:
+            rows = db.execute(
+                """UPDATE agents SET status = 'offline' WHERE name IN (SELECT value FROM json_each(?))
+                   RETURNING *""",
+                (_dumps(list(names)),),
+            ).fetchall()
+            return sorted((_row_to_agent(r) for r in rows), key=lambda a: a.name)
+
+        return await self._write(_mark)
+
     async def poll_agent(
         self, name: str, ack_cursor: int | None, now: float, claimable_limit: int = 3
     ) -> AgentPoll:
@@ -537,11 +549,15 @@ def _touch_agent(db: sqlite3.Connection, name: str, now: float) -> sqlite3.Row:
     rewritten, so a wait that finds nothing new commits no write at all (liveness is judged in minutes).
     """
     row = db.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
-    if row is not None and row["status"] != "lost" and now - row["last_seen_at"] < SEEN_RESOLUTION_SECONDS:
+    if (
+        row is not None
+        and row["status"] not in GONE_AGENT_STATUSES
+        and now - row["last_seen_at"] < SEEN_RESOLUTION_SECONDS
+    ):
         return row
     row = db.execute(
         """UPDATE agents SET last_seen_at = :now,
-               status = CASE WHEN status = 'lost' THEN
+               status = CASE WHEN status IN ('lost', 'offline') THEN
                    (CASE WHEN current_task_id IS NULL THEN 'idle' ELSE 'busy' END) ELSE status END
            WHERE name = :name RETURNING *""",
         {"now": now, "name": name},
@@ -746,7 +762,7 @@ def _end_attempt(
 
 def _free_agent(db: sqlite3.Connection, agent: str, task_id: int) -> None:
     db.execute(
-        """UPDATE agents SET current_task_id = NULL, status = CASE WHEN status = 'lost' THEN 'lost' ELSE 'idle' END
+        """UPDATE agents SET current_task_id = NULL, status = CASE WHEN status IN ('lost', 'offline') THEN status ELSE 'idle' END
            WHERE name = ? AND current_task_id = ?""",
         (agent, task_id),
     )
@@ -1051,7 +1067,7 @@ def _sweep(db: sqlite3.Connection, now: float, lost_before: float, keep_alive: l
     # Agents parked in a wait are alive without being written to every second (1,000 parked agents made
     # that a 1,000-row write per sweep); only the silent ones are looked at.
     silent = db.execute(
-        "SELECT name FROM agents WHERE status != 'lost' AND last_seen_at < ?", (lost_before,)
+        "SELECT name FROM agents WHERE status NOT IN ('lost', 'offline') AND last_seen_at < ?", (lost_before,)
     ).fetchall()
     alive = set(keep_alive)
     lost_names = [r["name"] for r in silent if r["name"] not in alive]
