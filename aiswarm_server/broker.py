@@ -78,7 +78,20 @@ def normalize_labels(values: Sequence[str], what: str) -> list[str]:
     return sorted(set(labels))
 
 
-NewsKind = Literal["submitted", "claimed", "completed", "released", "cancelled", "swept", "offline", "remote"]
+NewsKind = Literal[
+    "submitted", "claimed", "completed", "released", "cancelled", "swept", "offline", "model_usage", "remote"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """Model requests and tokens one CLI run used, as its launcher reports them."""
+
+    provider: str
+    task_id: int | None
+    requests: int
+    input_tokens: int
+    output_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +108,7 @@ class BrokerNews:
     cli: str | None = None
     offered_at: float | None = None
     at: float = 0.0
+    usage: ModelUsage | None = None
 
 
 class TaskSpec:
@@ -494,6 +508,20 @@ class Broker:
         status = change.task.status if change.task else TaskStatus.PENDING
         return CompletionReply(
             task_id=task_id, status=status, message=f"Task #{task_id} released: {status.value}."
+        )
+
+    def record_model_usage(self, agent: str, cli: str, usage: ModelUsage) -> None:
+        """Take note of one CLI run's model usage (for the metrics and the task log; nothing is stored)."""
+        validate_agent_name(agent)
+        self._tell(
+            BrokerNews(
+                "model_usage",
+                TaskChange(),
+                agent,
+                cli.strip()[:64] or "unknown",
+                at=self.clock(),
+                usage=usage,
+            )
         )
 
     async def mark_agents_offline(self, names: Sequence[str]) -> AgentsReply:

@@ -135,6 +135,13 @@ class BrokerMetrics:
         """Count one change (changes other brokers made are theirs to count)."""
         if news.kind == "remote":
             return
+        if news.usage is not None:
+            usage = news.usage
+            cli = news.cli or UNKNOWN_CLI
+            self.model_requests.labels(cli, usage.provider).inc(usage.requests)
+            self.model_tokens.labels(cli, usage.provider, "input").inc(usage.input_tokens)
+            self.model_tokens.labels(cli, usage.provider, "output").inc(usage.output_tokens)
+            return
         change = news.change
         for task in change.created:
             self.submitted.labels(_persona(task)).inc()

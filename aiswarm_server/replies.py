@@ -188,3 +188,7 @@ class StatusReply(BaseModel):
     watched_tasks: int
     uptime_seconds: float
     message: str
+
+
+class UsageReply(BaseModel):
+    message: str

@@ -80,6 +80,13 @@ class BrokerTaskLog:
         """Write the lines one change deserves (another broker writes its own changes to its own log)."""
         if news.kind == "remote":
             return
+        usage = news.usage
+        if usage is not None and usage.task_id is not None:
+            task_log.info(
+                "task #%s model usage: %s request(s), %s input and %s output tokens from %s",
+                usage.task_id, usage.requests, usage.input_tokens, usage.output_tokens, usage.provider,
+                extra={"task_id": usage.task_id, "agent": news.agent, "cli": news.cli},
+            )  # fmt: skip
         change = news.change
         for task in change.created:
             _line(task, f"submitted: {task.title!r} ({task.status.value}, persona {task.persona or 'any'})")

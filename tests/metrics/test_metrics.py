@@ -86,6 +86,12 @@ async def test_the_documented_series_count_a_small_run(broker: BrokerProcess) ->
             await primary.submit_task("After unwanted", "Then this.", depends_on=[fourth])
             await primary.cancel_task(fourth)
 
+        # The launcher reports each CLI run's model usage.
+        await admin.record_model_usage(
+            agent="metrics-worker", cli="qwen", provider="127.0.0.1", requests=3, input_tokens=100,
+            output_tokens=20, task_id=first,
+        )  # fmt: skip
+
     deadline = time.monotonic() + 30
     while True:  # the dependent's failure is counted after a store read of its own
         samples = scrape(broker)
@@ -126,3 +132,6 @@ async def test_the_documented_series_count_a_small_run(broker: BrokerProcess) ->
     assert value(samples, "aiswarm_tasks", status="cancelled") == 1
     assert value(samples, "aiswarm_tasks", status="failed") == 1
     assert value(samples, "aiswarm_agents", status="idle") == 1
+    assert value(samples, "aiswarm_model_requests_total", cli="qwen", provider="127.0.0.1") == 3
+    assert value(samples, "aiswarm_model_tokens_total", cli="qwen", provider="127.0.0.1", kind="input") == 100
+    assert value(samples, "aiswarm_model_tokens_total", cli="qwen", provider="127.0.0.1", kind="output") == 20

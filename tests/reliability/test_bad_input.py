@@ -55,6 +55,7 @@ REPLIES: dict[str, type[BaseModel]] = {
     "revoke_agent_tokens": replies.TokenReply,
     "release_task": replies.CompletionReply,
     "mark_agents_offline": replies.AgentsReply,
+    "record_model_usage": replies.UsageReply,
     "broker_status": replies.StatusReply,
 }
 WORKER_TOOLS = [
