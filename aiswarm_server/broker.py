@@ -241,7 +241,8 @@ class Broker:
         if len(self._offers) > 10_000:
             self._offers.clear()
             self._offered_to.clear()
-        self._tell(BrokerNews(kind, change, actor, self._cli_of.get(actor or ""), at=now))
+        if change.task or change.created or change.claimable or change.finished or change.notified_agents:
+            self._tell(BrokerNews(kind, change, actor, self._cli_of.get(actor or ""), at=now))
 
     def _tell(self, news: BrokerNews) -> None:
         for observer in self.observers:
