@@ -380,6 +380,8 @@ class Supervisor:
                     await asyncio.gather(*loops, return_exceptions=True)
                     for process in list(self._running.values()):
                         _kill_group(process)
+                    with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
+                        await admin.mark_agents_offline([p.name for p in self.config.agents])
         finally:
             self._names.release()
             self._reserved = False
