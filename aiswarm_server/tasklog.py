@@ -24,30 +24,33 @@ TASK_FIELDS = ("task_id", "attempt", "fence", "agent", "cli")
 task_log = logging.getLogger("aiswarm.tasks")
 
 
+def json_log_line(created: float, level: str, source: str, message: str, fields: dict[str, Any]) -> str:
+    """One log line as JSON: time, level, source (``broker`` or the agent's name), message, and the task fields."""
+    line: dict[str, Any] = {
+        "ts": round(created, 6),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z",
+        "level": level,
+        "source": source,
+        "message": message,
+    }
+    line.update({name: fields[name] for name in TASK_FIELDS if fields.get(name) is not None})
+    return json.dumps(line, ensure_ascii=False)
+
+
 class JsonLinesFormatter(logging.Formatter):
-    """One JSON object per record: time, level, source, message, and the task fields the record carries."""
+    """Log records as :func:`json_log_line` lines, with the task fields passed as ``extra``."""
 
     def __init__(self, source: str) -> None:
         super().__init__()
         self.source = source
 
     def format(self, record: logging.LogRecord) -> str:
-        """The record as one line of JSON (``extra={"task_id": ...}`` fields included when set)."""
-        line: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "source": self.source,
-            "message": record.getMessage(),
-        }
-        for name in TASK_FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                line[name] = value
+        """The record as one line of JSON."""
+        message = record.getMessage()
         if record.exc_info:
-            line["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(line, ensure_ascii=False)
+            message += " (" + self.formatException(record.exc_info).splitlines()[-1] + ")"
+        fields = {name: getattr(record, name, None) for name in TASK_FIELDS}
+        return json_log_line(record.created, record.levelname.lower(), self.source, message, fields)
 
 
 def json_file_handler(path: Path, source: str) -> logging.Handler:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -112,6 +113,15 @@ def launch(
     no_ui: Annotated[
         bool, typer.Option("--no-ui", envvar="AISWARM_NO_UI", help="No live status table.")
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="AISWARM_LOG_FORMAT",
+            help="json: also write JSON lines (task, attempt, fence, agent, CLI) to logs/*.jsonl, for "
+            "`aiswarm logs --task N` (a broker this starts does the same).",
+        ),
+    ] = "text",
     home: HomeOption = None,
 ) -> None:
     """Start worker agent CLIs and supervise them until Ctrl-C (which drains them gracefully)."""
@@ -123,6 +133,9 @@ def launch(
 
     if mode not in ("per-task", "session"):
         raise LaunchError(f"--mode {mode!r}: choose per-task or session")
+    if log_format not in ("text", "json"):
+        raise LaunchError(f"--log-format {log_format!r}: choose text or json")
+    os.environ["AISWARM_LOG_FORMAT"] = log_format  # the broker started below, if any, logs the same way
     settings = _settings(home)
     directory = (workdir or Path.cwd()).expanduser().resolve()
     if not directory.is_dir():
@@ -161,6 +174,7 @@ def launch(
         task_timeout=task_timeout,
         cool_down_seconds=cool_down,
         grace_seconds=grace,
+        log_format="json" if log_format == "json" else "text",
     )
     errors = Console(stderr=True)
     supervisor = Supervisor(config)

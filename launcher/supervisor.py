@@ -30,9 +30,11 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.replies import ClaimedTask, ClaimReply, TokenReply
+from aiswarm_server.tasklog import JSON_LOG_SUFFIX, json_log_line
 from launcher.adapters import get_adapter
 from launcher.adapters.base import AgentSpec, CliAdapter, ModelEndpoint, OutcomeKind, RunOutcome, TokenUsage
 from launcher.personas import Persona
@@ -110,6 +112,15 @@ class LaunchConfig:
     grace_seconds: float = 10.0
     backoff_seconds: float = 2.0
     base_env: Mapping[str, str] | None = None
+    log_format: Literal["text", "json"] = "text"
+    """json: each agent's log lines also go to logs/<agent>.jsonl with the task, attempt, fence and CLI."""
+
+    @property
+    def provider(self) -> str:
+        """Who serves the model, for the broker's usage metrics: the endpoint's host, or the CLIs' own login."""
+        if not self.endpoint_url:
+            return "login"
+        return urlsplit(self.endpoint_url).netloc or "endpoint"
 
     def endpoint_for(self, cli: str) -> ModelEndpoint | None:
         """The model endpoint as this CLI wants it: ``.../v1`` for OpenAI-style CLIs, the bare host for gemini."""
@@ -317,6 +328,7 @@ class Supervisor:
         self._names = AgentNameLocks(self.config.home)
         self._reserved = False
         self.tokens: dict[str, str] = {}
+        self._task_of: dict[str, tuple[int, int]] = {}  # agent -> (task id, fence) of the task it runs
         """The token issued to each agent by this launch (every earlier one is revoked)."""
         self._make_views()
         (self.config.home / "logs").mkdir(parents=True, exist_ok=True)
@@ -402,9 +414,16 @@ class Supervisor:
         return self.config.home / "logs" / f"{name}.log"
 
     def _note(self, name: str, message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n"
+        now = time.time()
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))} {message}\n"
         with open(self.agent_log(name), "a", encoding="utf-8") as fh:
             fh.write(line)
+        if self.config.log_format == "json":
+            task_id, fence = self._task_of.get(name, (None, None))
+            cli = self.views[name].cli if name in self.views else None
+            fields = {"task_id": task_id, "attempt": fence, "fence": fence, "agent": name, "cli": cli}
+            with open(self.agent_log(name).with_suffix(JSON_LOG_SUFFIX), "a", encoding="utf-8") as fh:
+                fh.write(json_log_line(now, "info", name, message, fields) + "\n")
 
     async def _agent(self, plan: AgentPlan, token: str, admin: BrokerClient) -> None:
         view = self.views[plan.name]
@@ -488,6 +507,14 @@ class Supervisor:
     async def _run_task(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
         name, view = agent.name, agent.view
         view.state, view.task_id = AgentState.RUNNING, task.id
+        self._task_of[name] = (task.id, fence)  # every note until the end of this run is about the task
+        try:
+            await self._run_task_held(agent, task, fence)
+        finally:
+            self._task_of.pop(name, None)
+
+    async def _run_task_held(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
+        name, view = agent.name, agent.view
         self._note(name, f"task #{task.id} reserved (fence {fence}): {task.title}")
         timeout = self.config.task_timeout or float(task.timeout_seconds)
         workdir = _existing_dir(task.working_dir)
@@ -501,6 +528,12 @@ class Supervisor:
                 await beat
         usage = result.usage
         tokens = f", {usage.total_tokens} tokens ({usage.requests or '?'} turns)" if usage else ""
+        if usage is not None:
+            with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
+                await agent.admin.record_model_usage(
+                    agent=name, cli=agent.plan.cli, provider=self.config.provider, task_id=task.id,
+                    requests=usage.requests or 0, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                )  # fmt: skip
         self._note(
             name,
             f"task #{task.id} run ended: {result.outcome.kind.value} ({result.outcome.reason}) "
