@@ -354,7 +354,7 @@ def ui(
     settings = settings_for(home)
     base = (url or local_broker_url(settings)).removesuffix("/").removesuffix("/mcp")
     address = f"{base}/ui"
-    import httpx
+    import httpx  # here, not at the top: every other command starts faster without it
 
     try:
         httpx.get(f"{base}/health", timeout=5).raise_for_status()
@@ -366,12 +366,11 @@ def ui(
     console.print(
         f"log in with the token in {settings.home / 'primary.token'}", highlight=False, soft_wrap=True
     )
+    # Without a display, webbrowser would start a text browser (lynx, w3m) in this terminal.
     graphical = sys.platform in ("darwin", "win32") or bool(
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     )
-    if (
-        graphical and not no_browser
-    ):  # without a display, webbrowser would start a text browser in this terminal
+    if graphical and not no_browser:
         import webbrowser
 
         with contextlib.suppress(webbrowser.Error):
