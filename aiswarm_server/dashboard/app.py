@@ -45,6 +45,7 @@ TASKS_PER_COLUMN = 100
 STREAM_POLL_SECONDS = 5.0
 STREAM_COALESCE_SECONDS = 0.2
 STREAM_LIFETIME_SECONDS = 600.0
+USAGE_TASKS_KEPT = 10_000  # model usage is kept in memory for this many tasks (not stored)
 LOG_TAIL_LINES = 40
 LOG_TAIL_BYTES = 16_384
 
@@ -123,6 +124,7 @@ class Dashboard:
         self._broker = broker
         self.access = Access(allowed_hosts)
         self._listeners: set[asyncio.Event] = set()
+        self._usage: dict[int, dict[str, int]] = {}  # task id -> model usage its runs reported to this broker
         self.app = Starlette(
             routes=[
                 Route("/ui", self.board_page),
@@ -150,7 +152,20 @@ class Dashboard:
         await self.app(scope, receive, send)
 
     def observe(self, news: BrokerNews) -> None:
-        """The broker's observer: wake every open board stream."""
+        """The broker's observer: add up a task's model usage; wake every open board stream."""
+        usage = news.usage
+        if usage is not None:
+            if usage.task_id is None:
+                return
+            if usage.task_id not in self._usage and len(self._usage) >= USAGE_TASKS_KEPT:
+                self._usage.pop(next(iter(self._usage)))
+            total = self._usage.setdefault(
+                usage.task_id, {"runs": 0, "requests": 0, "input_tokens": 0, "output_tokens": 0}
+            )
+            total["runs"] += 1
+            total["requests"] += usage.requests
+            total["input_tokens"] += usage.input_tokens
+            total["output_tokens"] += usage.output_tokens
         for listener in self._listeners:
             listener.set()
 
@@ -281,7 +296,12 @@ class Dashboard:
             log_tail = None
             if task.status is TaskStatus.CLAIMED and task.claimed_by is not None:
                 log_tail = agent_log_tail(broker.settings.home / "logs", task.claimed_by)
-            return {"task": task.model_dump(mode="json"), "log_tail": log_tail, "message": reply.message}
+            return {
+                "task": task.model_dump(mode="json"),
+                "usage": self._usage.get(task_id),
+                "log_tail": log_tail,
+                "message": reply.message,
+            }
 
         return await self._json(request, read)
 

@@ -125,6 +125,12 @@ def test_submit_release_and_requeue_from_the_dashboard(broker: BrokerProcess) ->
     (broker.home / "logs" / "ui-releaser.log").write_text("".join(f"line {i}\n" for i in range(100)))
     page = httpx.get(f"{broker.base}/ui/api/tasks/{task_id}", headers=headers).json()
     assert page["log_tail"] == [f"line {i}" for i in range(60, 100)]
+    assert page["usage"] is None
+    for _ in range(2):
+        call(broker, broker.admin_token, "record_model_usage", agent="ui-releaser", cli="qwen",
+             provider="login", requests=2, input_tokens=50, output_tokens=5, task_id=task_id)  # fmt: skip
+    page = httpx.get(f"{broker.base}/ui/api/tasks/{task_id}", headers=headers).json()
+    assert page["usage"] == {"runs": 2, "requests": 4, "input_tokens": 100, "output_tokens": 10}
     released = httpx.post(f"{broker.base}/ui/api/tasks/{task_id}/release", json={}, headers=headers)
     assert released.status_code == 200 and released.json()["status"] == "pending"
     assert httpx.get(f"{broker.base}/ui/api/tasks/{task_id}", headers=headers).json()["log_tail"] is None

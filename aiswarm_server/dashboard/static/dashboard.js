@@ -131,6 +131,14 @@ function renderLog(lines) {
   document.getElementById("task-log").textContent = (lines || []).join("\n");
 }
 
+function renderUsage(usage) {
+  const text = usage
+    ? usage.requests + " model request(s), " + usage.input_tokens + " input and " + usage.output_tokens
+      + " output tokens over " + usage.runs + " run(s)"
+    : "not reported (the launcher reports it after each CLI run)";
+  document.getElementById("task-usage").textContent = text;
+}
+
 function renderTask(task) {
   document.title = "aiswarm · #" + task.id + " " + task.title;
   document.getElementById("task-id").textContent = "#" + task.id;
@@ -174,6 +182,7 @@ function taskPage() {
       const reply = await api("/ui/api/tasks/" + id);
       renderTask(reply.task);
       renderLog(reply.log_tail);
+      renderUsage(reply.usage);
     } catch (error) {
       say(error.message, true);
     }
