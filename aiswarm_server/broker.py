@@ -79,7 +79,16 @@ def normalize_labels(values: Sequence[str], what: str) -> list[str]:
 
 
 NewsKind = Literal[
-    "submitted", "claimed", "completed", "released", "cancelled", "swept", "offline", "model_usage", "remote"
+    "submitted",
+    "claimed",
+    "progress",
+    "completed",
+    "released",
+    "cancelled",
+    "swept",
+    "offline",
+    "model_usage",
+    "remote",
 ]
 
 
@@ -432,6 +441,9 @@ class Broker:
         task = await self.store.renew(
             name, task_id, fence_token, self.clock(), self.settings.lease_seconds, note or None
         )
+        if self.observers and note:
+            cli = self._cli_of.get(name)
+            self._tell(BrokerNews("progress", TaskChange(task=task), name, cli, at=self.clock()))
         return ProgressReply(
             task_id=task_id,
             lease_expires_at=task.lease_expires_at,

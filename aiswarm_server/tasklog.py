@@ -99,6 +99,8 @@ class BrokerTaskLog:
             match news.kind:
                 case "claimed":
                     _line(task, f"claimed by {news.agent}", **who)
+                case "progress":
+                    _line(task, f"progress from {news.agent}: {task.progress}", **who)
                 case "completed" | "released" | "cancelled" | "swept" if task.status is TaskStatus.PENDING:
                     _line(task, f"{_verb(news)}; back in the queue", **who)
                 case _:

@@ -39,6 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 UI_TIMEOUT_MS = 60_000  # generous: two cores shared with other test runs
+expect.set_options(timeout=UI_TIMEOUT_MS)
 HOSTILE_PROMPT = "Summarise <script>window.__pwned = 1</script><b>this</b> & that"
 
 

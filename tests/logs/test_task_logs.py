@@ -47,6 +47,8 @@ async def test_a_retried_task_shows_both_attempts_from_two_agents_in_order(broke
                 await worker.register_agent(cli="qwen" if name == "log-a" else "gemini")
                 claim = await worker.claim_task(task_id)
                 assert claim.fence_token is not None
+                if success:
+                    await worker.report_progress(task_id, claim.fence_token, "halfway")
                 await worker.report_task_completion(
                     task_id, claim.fence_token, success=success, result="done" if success else None,
                     error=None if success else "model timed out",
@@ -63,9 +65,10 @@ async def test_a_retried_task_shows_both_attempts_from_two_agents_in_order(broke
         ("log-a", 1, "claimed by log-a"),
         ("log-a", 1, "reported by log-a; back in the queue"),
         ("log-b", 2, "claimed by log-b"),
+        ("log-b", 2, "progress from log-b: halfway"),
         ("log-b", 2, "reported by log-b; now completed"),
     ]
-    assert [line.get("cli") for line in lines[1:]] == ["qwen", "qwen", "gemini", "gemini"]
+    assert [line.get("cli") for line in lines[1:]] == ["qwen", "qwen", "gemini", "gemini", "gemini"]
 
     merged = aiswarm_logs(broker.home, "--task", str(task_id))
     assert merged.returncode == 0 and "claimed by log-b" in merged.stdout and "attempt=2" in merged.stdout
