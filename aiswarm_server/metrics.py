@@ -29,6 +29,7 @@ FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 SLOW_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 10, 20, 100)
 IN_FLIGHT_LIMIT = 100_000
+ENDING_KINDS = frozenset({"completed", "released", "cancelled", "swept"})
 
 
 def _persona(task: Task) -> str:
@@ -157,11 +158,12 @@ class BrokerMetrics:
             self._in_flight[task.id] = (news.at, _persona(task), cli)
             return
         counted: set[int] = set()
-        requeued_ids = {t.id for t in change.claimable}
-        if task is not None and (task.id in change.finished or task.id in requeued_ids):
-            counted.add(task.id)  # else a repeated report, answered again: counted the first time
+        # A repeated report is answered with the task as it is now: its attempt ended (and was counted) before, or
+        # the task is held again under a newer claim. Only a task that left its claim here, or ended, is counted.
+        if task is not None and task.status is not TaskStatus.CLAIMED and news.kind in ENDING_KINDS:
+            counted.add(task.id)
             cli = self._attempt_ended(task, news)
-            if task.status.is_terminal:
+            if task.id in change.finished:
                 self._finished(task, cli)
         requeued = [t for t in change.claimable if t.id not in counted and t.id in self._in_flight]
         for lost in requeued:  # the sweeper took back an expired lease
