@@ -73,6 +73,20 @@ async def test_the_documented_series_count_a_small_run(broker: BrokerProcess) ->
             assert claim.fence_token is not None
             await worker.report_task_completion(second, claim.fence_token, success=True, result="ok")
 
+            # A failure that waits out a retry delay (blocked) is a failed attempt too.
+            later = {
+                "title": "Later",
+                "prompt": "Retry in an hour.",
+                "persona": "reviewer",
+                "retry_delay_seconds": 3600,
+            }
+            delayed = (await primary.submit_tasks([later])).tasks[0].id
+            claim = await worker.claim_task(delayed)
+            assert claim.fence_token is not None
+            await worker.report_task_completion(delayed, claim.fence_token, success=False, error="busy")
+            # The same report again (a retry after a lost answer) is answered, not counted twice.
+            await worker.report_task_completion(delayed, claim.fence_token, success=False, error="busy")
+
             # A task with one attempt that fails: dead.
             third = (
                 (await primary.submit_task("Doomed", "Fail.", persona="reviewer", max_attempts=1)).tasks[0].id
@@ -101,7 +115,7 @@ async def test_the_documented_series_count_a_small_run(broker: BrokerProcess) ->
         await asyncio.sleep(0.05)
 
     assert value(samples, "aiswarm_info", version="0.1.0") == 1
-    assert value(samples, "aiswarm_tasks_submitted_total", persona="reviewer") == 3
+    assert value(samples, "aiswarm_tasks_submitted_total", persona="reviewer") == 4
     assert value(samples, "aiswarm_tasks_submitted_total", persona="none") == 2
     assert (
         value(samples, "aiswarm_tasks_finished_total", status="completed", persona="reviewer", cli="qwen")
@@ -114,9 +128,9 @@ async def test_the_documented_series_count_a_small_run(broker: BrokerProcess) ->
         == 2
     )
     assert (
-        value(samples, "aiswarm_attempts_ended_total", outcome="failed", persona="reviewer", cli="qwen") == 2
+        value(samples, "aiswarm_attempts_ended_total", outcome="failed", persona="reviewer", cli="qwen") == 3
     )
-    assert value(samples, "aiswarm_task_queued_seconds_count", persona="reviewer") == 3
+    assert value(samples, "aiswarm_task_queued_seconds_count", persona="reviewer") == 4
     assert (
         value(
             samples, "aiswarm_task_running_seconds_count", outcome="completed", persona="reviewer", cli="qwen"
@@ -131,6 +145,7 @@ async def test_the_documented_series_count_a_small_run(broker: BrokerProcess) ->
     assert value(samples, "aiswarm_tasks", status="dead") == 1
     assert value(samples, "aiswarm_tasks", status="cancelled") == 1
     assert value(samples, "aiswarm_tasks", status="failed") == 1
+    assert value(samples, "aiswarm_tasks", status="blocked") == 1
     assert value(samples, "aiswarm_agents", status="idle") == 1
     assert value(samples, "aiswarm_model_requests_total", cli="qwen", provider="127.0.0.1") == 3
     assert value(samples, "aiswarm_model_tokens_total", cli="qwen", provider="127.0.0.1", kind="input") == 100
