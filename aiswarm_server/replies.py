@@ -222,3 +222,9 @@ class StatusReply(BaseModel):
     watched_tasks: int
     uptime_seconds: float
     message: str
+
+
+class UsageReply(BaseModel):
+    """The answer to ``record_model_usage``."""
+
+    message: str

@@ -22,7 +22,7 @@ from pydantic import Field, StrictFloat, StrictInt, ValidationError, create_mode
 from typing_extensions import override
 
 from aiswarm_server import __version__
-from aiswarm_server.broker import Broker
+from aiswarm_server.broker import Broker, ModelUsage
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, BrokerSettings
 from aiswarm_server.errors import BrokerError
 from aiswarm_server.limits import (
@@ -63,6 +63,7 @@ from aiswarm_server.replies import (
     TasksReply,
     TokenListReply,
     TokenReply,
+    UsageReply,
     WaitReply,
     WaitTasksReply,
 )
@@ -448,6 +449,51 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
         """Give a held task back to the queue without counting a failed attempt (graceful stop)."""
         _identity(ref, ctx)
         return await ref.get().release_task(agent, task_id, reason)
+
+    @server.tool()
+    @_refusals
+    async def record_model_usage(
+        ctx: Context[Any, Any],
+        agent: Annotated[AgentName, Field(description="The agent whose CLI ran.")],
+        cli: Annotated[
+            str, Field(min_length=1, max_length=LABEL_MAX_CHARS, description="qwen, gemini, opencode ...")
+        ],
+        provider: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=200,
+                description="Who served the model: an endpoint's host, or 'login'.",
+            ),
+        ],
+        requests: Annotated[StrictInt, Field(ge=0, le=10**9, description="Model requests the run made.")],
+        input_tokens: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0,
+        output_tokens: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0,
+        task_id: Annotated[
+            StrictInt | None, Field(ge=1, le=ID_MAX, description="The task the run was for.")
+        ] = None,
+    ) -> UsageReply:
+        """Record one CLI run's model usage (the launcher calls this after each run) for /metrics and the logs."""
+        _identity(ref, ctx)
+        usage = ModelUsage(provider.strip(), task_id, requests, input_tokens, output_tokens)
+        ref.get().record_model_usage(agent, cli, usage)
+        return UsageReply(
+            message=f"Recorded {requests} request(s), {input_tokens + output_tokens} token(s) for {agent}."
+        )
+
+    @server.tool()
+    @_refusals
+    async def mark_agents_offline(
+        ctx: Context[Any, Any],
+        agents: Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=LABEL_MAX_CHARS)]],
+            Field(min_length=1, max_length=1000, description="The names of the agents that stopped."),
+        ],
+    ) -> AgentsReply:
+        """Mark agents offline at once because their launcher stopped them (release their tasks first). An agent
+        that calls the broker again is live again."""
+        _identity(ref, ctx)
+        return await ref.get().mark_agents_offline(agents)
 
     @server.tool()
     @_refusals
