@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from launcher.adapters import CliAdapter, CredentialFinding, get_adapter, known_adapters
-from launcher.adapters.install import cli_prefix, node_major, runtime_env
+from launcher.adapters.install import cli_prefix, node_major, not_executable, package_dir, runtime_env
 
 VERSION_TIMEOUT_SECONDS = 30.0
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -95,6 +95,13 @@ def check_cli(
             )
         elif version != adapter.version:
             problems.append(f"version {version} differs from the tested {adapter.version}")
+        package = package_dir(binary, adapter.package)
+        stuck = not_executable(package, adapter.pin) if package is not None else []
+        if package is not None and stuck:
+            problems.append(
+                f"{stuck[0].relative_to(package)} is not executable: run `aiswarm install-cli {adapter.name}` "
+                f"(or chmod +x {stuck[0]})"
+            )
     if adapter.min_node_major is not None and (major or 0) < adapter.min_node_major:
         found = f"Node {major}" if major else "no Node"
         problems.append(

@@ -577,13 +577,15 @@ class Supervisor:
         plan, adapter, view = agent.plan, agent.adapter, agent.view
         home = adapter.prepare_agent_home(agent.spec)
         argv = adapter.command(home, prompt)
+        cwd = workdir or self.config.workdir
         env = adapter.env(home, base_env=self.config.base_env)
+        env["PWD"] = str(cwd)  # opencode takes its working directory from PWD, not from the process's cwd
         started = time.monotonic()
         view.runs += 1
-        self._note(plan.name, f"run {view.runs}: starting {plan.cli} in {workdir or self.config.workdir}")
+        self._note(plan.name, f"run {view.runs}: starting {plan.cli} in {cwd}")
         process = await asyncio.create_subprocess_exec(
             *argv,
-            cwd=str(workdir or self.config.workdir),
+            cwd=str(cwd),
             env=env,
             stdin=asyncio.subprocess.PIPE if adapter.prompt_on_stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
