@@ -19,6 +19,7 @@ from rich.console import Console
 
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError
+from launcher.circuits import DEFAULT_PROBE_SECONDS
 from launcher.supervisor import LaunchConfig, Supervisor, plan_agents
 
 
@@ -54,7 +55,8 @@ def launch(
         str,
         typer.Option(
             envvar="AISWARM_CLI",
-            help="CLIs to run: 'qwen,gemini' (round-robin) or 'qwen:2,gemini:2' (counts).",
+            help="CLIs to run: 'qwen,gemini' (round-robin) or 'qwen:2,gemini:2' (counts); CLI@PROVIDER gives "
+            "them a provider of the config file ($AISWARM_HOME/config.toml): 'qwen@openrouter:2,gemini@gemini-key:2'.",
         ),
     ] = "qwen,gemini",
     persona: Annotated[
@@ -107,6 +109,14 @@ def launch(
     grace: Annotated[
         float, typer.Option(envvar="AISWARM_GRACE", help="Seconds running CLIs get to finish on Ctrl-C.")
     ] = 10.0,
+    probe_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="AISWARM_PROBE_INTERVAL",
+            min=0.5,
+            help="Seconds between probes of an open circuit (a refused key, no login, a missing CLI).",
+        ),
+    ] = DEFAULT_PROBE_SECONDS,
     no_ui: Annotated[
         bool, typer.Option("--no-ui", envvar="AISWARM_NO_UI", help="No live status table.")
     ] = False,
@@ -118,6 +128,7 @@ def launch(
     from aiswarm_server.broker_client import local_broker_url
     from launcher.adapters import UnknownCliError
     from launcher.personas import PersonaError, get_persona
+    from launcher.providers import ProviderError, load_providers
 
     if mode not in ("per-task", "session"):
         raise LaunchError(f"--mode {mode!r}: choose per-task or session")
@@ -128,7 +139,8 @@ def launch(
     try:
         personas = [get_persona(p.strip(), settings.home) for p in (persona or "").split(",") if p.strip()]
         plans = plan_agents(agents, cli, personas)
-    except (PersonaError, UnknownCliError) as error:
+        providers = load_providers(settings.home)
+    except (PersonaError, UnknownCliError, ProviderError) as error:
         raise LaunchError(str(error)) from None
     if url is not None:
         if not broker_is_up(url):
@@ -159,11 +171,21 @@ def launch(
         task_timeout=task_timeout,
         cool_down_seconds=cool_down,
         grace_seconds=grace,
+        providers=providers,
+        probe_seconds=probe_interval,
     )
     errors = Console(stderr=True)
     supervisor = Supervisor(config)
     # names another running launch holds are taken by the next free number (qwen-1 -> qwen-3)
     names = ", ".join(supervisor.reserve_names())
+    problems = supervisor.preflight()
+    for name, lines in problems.items():
+        for line in lines:
+            errors.print(f"aiswarm launch: {name} takes no work: {line}", highlight=False, soft_wrap=True)
+    if len(problems) == len(plans):
+        raise LaunchError(
+            "no agent can work: fix the problems above (`aiswarm doctor` checks them), then relaunch"
+        )
     errors.print(
         f"aiswarm launch: {names} on {broker_url} ({mode}); logs in {settings.home / 'logs'}", highlight=False
     )

@@ -88,7 +88,7 @@ def check_cli(
     if binary is None:
         problems.append(f"not installed: run `aiswarm install-cli {adapter.name}`")
     else:
-        version = _version(binary, run_env)
+        version = cli_version(binary, run_env)
         if version is None:
             problems.append(
                 f"`{binary.name} --version` failed: reinstall with `aiswarm install-cli {adapter.name}`"
@@ -173,7 +173,7 @@ def render_doctor(report: DoctorReport, console: Console | None = None) -> None:
         console.print(f"broker {report.broker.url}: [{colour}]{report.broker.detail}[/{colour}]")
 
 
-def _version(binary: Path, env: Mapping[str, str]) -> str | None:
+def cli_version(binary: Path, env: Mapping[str, str]) -> str | None:
     """The version ``binary --version`` prints, or None if it fails."""
     try:
         out = subprocess.run(

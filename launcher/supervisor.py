@@ -34,8 +34,27 @@ from typing import Literal, TypeVar
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.replies import ClaimedTask, ClaimReply, TokenReply
 from launcher.adapters import get_adapter
-from launcher.adapters.base import AgentSpec, CliAdapter, ModelEndpoint, OutcomeKind, RunOutcome, TokenUsage
+from launcher.adapters.base import (
+    AGENT_HEADER,
+    CLI_HEADER,
+    AgentSpec,
+    CliAdapter,
+    OutcomeKind,
+    RunOutcome,
+    TokenUsage,
+)
+from launcher.circuits import (
+    DEFAULT_BREAKER_SECONDS,
+    DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_PROBE_SECONDS,
+    AgentBreaker,
+    Circuits,
+    cli_circuit,
+    provider_circuit,
+)
 from launcher.personas import Persona
+from launcher.preflight import cli_problems, credential_problem
+from launcher.providers import ModelEndpoint, Provider, ProviderError, check_spoken, endpoint_provider, probe
 
 log = logging.getLogger("aiswarm.launcher")
 
@@ -56,6 +75,7 @@ class AgentState(StrEnum):
     IDLE = "idle"
     RUNNING = "running"
     COOLING = "cooling down"
+    CIRCUIT_OPEN = "circuit open"
     BACKOFF = "backing off"
     STOPPING = "stopping"
     STOPPED = "stopped"
@@ -72,6 +92,8 @@ class AgentPlan:
     name: str
     cli: str
     persona: Persona | None = None
+    provider: str | None = None
+    """The config file's provider this agent's CLI uses; None: ``--model-endpoint`` or the CLI's own login."""
 
 
 @dataclass
@@ -87,6 +109,11 @@ class AgentView:
     failures: int = 0
     last_error: str = ""
     cool_down_until: float = 0.0
+    circuit: str = ""
+    """Why the agent takes no work (an open circuit and its reason), or empty."""
+    circuit_until: float = 0.0
+    """Wall-clock time of the next probe (shared circuit) or half-open run (the agent's breaker)."""
+    provider: str | None = None
     tokens: int = 0
     pid: int | None = None
 
@@ -110,20 +137,33 @@ class LaunchConfig:
     grace_seconds: float = 10.0
     backoff_seconds: float = 2.0
     base_env: Mapping[str, str] | None = None
+    providers: dict[str, Provider] = field(default_factory=dict)
+    """The providers of the config file, by name."""
+    probe_seconds: float = DEFAULT_PROBE_SECONDS
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_seconds: float = DEFAULT_BREAKER_SECONDS
 
-    def endpoint_for(self, cli: str) -> ModelEndpoint | None:
-        """The model endpoint as this CLI wants it: ``.../v1`` for OpenAI-style CLIs, the bare host for gemini."""
+    def endpoint_for(self, cli: str, provider: str | None = None) -> ModelEndpoint | None:
+        """The endpoint an agent of ``cli`` is pointed at: its provider's (the key read now from its source),
+        else ``--model-endpoint`` (``.../v1`` for OpenAI-style CLIs, the bare host for gemini), else None (the
+        CLI's own login). ProviderError (one line) when the provider is unknown, unusable or has no key."""
+        if provider is not None:
+            found = self.providers.get(provider)
+            if found is None:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise ProviderError(f"no provider {provider!r} in the config file (known: {known})")
+            check_spoken(cli, found)
+            return found.endpoint(self.base_env)
         if not self.endpoint_url:
             return None
-        bare = self.endpoint_url.rstrip("/").removesuffix("/v1")
-        base = bare if cli == "gemini" else bare + "/v1"
-        return ModelEndpoint(
-            base_url=base, api_key=self.endpoint_api_key, model=self.model or self.endpoint_model
+        return endpoint_provider(
+            self.endpoint_url, cli, self.endpoint_api_key, self.model or self.endpoint_model
         )
 
 
 def plan_agents(count: int, cli_mix: str, personas: list[Persona]) -> list[AgentPlan]:
-    """Stable agent names from a CLI mix: ``qwen,gemini`` round-robin, or ``qwen:2,gemini:2`` counts.
+    """Stable agent names from a CLI mix: ``qwen,gemini`` round-robin, or ``qwen:2,gemini:2`` counts; a CLI
+    may name its provider from the config file, ``qwen@openrouter:2``.
 
     Names are ``<cli>-<n>`` numbered per CLI, so a relaunch with the same mix continues as the same agents.
     Personas are given to the agents in turn (one persona: every agent).
@@ -144,14 +184,18 @@ def plan_agents(count: int, cli_mix: str, personas: list[Persona]) -> list[Agent
         if count < 1:
             raise LaunchError("--agents must be at least 1")
         order = [parts[i % len(parts)] for i in range(count)]
-    for cli in set(order):
-        get_adapter(cli)  # raises UnknownCliError naming the known CLIs
+    for entry in set(order):
+        cli, _, provider = entry.partition("@")
+        get_adapter(cli.strip())  # raises UnknownCliError naming the known CLIs
+        if "@" in entry and not provider.strip():
+            raise LaunchError(f"--cli {entry!r}: write CLI@PROVIDER with a provider of the config file")
     seen: dict[str, int] = {}
     plans: list[AgentPlan] = []
-    for i, cli in enumerate(order):
+    for i, entry in enumerate(order):
+        cli, _, provider = (p.strip() for p in entry.partition("@"))
         seen[cli] = seen.get(cli, 0) + 1
         persona = personas[i % len(personas)] if personas else None
-        plans.append(AgentPlan(name=f"{cli}-{seen[cli]}", cli=cli, persona=persona))
+        plans.append(AgentPlan(f"{cli}-{seen[cli]}", cli, persona, provider or None))
     return plans
 
 
@@ -311,6 +355,9 @@ class Supervisor:
     cool_downs: CoolDowns = field(default_factory=CoolDowns)
 
     def __post_init__(self) -> None:
+        self.circuits = Circuits(self.config.probe_seconds)
+        self.breakers: dict[str, AgentBreaker] = {}
+        self._preflight_done = False
         self._stopping = asyncio.Event()
         self._killed = asyncio.Event()
         self._running: dict[str, asyncio.subprocess.Process] = {}
@@ -325,7 +372,10 @@ class Supervisor:
         self.views.clear()
         for plan in self.config.agents:
             self.views[plan.name] = AgentView(
-                plan.name, plan.cli, plan.persona.name if plan.persona else None
+                plan.name, plan.cli, plan.persona.name if plan.persona else None, provider=plan.provider
+            )
+            self.breakers[plan.name] = AgentBreaker(
+                self.config.breaker_threshold, self.config.breaker_seconds
             )
 
     def reserve_names(self) -> list[str]:
@@ -361,9 +411,62 @@ class Supervisor:
         """True once a stop was asked for."""
         return self._stopping.is_set()
 
+    def preflight(self) -> dict[str, list[str]]:
+        """Check, before any work is taken, that each agent's CLI runs and its credentials are there.
+
+        Returns the problems by agent (one line each; agents that can work are absent). Each problem opens the
+        circuit of the CLI or provider at fault, so those agents take no work until a probe passes. Called by
+        :meth:`run` if not before; ``aiswarm launch`` calls it first to print the problems.
+        """
+        env = self._env()
+        by_cli = {
+            cli: cli_problems(cli, self.config.home, env) for cli in {p.cli for p in self.config.agents}
+        }
+        problems: dict[str, list[str]] = {}
+        for plan in self.config.agents:
+            found = [(cli_circuit(plan.cli), line) for line in by_cli[plan.cli]]
+            if not found:
+                missing = self._credential_problem(plan, env)
+                if missing is not None:
+                    found.append((self._auth_circuit(plan), missing))
+            for circuit, line in found:
+                self.circuits.open(circuit, line)
+            if found:
+                problems[plan.name] = [line for _, line in found]
+        self._preflight_done = True
+        return problems
+
+    def _credential_problem(self, plan: AgentPlan, env: Mapping[str, str]) -> str | None:
+        try:
+            endpoint = self.config.endpoint_for(plan.cli, plan.provider)
+        except ProviderError as error:
+            return credential_problem(plan.cli, error, False, self._user_home(env), env)
+        return credential_problem(plan.cli, None, endpoint is not None, self._user_home(env), env)
+
+    def _env(self) -> Mapping[str, str]:
+        return self.config.base_env if self.config.base_env is not None else os.environ
+
+    @staticmethod
+    def _user_home(env: Mapping[str, str]) -> Path:
+        return Path(env["HOME"]) if env.get("HOME") else Path.home()
+
+    @staticmethod
+    def _auth_circuit(plan: AgentPlan) -> str:
+        """The circuit a refused or missing credential opens: the provider's, else the CLI's (its login)."""
+        return provider_circuit(plan.provider) if plan.provider else cli_circuit(plan.cli)
+
+    @staticmethod
+    def _circuits_of(plan: AgentPlan) -> list[str]:
+        return [cli_circuit(plan.cli), *([provider_circuit(plan.provider)] if plan.provider else [])]
+
     async def run(self) -> None:
-        """Reserve the names, replace each agent's tokens, then run every agent's loop until :meth:`stop`."""
+        """Reserve the names, run the preflight, replace each agent's tokens, then run every agent's loop
+        until :meth:`stop`."""
         self.reserve_names()
+        if not self._preflight_done:
+            for name, lines in (await asyncio.to_thread(self.preflight)).items():
+                for line in lines:
+                    self._note(name, f"preflight: {line}")
         try:
             async with BrokerClient(self.config.broker_url, self.config.admin_token) as admin:
                 for plan in self.config.agents:
@@ -414,7 +517,7 @@ class Supervisor:
             broker_url=self.config.broker_url,
             aiswarm_home=self.config.home,
             model=self.config.model or (plan.persona.preferred_model if plan.persona else None),
-            endpoint=self.config.endpoint_for(plan.cli),
+            endpoint=self._endpoint_or_none(plan),
             persona=plan.persona.name if plan.persona else None,
         )
         self._note(plan.name, f"agent {plan.name} ({plan.cli}) starting in {self.config.mode} mode")
@@ -432,6 +535,13 @@ class Supervisor:
                 view.state = AgentState.BACKOFF
                 await self._sleep(delay)
         view.state = AgentState.STOPPED
+
+    def _endpoint_or_none(self, plan: AgentPlan) -> ModelEndpoint | None:
+        """The agent's endpoint; None when its key cannot be read (the preflight opened its circuit)."""
+        try:
+            return self.config.endpoint_for(plan.cli, plan.provider)
+        except ProviderError:
+            return None
 
     async def _register(self, agent: AgentRun) -> str | None:
         """Register (or re-register) the agent with the broker; returns its event cursor."""
@@ -451,7 +561,9 @@ class Supervisor:
                 continue
             agent.view.state = AgentState.IDLE
             reply = await self._until_stopped_or_cooled(
-                agent.plan.cli, agent.worker.wait_for_next_event(cursor, WAIT_SECONDS)
+                agent.plan.cli,
+                agent.worker.wait_for_next_event(cursor, WAIT_SECONDS),
+                self._circuits_of(agent.plan),
             )
             if reply is None:
                 continue  # stopped, or a cool-down started: the wait was abandoned (the offer lapses)
@@ -459,7 +571,9 @@ class Supervisor:
             for event in reply.events:
                 if event.kind != "task_available" or event.task_id is None or self.stopping:
                     continue
-                if self.cool_downs.remaining(agent.plan.cli) > 0:
+                if self.cool_downs.remaining(agent.plan.cli) > 0 or self.circuits.blocking(
+                    self._circuits_of(agent.plan)
+                ):
                     break
                 if await self._run_claimed(agent, await agent.worker.claim_task(event.task_id)):
                     await self._backoff(agent)
@@ -473,15 +587,75 @@ class Supervisor:
         return True
 
     async def _ready(self, agent: AgentRun) -> bool:
-        """Sit out a cool-down or a backoff; False when the loop should re-check (stop or more waiting)."""
+        """Sit out an open circuit, a cool-down or a backoff; False when the loop should re-check."""
+        view = agent.view
+        blocked = self.circuits.blocking(self._circuits_of(agent.plan))
+        if blocked is not None:
+            view.state, view.circuit = AgentState.CIRCUIT_OPEN, f"{blocked.name}: {blocked.reason}"
+            view.circuit_until = time.time() + max(0.0, blocked.next_probe_at - time.monotonic())
+            if self.circuits.due(blocked.name):
+                failure = await asyncio.to_thread(self._probe, agent.plan, blocked.name)
+                if failure is None:
+                    self._close_circuit(blocked.name, "the probe passed")
+                else:
+                    blocked.reason = failure
+                    self._note(agent.name, f"circuit {blocked.name} stays open: {failure}")
+                return False
+            await self._sleep_or_change(max(0.0, blocked.next_probe_at - time.monotonic()))
+            return False
+        breaker = self.breakers[agent.name]
+        if breaker.is_open:
+            view.state, view.circuit = AgentState.CIRCUIT_OPEN, f"agent: {breaker.reason}"
+            view.circuit_until = time.time() + breaker.remaining()
+            await self._sleep(breaker.remaining())
+            return False
+        view.circuit, view.circuit_until = "", 0.0
+        if agent.spec.endpoint is None and (agent.plan.provider or self.config.endpoint_url):
+            agent.spec = agent.spec.model_copy(update={"endpoint": self._endpoint_or_none(agent.plan)})
         cooling = self.cool_downs.remaining(agent.plan.cli)
         if cooling > 0:
-            agent.view.state = AgentState.COOLING
-            agent.view.cool_down_until = time.time() + cooling
+            view.state = AgentState.COOLING
+            view.cool_down_until = time.time() + cooling
             await self._sleep(cooling)
             return False
-        agent.view.cool_down_until = 0.0
+        view.cool_down_until = 0.0
         return not self.stopping
+
+    def _close_circuit(self, name: str, why: str) -> None:
+        if self.circuits.close(name):
+            for plan in self.config.agents:
+                if name in self._circuits_of(plan):
+                    self._note(plan.name, f"circuit {name} closed ({why}): taking work again")
+
+    def _probe(self, plan: AgentPlan, circuit: str) -> str | None:
+        """Probe an open circuit without spending a model request; None when it may close, else why not."""
+        env = self._env()
+        if circuit == cli_circuit(plan.cli):
+            problems = cli_problems(plan.cli, self.config.home, env)
+            if problems:
+                return problems[0]
+            if plan.provider:
+                return None
+        missing = self._credential_problem(plan, env)
+        if missing is not None:
+            return missing
+        endpoint = self._endpoint_or_none(plan)
+        if endpoint is None:
+            return None  # the CLI's own login: found again; the next run tells whether it is accepted
+        result = probe(endpoint, headers={AGENT_HEADER: plan.name, CLI_HEADER: plan.cli})
+        return None if result.ok else result.detail
+
+    async def _sleep_or_change(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop or when a circuit opens or closes."""
+        changed = asyncio.create_task(self.circuits.changed.wait())
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {changed, stop}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            changed.cancel()
+            stop.cancel()
 
     async def _run_task(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
         name, view = agent.name, agent.view
@@ -505,9 +679,22 @@ class Supervisor:
             f"after {result.seconds:.1f}s{tokens}",
         )
         still_held = await self._still_holds(agent.worker, task.id)
+        if still_held and result.outcome.kind is OutcomeKind.DONE:
+            result.outcome = RunOutcome(
+                kind=OutcomeKind.NO_REPORT,
+                reason=f"exited 0 without reporting task #{task.id}",
+                returncode=result.outcome.returncode,
+            )
         if still_held:
-            if result.rate_limited or result.stopped:
-                why = "rate limited" if result.rate_limited else "launcher stopping"
+            kind = result.outcome.kind
+            if result.rate_limited or result.stopped or kind.not_the_tasks_fault:
+                why = (
+                    "launcher stopping"
+                    if result.stopped
+                    else "rate limited"
+                    if result.rate_limited
+                    else result.outcome.reason
+                )
                 await agent.admin.release_task(name, task.id, f"{name}: {why}; released without a failure")
                 self._note(name, f"task #{task.id} released ({why})")
             else:
@@ -531,6 +718,7 @@ class Supervisor:
     def _after_run(self, agent: AgentRun, result: RunResult, still_held: bool) -> None:
         """Book-keeping after a run: cool-down on a rate limit, backoff after failures, reset on success."""
         kind, view, cli = result.outcome.kind, agent.view, agent.plan.cli
+        breaker = self.breakers[agent.name]
         if result.rate_limited:
             self.cool_downs.start(cli, self.config.cool_down_seconds)
             view.last_error = _short(result.outcome.reason)
@@ -538,11 +726,29 @@ class Supervisor:
                 agent.name,
                 f"rate limited: every {cli} agent cools down for {self.config.cool_down_seconds:.0f}s",
             )
-        elif kind in (OutcomeKind.DONE,) and not still_held:
+        elif kind.not_the_tasks_fault:
+            circuit = (
+                cli_circuit(cli) if kind is not OutcomeKind.AUTH_FAILURE else self._auth_circuit(agent.plan)
+            )
+            self.circuits.open(circuit, _short(result.outcome.reason))
+            view.last_error = _short(result.outcome.reason)
+            self._note(
+                agent.name,
+                f"circuit {circuit} open: {result.outcome.reason}; probed every {self.config.probe_seconds:.0f}s "
+                f"or closed by `aiswarm agents reset`",
+            )
+        elif kind is OutcomeKind.DONE and not still_held:
             view.failures = 0
+            breaker.succeeded()
         elif not result.stopped:
             view.failures += 1
             view.last_error = _short(result.outcome.reason)
+            if breaker.failed(view.last_error):
+                self._note(
+                    agent.name,
+                    f"circuit open after {breaker.consecutive_failures} failed runs: one run again in "
+                    f"{breaker.remaining():.0f}s",
+                )
 
     async def _backoff(self, agent: AgentRun) -> None:
         view = agent.view
@@ -583,15 +789,20 @@ class Supervisor:
         started = time.monotonic()
         view.runs += 1
         self._note(plan.name, f"run {view.runs}: starting {plan.cli} in {cwd}")
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd),
-            env=env,
-            stdin=asyncio.subprocess.PIPE if adapter.prompt_on_stdin else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: the whole CLI tree is killed together
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=str(cwd),
+                env=env,
+                stdin=asyncio.subprocess.PIPE if adapter.prompt_on_stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # its own process group: the whole CLI tree is killed together
+            )
+        except OSError as error:
+            reason = f"cannot run {argv[0]} ({error.strerror}): run `aiswarm install-cli {plan.cli}`"
+            outcome = RunOutcome(kind=OutcomeKind.BINARY_MISSING, reason=reason, returncode=None)
+            return RunResult(outcome, None, False, False, time.monotonic() - started)
         self._running[plan.name] = process
         view.pid = process.pid
         rate_limited = False
@@ -689,7 +900,7 @@ class Supervisor:
                 reason="model rate limit seen on stderr; stopped the CLI",
                 returncode=returncode,
             )
-        rate_limited = rate_limited or outcome.kind is OutcomeKind.RATE_LIMITED
+        rate_limited = rate_limited or outcome.kind.out_of_requests
         usage = adapter.parse_usage(stdout)
         if usage is not None:
             view.tokens += usage.total_tokens
@@ -709,23 +920,30 @@ class Supervisor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
 
-    async def _until_stopped_or_cooled(self, cli: str, call: Awaitable[T]) -> T | None:
-        """Await ``call`` unless a stop or a cool-down of ``cli`` comes first (then cancel it, None)."""
+    async def _until_stopped_or_cooled(
+        self, cli: str, call: Awaitable[T], circuits: list[str] | None = None
+    ) -> T | None:
+        """Await ``call`` unless a stop, a cool-down of ``cli`` or one of ``circuits`` opening comes first
+        (then cancel it, None)."""
         work = asyncio.ensure_future(call)
         stop = asyncio.create_task(self._stopping.wait())
         cooled = asyncio.create_task(self.cool_downs.changed.wait())
+        tripped = asyncio.create_task(self.circuits.changed.wait())
         try:
             while True:
-                await asyncio.wait({work, stop, cooled}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({work, stop, cooled, tripped}, return_when=asyncio.FIRST_COMPLETED)
                 if work.done():
                     return work.result()
                 if stop.done():
                     return None
-                if self.cool_downs.remaining(cli) > 0:
+                if self.cool_downs.remaining(cli) > 0 or (circuits and self.circuits.blocking(circuits)):
                     return None
-                cooled = asyncio.create_task(self.cool_downs.changed.wait())
+                if cooled.done():
+                    cooled = asyncio.create_task(self.cool_downs.changed.wait())
+                if tripped.done():
+                    tripped = asyncio.create_task(self.circuits.changed.wait())
         finally:
-            for pending in (work, stop, cooled):
+            for pending in (work, stop, cooled, tripped):
                 if not pending.done():
                     pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
