@@ -44,7 +44,8 @@ from aiswarm_server.waiters import AgentWaiters, TaskWatchers
 log = logging.getLogger("aiswarm.broker")
 
 _CURSOR = re.compile(r"^(\d{1,18})(?:\.(\d{1,9}))?$")
-_LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_LABEL = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+"""A persona or capability name; ``:`` for the launcher's kinds, ``cli:gemini``, ``provider:openrouter``."""
 
 
 def format_cursor(event_id: int, sequence: int) -> str:
@@ -70,8 +71,8 @@ def normalize_labels(values: Sequence[str], what: str) -> list[str]:
         label = value.strip().lower()
         if not _LABEL.fullmatch(label):
             raise InvalidRequest(
-                f"{what} {value[:70]!r} is not valid: use lowercase letters, digits, '.', '_' or '-' "
-                "(1-64 characters), e.g. 'python' or 'code-review'."
+                f"{what} {value[:70]!r} is not valid: use lowercase letters, digits, '.', '_', ':' or '-' "
+                "(1-64 characters), e.g. 'python', 'code-review' or 'cli:gemini'."
             )
         labels.append(label)
     return sorted(set(labels))

@@ -178,6 +178,11 @@ def launch(
     supervisor = Supervisor(config)
     # names another running launch holds are taken by the next free number (qwen-1 -> qwen-3)
     names = ", ".join(supervisor.reserve_names())
+    errors.print(
+        f"aiswarm launch: {names} on {broker_url} ({mode}); logs in {settings.home / 'logs'}",
+        highlight=False,
+        soft_wrap=True,
+    )
     problems = supervisor.preflight()
     for name, lines in problems.items():
         for line in lines:
@@ -186,9 +191,6 @@ def launch(
         raise LaunchError(
             "no agent can work: fix the problems above (`aiswarm doctor` checks them), then relaunch"
         )
-    errors.print(
-        f"aiswarm launch: {names} on {broker_url} ({mode}); logs in {settings.home / 'logs'}", highlight=False
-    )
     show_ui = not no_ui and sys.stdout.isatty()
     asyncio.run(_supervise(supervisor, show_ui))
     errors.print("aiswarm launch: stopped", highlight=False)

@@ -199,6 +199,12 @@ def plan_agents(count: int, cli_mix: str, personas: list[Persona]) -> list[Agent
     return plans
 
 
+def agent_capabilities(plan: AgentPlan) -> list[str]:
+    """What every agent advertises besides its persona's: its CLI kind and provider (``cli:gemini``,
+    ``provider:openrouter``), so a task can ask for them."""
+    return [f"cli:{plan.cli}", *([f"provider:{plan.provider}"] if plan.provider else [])]
+
+
 def task_prompt(agent: str, task_id: int, persona: Persona | None) -> str:
     """The headless prompt for one reserved task (the model never waits: the task is already held)."""
     return _with_persona(
@@ -545,7 +551,10 @@ class Supervisor:
 
     async def _register(self, agent: AgentRun) -> str | None:
         """Register (or re-register) the agent with the broker; returns its event cursor."""
-        caps = agent.plan.persona.capabilities if agent.plan.persona else []
+        caps = [
+            *(agent.plan.persona.capabilities if agent.plan.persona else []),
+            *agent_capabilities(agent.plan),
+        ]
         registered = await agent.worker.register_agent(
             cli=agent.plan.cli, persona=agent.spec.persona, capabilities=caps, pid=os.getpid()
         )

@@ -1,0 +1,153 @@
+"""Failures that are not the task's fault do not burn the queue: real ``aiswarm launch``, real qwen and gemini.
+
+* A CLI without credentials: launch says so in one line, that CLI takes no task, the other CLI does them all
+  with one attempt each.
+* A 401 from the model mid-run: the task is released with no failure counted, the CLI's circuit opens, the other
+  CLI completes the task; once the key is accepted again the probe (a models listing) closes the circuit and
+  the CLI takes work again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from launcher.scripted_model import ScriptedModelServer
+from tests.broker_harness import BrokerProcess
+from tests.clis import InstalledClis
+from tests.launcher.test_launch_e2e import Swarm, poll, started_by
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+@contextmanager
+def launched(
+    clis: InstalledClis,
+    root: Path,
+    args: list[str],
+    config: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Swarm]:
+    """A broker, the scripted model (``{model}`` in ``config`` and ``args`` is its URL) and ``aiswarm launch ARGS``."""
+    home, workdir, user_home = root / "home", root / "work", root / "user"
+    for d in (home, workdir, user_home):
+        d.mkdir(parents=True)
+    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120"}).start()
+    model = ScriptedModelServer().start()
+    (home / "config.toml").write_text(config.replace("{model}", model.url))
+    env = {
+        **os.environ,
+        "PATH": clis.path_env(),
+        "HOME": str(user_home),
+        "AISWARM_HOME": str(home),
+        "NO_COLOR": "1",
+        **(extra_env or {}),
+    }
+    for var in ("AISWARM_TOKEN", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY"):
+        env.pop(var, None)
+    launcher_log = root / "launcher.log"
+    with open(launcher_log, "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "aiswarm_server", "launch", "--url", broker.url, "--dir", str(workdir)]
+            + ["--grace", "5", "--no-ui", *(a.replace("{model}", model.url) for a in args)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    swarm = Swarm(broker, model, launcher, home, workdir, env, launcher_log)
+    try:
+        yield swarm
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGINT)
+            try:
+                launcher.wait(30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
+        broker_pid = broker.process.pid if broker.process else None
+        for proc in started_by(home):
+            if proc.pid != broker_pid:
+                proc.kill()
+        model.stop()
+        broker.stop()
+
+
+PROVIDERS = """
+[providers.scripted]
+kind = "openai-compatible"
+base_url = "{model}/v1"
+model = "aiswarm-model"
+key_env = "AISWARM_TEST_SCRIPTED_KEY"
+
+[providers.gemini-key]
+kind = "gemini-api"
+base_url = "{model}"
+model = "aiswarm-model"
+key_env = "AISWARM_TEST_GEMINI_KEY"
+"""
+
+
+def test_a_cli_without_credentials_takes_no_task_and_the_other_cli_does_them_all_without_burning_attempts(
+    clis: InstalledClis, tmp_path: Path
+) -> None:
+    args = ["--cli", "qwen@scripted:1,gemini@gemini-key:1", "--probe-interval", "2"]
+    with launched(clis, tmp_path, args, PROVIDERS, {"AISWARM_TEST_SCRIPTED_KEY": "k"}) as swarm:
+        swarm.wait_parked(count=1)
+        ids = swarm.submit({f"nocreds/{i}.txt": f"done {i}" for i in range(3)}, title="nocreds")
+        tasks = swarm.wait_done(ids)
+        output = swarm.launcher_log.read_text()
+    assert [t.status.value for t in tasks] == ["completed"] * 3, swarm.tail()
+    assert [[(a.agent, a.outcome.value) for a in t.attempts] for t in tasks] == [
+        [("qwen-1", "completed")]
+    ] * 3
+    about_gemini = [line for line in output.splitlines() if "gemini-1" in line and "no work" in line]
+    assert about_gemini == [
+        "aiswarm launch: gemini-1 takes no work: provider gemini-key: $AISWARM_TEST_GEMINI_KEY is not set; "
+        "export it, or name another key source in $AISWARM_HOME/config.toml"
+    ], output
+    assert not any("qwen-1 takes no work" in line for line in output.splitlines())
+    assert swarm.model.stats()["clis"].get("gemini", {}).get("total", 0) == 0
+
+
+def test_a_401_mid_run_releases_the_task_opens_the_circuit_and_the_probe_closes_it_once_the_key_works(
+    clis: InstalledClis, tmp_path: Path
+) -> None:
+    args = ["--cli", "qwen,gemini", "--agents", "2", "--model-endpoint", "{model}", "--probe-interval", "2"]
+    with launched(clis, tmp_path, args) as swarm:
+        swarm.wait_parked()
+        fault = swarm.model.inject_fault(status=401, cli="qwen", retry_after=None, message="Invalid API key")
+        ids = swarm.submit({f"auth/{i}.txt": f"auth {i}" for i in range(4)}, title="auth")
+        tasks = swarm.wait_done(ids)
+        qwen_log = swarm.home / "logs" / "qwen-1.log"
+        assert "circuit cli:qwen open" in qwen_log.read_text(), swarm.tail()
+        assert [t.status.value for t in tasks] == ["completed"] * 4, swarm.tail()
+        assert all(t.attempts[-1].agent == "gemini-1" for t in tasks)
+        assert all(t.failures == 0 for t in tasks), [(t.id, t.failures) for t in tasks]
+        qwen_attempts = [a.outcome.value for t in tasks for a in t.attempts if a.agent == "qwen-1"]
+        assert qwen_attempts and set(qwen_attempts) == {"released"}, qwen_attempts
+        # A task only qwen may do waits while the circuit is open; the key works again, the probe closes it.
+        [only_qwen] = swarm.call(
+            lambda b: b.submit_task(
+                "qwen only",
+                "WRITE auth/qwen.txt\n```\nqwen again\n```\n",
+                working_dir=str(swarm.workdir),
+                capabilities=["cli:qwen"],
+            ),
+            token=swarm.broker.primary_token,
+        ).tasks
+        poll(lambda: "stays open" in qwen_log.read_text(), 60, "a failed probe")
+        assert swarm.call(lambda b: b.get_task(only_qwen.id)).task.status.value == "pending"
+        swarm.model.clear_faults(fault_id=fault)
+        [task] = swarm.wait_done([only_qwen.id])
+        assert task.status.value == "completed" and task.attempts[-1].agent == "qwen-1", swarm.tail()
+        assert "circuit cli:qwen closed (the probe passed)" in qwen_log.read_text()
+        assert (swarm.workdir / "auth/qwen.txt").read_text() == "qwen again\n"
