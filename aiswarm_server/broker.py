@@ -16,9 +16,19 @@ from aiswarm_server import __version__
 from aiswarm_server.auth import TokenRegistry, validate_agent_name
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import InvalidRequest, NotFound
-from aiswarm_server.models import Identity, NewTask, Role, Task, TaskChange, TaskStatus
+from aiswarm_server.models import (
+    AgentState,
+    Identity,
+    NewTask,
+    Role,
+    Task,
+    TaskChange,
+    TaskStatus,
+    UsageRecord,
+)
 from aiswarm_server.replies import (
     AgentsReply,
+    AgentStateReply,
     AgentStatusReply,
     ClaimedTask,
     ClaimReply,
@@ -35,6 +45,8 @@ from aiswarm_server.replies import (
     TokenInfo,
     TokenListReply,
     TokenReply,
+    UsageReply,
+    UsageRow,
     WaitReply,
     WaitTasksReply,
 )
@@ -461,6 +473,49 @@ class Broker:
             task_id=task_id, status=status, message=f"Task #{task_id} released: {status.value}."
         )
 
+    async def report_agent_state(
+        self, agents: Sequence[str], cli: str | None, state: AgentState, reason: str, until: float | None
+    ) -> AgentStateReply:
+        """Record the launcher's word on agents (cooling down, circuit open, a reset the user asked for).
+
+        ``agents`` names them; ``cli`` adds every agent of that CLI. Unknown names are ignored."""
+        names = set(agents)
+        if cli is not None:
+            names |= {a.name for a in await self.store.list_agents() if a.cli == cli}
+        stored = await self.store.set_agent_state(sorted(names), state, reason, until)
+        shown = state.value or "cleared"
+        return AgentStateReply(
+            agents=stored,
+            message=f"{len(stored)} agent(s) now {shown}."
+            if stored
+            else "No such agent: see `aiswarm agents` for the names.",
+        )
+
+    async def record_usage(self, record: UsageRecord) -> None:
+        """Keep the tokens one CLI run used (stamped now)."""
+        await self.store.record_usage(record.model_copy(update={"recorded_at": self.clock()}))
+
+    async def usage(self, by: UsageGrouping, days: float) -> UsageReply:
+        """Token usage of the last ``days`` days, summed per ``by`` (day, provider, cli, agent, task)."""
+        records = await self.store.list_usage(self.clock() - days * 86_400)
+        groups: dict[str, list[UsageRecord]] = {}
+        for record in records:
+            groups.setdefault(_usage_key(record, by), []).append(record)
+        rows = [
+            UsageRow(
+                key=key,
+                runs=len(group),
+                input_tokens=sum(r.input_tokens for r in group),
+                output_tokens=sum(r.output_tokens for r in group),
+                cached_tokens=sum(r.cached_tokens for r in group),
+                total_tokens=sum(r.total_tokens for r in group),
+                requests=sum(r.requests or 0 for r in group),
+            )
+            for key, group in sorted(groups.items())
+        ]
+        total = sum(r.total_tokens for r in rows)
+        return UsageReply(by=by, rows=rows, message=f"{len(records)} run(s), {total} tokens, by {by}.")
+
     # primary side --------------------------------------------------------------------------------
     def _check_size(self, what: str, value: str | None, limit: int) -> None:
         if value is not None and len(value) > limit:
@@ -658,6 +713,18 @@ class Broker:
             uptime_seconds=round(self.clock() - self._started_at, 1),
             message="Broker is running.",
         )
+
+
+UsageGrouping = Literal["day", "provider", "cli", "agent", "task"]
+
+
+def _usage_key(record: UsageRecord, by: UsageGrouping) -> str:
+    if by == "day":
+        return time.strftime("%Y-%m-%d", time.gmtime(record.recorded_at))
+    if by == "task":
+        return f"#{record.task_id}" if record.task_id is not None else "(no task)"
+    value = {"provider": record.provider, "cli": record.cli, "agent": record.agent}[by]
+    return value or "(none)"
 
 
 def _expire(woken: asyncio.Future[None]) -> None:

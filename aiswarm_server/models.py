@@ -66,6 +66,15 @@ class Identity(BaseModel):
     label: str = ""
 
 
+class AgentState(StrEnum):
+    """What the launcher reports about an agent, beyond idle and busy."""
+
+    NONE = ""
+    COOLING = "cooling"  # its provider rate limited it: no work until state_until
+    CIRCUIT_OPEN = "circuit_open"  # no work until a probe passes (state_reason says why) or a reset
+    RESET = "reset"  # the user asked (aiswarm agents reset) to close its circuit now
+
+
 class Agent(BaseModel):
     name: str
     cli: str = "unknown"
@@ -77,6 +86,26 @@ class Agent(BaseModel):
     cursor: int = 0
     registered_at: float
     last_seen_at: float
+    state: AgentState = AgentState.NONE
+    state_reason: str = ""
+    state_until: float | None = None
+
+
+class UsageRecord(BaseModel):
+    """The tokens one CLI run used, on the task attempt it ran (task and attempt None: a run with no task)."""
+
+    task_id: int | None = None
+    attempt: int | None = None
+    agent: str
+    cli: str
+    provider: str = ""
+    model: str = ""
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cached_tokens: int = Field(default=0, ge=0)
+    total_tokens: int = Field(default=0, ge=0)
+    requests: int | None = Field(default=None, ge=0)
+    recorded_at: float = 0.0
 
 
 class Attempt(BaseModel):

@@ -188,3 +188,30 @@ class StatusReply(BaseModel):
     watched_tasks: int
     uptime_seconds: float
     message: str
+
+
+class AgentStateReply(BaseModel):
+    """The agents whose launcher-reported state was set."""
+
+    agents: list[Agent]
+    message: str
+
+
+class UsageRow(BaseModel):
+    """Tokens summed over one group (a day, a provider, a CLI, a task ...)."""
+
+    key: str
+    runs: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    total_tokens: int
+    requests: int
+
+
+class UsageReply(BaseModel):
+    """Token usage grouped as asked."""
+
+    by: str
+    rows: list[UsageRow]
+    message: str

@@ -20,12 +20,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiswarm_server import __version__
-from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker import Broker, TaskSpec, UsageGrouping
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS
 from aiswarm_server.errors import BrokerError
-from aiswarm_server.models import Identity, Role, TaskStatus
+from aiswarm_server.models import AgentState, Identity, Role, TaskStatus, UsageRecord
 from aiswarm_server.replies import (
     AgentsReply,
+    AgentStateReply,
     AgentStatusReply,
     ClaimReply,
     CompletionReply,
@@ -38,6 +39,7 @@ from aiswarm_server.replies import (
     TasksReply,
     TokenListReply,
     TokenReply,
+    UsageReply,
     WaitReply,
     WaitTasksReply,
 )
@@ -48,6 +50,7 @@ R = TypeVar("R")
 TaskId = Annotated[
     int, Field(ge=1, le=2**62, description="A task id, as returned by submit_task or claim_task.")
 ]
+AgentName = Annotated[str, Field(min_length=1, max_length=64, description="An agent's name, e.g. qwen-1.")]
 FenceToken = Annotated[
     int, Field(ge=1, le=2**62, description="The fence_token that claim_task returned with this task.")
 ]
@@ -450,6 +453,50 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
         """Give a held task back to the queue without counting a failed attempt (graceful stop)."""
         _identity(ref, ctx)
         return await ref.get().release_task(agent, task_id, reason)
+
+    @server.tool()
+    @_refusals
+    async def report_agent_state(
+        ctx: Context[Any, Any],
+        state: Annotated[
+            AgentState,
+            Field(description="'' (clear), 'cooling', 'circuit_open', or 'reset' (close the circuit now)."),
+        ],
+        agents: Annotated[list[AgentName], Field(max_length=1000)] = [],  # noqa: B006
+        cli: Annotated[
+            str | None, Field(min_length=1, max_length=64, description="Every agent of this CLI.")
+        ] = None,
+        reason: Annotated[str, Field(max_length=500)] = "",
+        until: Annotated[
+            float | None, Field(ge=0, description="Epoch seconds the state lasts until.")
+        ] = None,
+    ) -> AgentStateReply:
+        """Record what the launcher says about agents: cooling down until a time, circuit open and why, or a reset
+        the user asked for (the launcher then closes the circuit at once)."""
+        _identity(ref, ctx)
+        return await ref.get().report_agent_state(agents, cli, state, reason, until)
+
+    @server.tool()
+    @_refusals
+    async def record_usage(ctx: Context[Any, Any], usage: UsageRecord) -> UsageReply:
+        """Keep the tokens one CLI run used, on the task attempt it ran."""
+        _identity(ref, ctx)
+        broker = ref.get()
+        await broker.record_usage(usage)
+        return UsageReply(by="agent", rows=[], message="Recorded.")
+
+    @server.tool()
+    @_refusals
+    async def usage_summary(
+        ctx: Context[Any, Any],
+        by: Annotated[
+            UsageGrouping, Field(description="Group by day, provider, cli, agent or task.")
+        ] = "day",
+        days: Annotated[float, Field(gt=0, le=3660, description="How many days back.")] = 30,
+    ) -> UsageReply:
+        """Tokens used by the swarm's CLI runs, summed per day, provider, CLI, agent or task."""
+        _identity(ref, ctx)
+        return await ref.get().usage(by, days)
 
     @server.tool()
     @_refusals

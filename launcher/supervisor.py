@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
-from aiswarm_server.replies import ClaimedTask, ClaimReply, TokenReply
+from aiswarm_server.models import AgentState as BrokerAgentState
+from aiswarm_server.models import UsageRecord
+from aiswarm_server.replies import AgentStateReply, ClaimedTask, ClaimReply, TokenReply, UsageReply
 from launcher.adapters import get_adapter
 from launcher.adapters.base import (
     AGENT_HEADER,
@@ -66,6 +68,8 @@ WAIT_SECONDS = 60
 HEARTBEAT_SECONDS = 20.0
 """Lease renewal while a CLI works (the broker's lease is minutes long)."""
 MAX_BACKOFF_SECONDS = 120.0
+RESET_POLL_SECONDS = 2.0
+"""While an agent's circuit is open, how often it looks for a reset the user asked for (``aiswarm agents reset``)."""
 
 
 class AgentState(StrEnum):
@@ -116,6 +120,8 @@ class AgentView:
     provider: str | None = None
     tokens: int = 0
     pid: int | None = None
+    published: tuple[str, str] = ("", "")
+    """The state and reason last recorded in the broker's agent record."""
 
 
 @dataclass
@@ -602,6 +608,10 @@ class Supervisor:
         if blocked is not None:
             view.state, view.circuit = AgentState.CIRCUIT_OPEN, f"{blocked.name}: {blocked.reason}"
             view.circuit_until = time.time() + max(0.0, blocked.next_probe_at - time.monotonic())
+            if await self._reset_asked(agent):
+                self._close_circuit(blocked.name, "reset by the user")
+                return False
+            await self._publish(agent, BrokerAgentState.CIRCUIT_OPEN, view.circuit, view.circuit_until)
             if self.circuits.due(blocked.name):
                 failure = await asyncio.to_thread(self._probe, agent.plan, blocked.name)
                 if failure is None:
@@ -610,12 +620,14 @@ class Supervisor:
                     blocked.reason = failure
                     self._note(agent.name, f"circuit {blocked.name} stays open: {failure}")
                 return False
-            await self._sleep_or_change(max(0.0, blocked.next_probe_at - time.monotonic()))
+            wait = min(RESET_POLL_SECONDS, max(0.0, blocked.next_probe_at - time.monotonic()))
+            await self._sleep_or_change(wait)
             return False
         breaker = self.breakers[agent.name]
         if breaker.is_open:
             view.state, view.circuit = AgentState.CIRCUIT_OPEN, f"agent: {breaker.reason}"
             view.circuit_until = time.time() + breaker.remaining()
+            await self._publish(agent, BrokerAgentState.CIRCUIT_OPEN, view.circuit, view.circuit_until)
             await self._sleep(breaker.remaining())
             return False
         view.circuit, view.circuit_until = "", 0.0
@@ -625,12 +637,67 @@ class Supervisor:
         if cooling > 0:
             view.state = AgentState.COOLING
             view.cool_down_until = time.time() + cooling
+            await self._publish(agent, BrokerAgentState.COOLING, view.last_error, view.cool_down_until)
             await self._sleep(cooling)
             return False
         view.cool_down_until = 0.0
+        await self._publish(agent, BrokerAgentState.NONE, "", None)
         return not self.stopping
 
+    async def _publish(
+        self, agent: AgentRun, state: BrokerAgentState, reason: str, until: float | None
+    ) -> None:
+        """Record the agent's state in its broker record (once per change), for `aiswarm agents` and status."""
+        if agent.view.published == (state.value, reason):
+            return
+        with contextlib.suppress(BrokerCallError, BrokerUnreachable):
+            await agent.admin.call(
+                "report_agent_state",
+                AgentStateReply,
+                agents=[agent.name],
+                state=state.value,
+                reason=reason,
+                until=until,
+            )
+            agent.view.published = (state.value, reason)
+
+    async def _reset_asked(self, agent: AgentRun) -> bool:
+        """True when the user reset this agent's circuit (``aiswarm agents reset``) since it was published."""
+        if agent.view.published[0] != BrokerAgentState.CIRCUIT_OPEN.value:
+            return False
+        try:
+            record = (await agent.worker.get_agent_status()).agent
+        except (BrokerCallError, BrokerUnreachable):
+            return False
+        return record.state is BrokerAgentState.RESET
+
+    async def _record_usage(
+        self, agent: AgentRun, usage: TokenUsage, task_id: int | None, fence: int | None
+    ) -> None:
+        """Keep the run's tokens in the broker, on the task attempt it ran (the one holding ``fence``)."""
+        attempt = None
+        with contextlib.suppress(BrokerCallError, BrokerUnreachable):
+            if task_id is not None:
+                task = (await agent.admin.get_task(task_id)).task
+                attempt = next((a.number for a in task.attempts if a.fence_token == fence), None)
+            endpoint = agent.spec.endpoint
+            record = UsageRecord(
+                task_id=task_id,
+                attempt=attempt,
+                agent=agent.name,
+                cli=agent.plan.cli,
+                provider=agent.plan.provider or (endpoint.provider if endpoint else "cli-login"),
+                model=agent.spec.model or (endpoint.model if endpoint else ""),
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_tokens=usage.cached_tokens,
+                total_tokens=usage.total_tokens,
+                requests=usage.requests,
+            )
+            await agent.admin.call("record_usage", UsageReply, usage=record.model_dump())
+
     def _close_circuit(self, name: str, why: str) -> None:
+        """Close a shared circuit and say so in the log of every agent behind it."""
         if self.circuits.close(name):
             for plan in self.config.agents:
                 if name in self._circuits_of(plan):
@@ -681,6 +748,8 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await beat
         usage = result.usage
+        if usage is not None:
+            await self._record_usage(agent, usage, task.id, fence)
         tokens = f", {usage.total_tokens} tokens ({usage.requests or '?'} turns)" if usage else ""
         self._note(
             name,
@@ -776,6 +845,8 @@ class Supervisor:
             view.state = AgentState.RUNNING
             result = await self._run_cli(agent, session_prompt(agent.name, agent.plan.persona), None, None)
             self._note(agent.name, f"session ended: {result.outcome.kind.value} ({result.outcome.reason})")
+            if result.usage is not None:
+                await self._record_usage(agent, result.usage, None, None)
             held = (await agent.worker.get_agent_status()).current_task
             if held is not None:
                 await agent.admin.release_task(agent.name, held.id, f"{agent.name}: session ended; released")

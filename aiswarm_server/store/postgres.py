@@ -37,6 +37,7 @@ from aiswarm_server.config import redact_database_url
 from aiswarm_server.errors import NotFound, SchemaTooNew, StaleClaim, StoreUnavailable, TaskCancelled
 from aiswarm_server.models import (
     Agent,
+    AgentState,
     AgentStatus,
     Attempt,
     AttemptOutcome,
@@ -49,6 +50,7 @@ from aiswarm_server.models import (
     Task,
     TaskChange,
     TaskStatus,
+    UsageRecord,
 )
 from aiswarm_server.store.base import AgentPoll, ClaimResult, Store, StoreStats
 
@@ -145,6 +147,9 @@ def _row_to_task(
     )
 
 
+USAGE_COLUMNS = "task_id, attempt, agent, cli, provider, model, input_tokens, output_tokens, cached_tokens, total_tokens, requests, recorded_at"
+
+
 def _row_to_agent(row: Row) -> Agent:
     return Agent(
         name=row["name"],
@@ -157,6 +162,9 @@ def _row_to_agent(row: Row) -> Agent:
         cursor=row["cursor"],
         registered_at=row["registered_at"],
         last_seen_at=row["last_seen_at"],
+        state=AgentState(row["state"]),
+        state_reason=row["state_reason"],
+        state_until=row["state_until"],
     )
 
 
@@ -507,6 +515,43 @@ class PostgresStore(Store):
     async def list_agents(self) -> list[Agent]:
         async def _list(con: Connection) -> list[Agent]:
             return [_row_to_agent(r) for r in await con.fetch("SELECT * FROM agents ORDER BY name")]
+
+        return await self._read(_list)
+
+    async def set_agent_state(
+        self, names: Sequence[str], state: AgentState, reason: str, until: float | None
+    ) -> list[Agent]:
+        async def _set(con: Connection) -> list[Agent]:
+            rows = await con.fetch(
+                "UPDATE agents SET state = $1, state_reason = $2, state_until = $3 "
+                "WHERE name = ANY($4::text[]) RETURNING *",
+                state.value,
+                reason,
+                until,
+                list(names),
+            )
+            return sorted((_row_to_agent(r) for r in rows), key=lambda a: a.name)
+
+        return await self._write(_set)
+
+    async def record_usage(self, record: UsageRecord) -> None:
+        values = record.model_dump()
+        columns = USAGE_COLUMNS.split(", ")
+        placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+
+        async def _insert(con: Connection) -> None:
+            await con.execute(
+                f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({placeholders})", *(values[c] for c in columns)
+            )
+
+        await self._write(_insert)
+
+    async def list_usage(self, since: float) -> list[UsageRecord]:
+        async def _list(con: Connection) -> list[UsageRecord]:
+            rows = await con.fetch(
+                f"SELECT {USAGE_COLUMNS} FROM usage WHERE recorded_at >= $1 ORDER BY id", since
+            )
+            return [UsageRecord.model_validate(dict(r)) for r in rows]
 
         return await self._read(_list)
 

@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 from aiswarm_server.errors import NotFound, SchemaTooNew, StaleClaim, StoreUnavailable, TaskCancelled
 from aiswarm_server.models import (
     Agent,
+    AgentState,
     AgentStatus,
     Attempt,
     AttemptOutcome,
@@ -38,6 +39,7 @@ from aiswarm_server.models import (
     Task,
     TaskChange,
     TaskStatus,
+    UsageRecord,
 )
 from aiswarm_server.store.base import AgentPoll, ClaimResult, Store, StoreStats
 
@@ -116,6 +118,9 @@ def _row_to_task(
     )
 
 
+USAGE_COLUMNS = "task_id, attempt, agent, cli, provider, model, input_tokens, output_tokens, cached_tokens, total_tokens, requests, recorded_at"
+
+
 def _row_to_agent(row: sqlite3.Row) -> Agent:
     return Agent(
         name=row["name"],
@@ -128,6 +133,9 @@ def _row_to_agent(row: sqlite3.Row) -> Agent:
         cursor=row["cursor"],
         registered_at=row["registered_at"],
         last_seen_at=row["last_seen_at"],
+        state=AgentState(row["state"]),
+        state_reason=row["state_reason"],
+        state_until=row["state_until"],
     )
 
 
@@ -328,6 +336,38 @@ class SqliteStore(Store):
     async def list_agents(self) -> list[Agent]:
         return await self._read(
             lambda db: [_row_to_agent(r) for r in db.execute("SELECT * FROM agents ORDER BY name")]
+        )
+
+    async def set_agent_state(
+        self, names: Sequence[str], state: AgentState, reason: str, until: float | None
+    ) -> list[Agent]:
+        def _set(db: sqlite3.Connection) -> list[Agent]:
+            rows = db.execute(
+                "UPDATE agents SET state = ?, state_reason = ?, state_until = ? "
+                "WHERE name IN (SELECT value FROM json_each(?)) RETURNING *",
+                (state.value, reason, until, json.dumps(list(names))),
+            ).fetchall()
+            return sorted((_row_to_agent(r) for r in rows), key=lambda a: a.name)
+
+        return await self._write(_set)
+
+    async def record_usage(self, record: UsageRecord) -> None:
+        values = record.model_dump()
+        await self._write(
+            lambda db: db.execute(
+                f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join(':' + c for c in USAGE_COLUMNS.split(', '))})",
+                values,
+            )
+        )
+
+    async def list_usage(self, since: float) -> list[UsageRecord]:
+        return await self._read(
+            lambda db: [
+                UsageRecord.model_validate(dict(r))
+                for r in db.execute(
+                    f"SELECT {USAGE_COLUMNS} FROM usage WHERE recorded_at >= ? ORDER BY id", (since,)
+                )
+            ]
         )
 
     async def poll_agent(

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,8 +56,19 @@ def launched(
     launcher_log = root / "launcher.log"
     with open(launcher_log, "wb") as out:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "aiswarm_server", "launch", "--url", broker.url, "--dir", str(workdir)]
-            + ["--grace", "5", "--no-ui", *(a.replace("{model}", model.url) for a in args)],
+            [
+                *(
+                    sys.executable,
+                    "-m",
+                    "aiswarm_server",
+                    "launch",
+                    "--url",
+                    broker.url,
+                    "--dir",
+                    str(workdir),
+                ),
+                *("--grace", "5", "--no-ui", *(a.replace("{model}", model.url) for a in args)),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -145,9 +157,35 @@ def test_a_401_mid_run_releases_the_task_opens_the_circuit_and_the_probe_closes_
             token=swarm.broker.primary_token,
         ).tasks
         poll(lambda: "stays open" in qwen_log.read_text(), 60, "a failed probe")
+        listed = json.loads(aiswarm(swarm, "agents", "--json"))
+        qwen = next(a for a in listed if a["name"] == "qwen-1")
+        assert qwen["state"] == "circuit_open" and "cli:qwen" in qwen["state_reason"], qwen
+        status = json.loads(aiswarm(swarm, "status", "--json"))
+        assert [s["agent"] for s in status["agent_states"]] == ["qwen-1"], status
         assert swarm.call(lambda b: b.get_task(only_qwen.id)).task.status.value == "pending"
         swarm.model.clear_faults(fault_id=fault)
         [task] = swarm.wait_done([only_qwen.id])
         assert task.status.value == "completed" and task.attempts[-1].agent == "qwen-1", swarm.tail()
         assert "circuit cli:qwen closed (the probe passed)" in qwen_log.read_text()
         assert (swarm.workdir / "auth/qwen.txt").read_text() == "qwen again\n"
+        usage = json.loads(aiswarm(swarm, "usage", "--by", "cli", "--json"))
+        by_cli = {row["key"]: row for row in usage["rows"]}
+        assert by_cli["gemini"]["runs"] >= 4 and by_cli["gemini"]["total_tokens"] > 0, usage
+        assert by_cli["qwen"]["total_tokens"] > 0, usage
+        by_task = {
+            row["key"] for row in json.loads(aiswarm(swarm, "usage", "--by", "task", "--json"))["rows"]
+        }
+        assert {f"#{t.id}" for t in [*tasks, task]} <= by_task
+
+
+def aiswarm(swarm: Swarm, *args: str) -> str:
+    """Run an ``aiswarm`` command against the swarm's broker; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "aiswarm_server", *args, "--url", swarm.broker.url],
+        env=swarm.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
