@@ -232,8 +232,13 @@ _PUBLIC_BASE = {
 }
 
 
+def public_base_url(kind: ProviderKind) -> str:
+    """Where a provider of ``kind`` without a ``base_url`` is reached (the kind's public API)."""
+    return _PUBLIC_BASE[kind]
+
+
 def _models_request(endpoint: ModelEndpoint) -> tuple[str, dict[str, str]]:
-    base = (endpoint.base_url or _PUBLIC_BASE[endpoint.kind]).rstrip("/")
+    base = (endpoint.base_url or public_base_url(endpoint.kind)).rstrip("/")
     if endpoint.kind is ProviderKind.GEMINI_API:
         return f"{base}/v1beta/models", {"x-goog-api-key": endpoint.api_key}
     if endpoint.kind is ProviderKind.ANTHROPIC_COMPATIBLE:

@@ -54,9 +54,18 @@ from launcher.circuits import (
     cli_circuit,
     provider_circuit,
 )
+from launcher.model_proxy import ModelProxy
 from launcher.personas import Persona
 from launcher.preflight import cli_problems, credential_problem
-from launcher.providers import ModelEndpoint, Provider, ProviderError, check_spoken, endpoint_provider, probe
+from launcher.providers import (
+    ModelEndpoint,
+    Provider,
+    ProviderError,
+    check_spoken,
+    endpoint_provider,
+    probe,
+    public_base_url,
+)
 
 log = logging.getLogger("aiswarm.launcher")
 
@@ -356,6 +365,8 @@ class RunResult:
     rate_limited: bool
     stopped: bool
     seconds: float
+    retry_after: float | None = None
+    """The provider's ``Retry-After`` on the 429 that stopped the run, when it sent one."""
 
 
 @dataclass
@@ -370,6 +381,8 @@ class Supervisor:
         self.circuits = Circuits(self.config.probe_seconds)
         self.breakers: dict[str, AgentBreaker] = {}
         self._preflight_done = False
+        self._proxy: ModelProxy | None = None
+        self._refusal_watchers: dict[str, Callable[[int, float | None], None]] = {}
         self._stopping = asyncio.Event()
         self._killed = asyncio.Event()
         self._running: dict[str, asyncio.subprocess.Process] = {}
@@ -479,6 +492,8 @@ class Supervisor:
             for name, lines in (await asyncio.to_thread(self.preflight)).items():
                 for line in lines:
                     self._note(name, f"preflight: {line}")
+        self._proxy = ModelProxy(self._model_refused)
+        await self._proxy.start()
         try:
             async with BrokerClient(self.config.broker_url, self.config.admin_token) as admin:
                 for plan in self.config.agents:
@@ -498,6 +513,8 @@ class Supervisor:
         finally:
             self._names.release()
             self._reserved = False
+            await self._proxy.stop()
+            self._proxy = None
 
     async def _fresh_token(self, admin: BrokerClient, name: str) -> str:
         """Revoke the agent's earlier tokens (a previous launch's), then issue the one this launch uses.
@@ -549,11 +566,22 @@ class Supervisor:
         view.state = AgentState.STOPPED
 
     def _endpoint_or_none(self, plan: AgentPlan) -> ModelEndpoint | None:
-        """The agent's endpoint; None when its key cannot be read (the preflight opened its circuit)."""
+        """The agent's endpoint, routed through the model proxy; None when its key cannot be read (the
+        preflight opened its circuit)."""
         try:
-            return self.config.endpoint_for(plan.cli, plan.provider)
+            endpoint = self.config.endpoint_for(plan.cli, plan.provider)
         except ProviderError:
             return None
+        if endpoint is None or self._proxy is None:
+            return endpoint
+        upstream = endpoint.base_url or public_base_url(endpoint.kind)
+        return endpoint.model_copy(update={"base_url": self._proxy.route(plan.name, upstream)})
+
+    def _model_refused(self, agent: str, status: int, retry_after: float | None) -> None:
+        """The model proxy saw the provider refuse ``agent``'s request: tell the agent's running CLI, if any."""
+        watcher = self._refusal_watchers.get(agent)
+        if watcher is not None:
+            watcher(status, retry_after)
 
     async def _register(self, agent: AgentRun) -> str | None:
         """Register (or re-register) the agent with the broker; returns its event cursor."""
@@ -798,12 +826,11 @@ class Supervisor:
         kind, view, cli = result.outcome.kind, agent.view, agent.plan.cli
         breaker = self.breakers[agent.name]
         if result.rate_limited:
-            self.cool_downs.start(cli, self.config.cool_down_seconds)
+            # The provider's Retry-After is honoured when longer than the configured cool-down (a daily reset).
+            seconds = max(self.config.cool_down_seconds, result.retry_after or 0.0)
+            self.cool_downs.start(cli, seconds)
             view.last_error = _short(result.outcome.reason)
-            self._note(
-                agent.name,
-                f"rate limited: every {cli} agent cools down for {self.config.cool_down_seconds:.0f}s",
-            )
+            self._note(agent.name, f"rate limited: every {cli} agent cools down for {seconds:.0f}s")
         elif kind.not_the_tasks_fault:
             circuit = (
                 cli_circuit(cli) if kind is not OutcomeKind.AUTH_FAILURE else self._auth_circuit(agent.plan)
@@ -886,6 +913,8 @@ class Supervisor:
         self._running[plan.name] = process
         view.pid = process.pid
         rate_limited = False
+        refused_key: int | None = None
+        retry_after: float | None = None
         stopped = False
         timed_out = False
         killed = asyncio.Event()
@@ -893,6 +922,20 @@ class Supervisor:
         def kill() -> None:
             killed.set()
             _kill_group(process)
+
+        def model_refused(status: int, after: float | None) -> None:
+            nonlocal rate_limited, refused_key, retry_after
+            if killed.is_set():
+                return
+            if status == 429:
+                rate_limited, retry_after = True, after
+                self._note(plan.name, f"the model answered 429 (Retry-After {after}): stopping the CLI")
+            else:
+                refused_key = status
+                self._note(plan.name, f"the model refused the key (HTTP {status}): stopping the CLI")
+            kill()  # the CLI would retry silently for a minute or more; the task is released
+
+        self._refusal_watchers[plan.name] = model_refused
 
         async def read_stderr() -> str:
             nonlocal rate_limited
@@ -970,11 +1013,18 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
             _kill_group(process)  # stragglers the CLI left in its group
+            self._refusal_watchers.pop(plan.name, None)
             self._running.pop(plan.name, None)
             view.pid = None
             return_logins()
         outcome = adapter.classify_exit(None if timed_out else returncode, stdout, stderr)
-        if rate_limited and outcome.kind is not OutcomeKind.RATE_LIMITED:
+        if refused_key is not None:
+            outcome = RunOutcome(
+                kind=OutcomeKind.AUTH_FAILURE,
+                reason=f"the provider refused the key (HTTP {refused_key})",
+                returncode=returncode,
+            )
+        elif rate_limited and not outcome.kind.out_of_requests:
             outcome = RunOutcome(
                 kind=OutcomeKind.RATE_LIMITED,
                 reason="model rate limit seen on stderr; stopped the CLI",
@@ -985,7 +1035,7 @@ class Supervisor:
         if usage is not None:
             view.tokens += usage.total_tokens
             self._note(plan.name, f"usage: {json.dumps(usage.model_dump())}")
-        return RunResult(outcome, usage, rate_limited, stopped, time.monotonic() - started)
+        return RunResult(outcome, usage, rate_limited, stopped, time.monotonic() - started, retry_after)
 
     async def _heartbeats(self, worker: BrokerClient) -> None:
         while True:

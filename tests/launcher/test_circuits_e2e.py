@@ -5,6 +5,8 @@
 * A 401 from the model mid-run: the task is released with no failure counted, the CLI's circuit opens, the other
   CLI completes the task; once the key is accepted again the probe (a models listing) closes the circuit and
   the CLI takes work again.
+* A 429 on qwen, with and without ``Retry-After``: the launcher sees it in the model traffic, stops the CLI and
+  releases the task within 5 s of the first 429 (qwen itself retries silently for 20 s to over a minute).
 """
 
 from __future__ import annotations
@@ -189,3 +191,44 @@ def aiswarm(swarm: Swarm, *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def test_a_429_on_qwen_with_and_without_retry_after_is_reacted_to_within_5_seconds(
+    clis: InstalledClis, tmp_path: Path
+) -> None:
+    args = ["--cli", "qwen,gemini", "--agents", "2", "--model-endpoint", "{model}", "--cool-down", "8"]
+    with launched(clis, tmp_path, args) as swarm:
+        swarm.wait_parked()
+        for retry_after in (15.0, None):
+            swarm.model.reset_stats()
+            fault = swarm.model.inject_fault(status=429, cli="qwen", retry_after=retry_after)
+            [task] = swarm.call(
+                lambda b, name=f"limited/{retry_after}.txt": b.submit_task(
+                    "qwen only",
+                    f"WRITE {name}\n```\nlimited\n```\n",
+                    working_dir=str(swarm.workdir),
+                    capabilities=["cli:qwen"],
+                ),
+                token=swarm.broker.primary_token,
+            ).tasks
+
+            def released(task_id: int = task.id) -> float | None:
+                attempts = swarm.call(lambda b: b.get_task(task_id)).task.attempts
+                return next((a.finished_at for a in attempts if a.outcome.value == "released"), None)
+
+            released_at: float = poll(released, 120, "the rate-limited task to be released")
+            first_429 = min(
+                r["at"] for r in swarm.model.stats()["recent"] if r["status"] == 429 and r["cli"] == "qwen"
+            )
+            print(f"Retry-After {retry_after}: released {released_at - first_429:.2f}s after the first 429")
+            assert released_at - first_429 < 5.0, swarm.tail()
+            qwen = next(a for a in json.loads(aiswarm(swarm, "agents", "--json")) if a["name"] == "qwen-1")
+            assert qwen["state"] == "cooling" and qwen["state_until"] >= released_at + 7, qwen
+            if retry_after is not None:
+                assert qwen["state_until"] >= released_at + retry_after - 1, (
+                    qwen
+                )  # the provider's reset honoured
+            swarm.model.clear_faults(fault_id=fault)
+            [done] = swarm.wait_done([task.id])
+            assert done.status.value == "completed" and done.attempts[-1].agent == "qwen-1", swarm.tail()
+            assert done.failures == 0
