@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import uvicorn
@@ -32,14 +32,17 @@ _HOP_BY_HOP = frozenset(
 
 Refusal = Callable[[str, int, float | None], None]
 """``(agent, HTTP status, Retry-After seconds or None)``, called on the supervisor's loop."""
+Admission = Callable[[str], Awaitable[bool]]
+"""Asked before each request is forwarded: False answers 503 instead (the agent's CLI is being stopped)."""
 
 
 class ModelProxy:
     """One pass-through server for every agent of a launch; :meth:`route` names where an agent's requests go."""
 
-    def __init__(self, on_refusal: Refusal) -> None:
+    def __init__(self, on_refusal: Refusal, admit: Admission | None = None) -> None:
         self._upstreams: dict[str, str] = {}
         self._on_refusal = on_refusal
+        self._admit = admit
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=30.0))
         self._server = uvicorn.Server(
             uvicorn.Config(
@@ -82,6 +85,8 @@ class ModelProxy:
         upstream = self._upstreams.get(agent)
         if upstream is None:
             return PlainTextResponse(f"no route for agent {agent!r}", 404)
+        if self._admit is not None and not await self._admit(agent):
+            return PlainTextResponse(f"agent {agent} is being stopped by its launcher", 503)
         url = f"{upstream}/{request.path_params['rest']}"
         if request.url.query:
             url = f"{url}?{request.url.query}"

@@ -76,6 +76,8 @@ WAIT_SECONDS = 60
 """One broker wait; well inside every timeout, and the cursor differs each time."""
 HEARTBEAT_SECONDS = 20.0
 """Lease renewal while a CLI works (the broker's lease is minutes long)."""
+SESSION_POLL_SECONDS = 0.5
+"""How often the supervisor looks at the task a session CLI holds (one local broker call)."""
 MAX_BACKOFF_SECONDS = 120.0
 RESET_POLL_SECONDS = 2.0
 """While an agent's circuit is open, how often it looks for a reset the user asked for (``aiswarm agents reset``)."""
@@ -357,6 +359,19 @@ class AgentRun:
 
 
 @dataclass
+class SessionWatch:
+    """What the supervisor knows about the task a session CLI holds."""
+
+    task_id: int | None = None
+    since: float = 0.0
+    limit: float = 0.0
+    moved: int | None = None
+    """The task the session was stopped for because it is in another directory."""
+    timed_out: int | None = None
+    """The task the session was stopped for at its deadline."""
+
+
+@dataclass
 class RunResult:
     """One finished CLI run."""
 
@@ -382,6 +397,8 @@ class Supervisor:
         self.breakers: dict[str, AgentBreaker] = {}
         self._preflight_done = False
         self._proxy: ModelProxy | None = None
+        self._sessions: dict[str, SessionWatch] = {}
+        self._agent_runs: dict[str, AgentRun] = {}
         self._refusal_watchers: dict[str, Callable[[int, float | None], None]] = {}
         self._stopping = asyncio.Event()
         self._killed = asyncio.Event()
@@ -492,7 +509,7 @@ class Supervisor:
             for name, lines in (await asyncio.to_thread(self.preflight)).items():
                 for line in lines:
                     self._note(name, f"preflight: {line}")
-        self._proxy = ModelProxy(self._model_refused)
+        self._proxy = ModelProxy(self._model_refused, self._admit_model_request)
         await self._proxy.start()
         try:
             async with BrokerClient(self.config.broker_url, self.config.admin_token) as admin:
@@ -554,7 +571,8 @@ class Supervisor:
         while not self.stopping:
             try:
                 async with BrokerClient(self.config.broker_url, token) as worker:
-                    await loop(AgentRun(plan, spec, adapter, worker, admin, view))
+                    run = self._agent_runs[plan.name] = AgentRun(plan, spec, adapter, worker, admin, view)
+                    await loop(run)
                     break
             except (BrokerUnreachable, BrokerCallError, OSError) as error:
                 view.failures += 1
@@ -870,17 +888,86 @@ class Supervisor:
             if not await self._ready(agent):
                 continue
             view.state = AgentState.RUNNING
-            result = await self._run_cli(agent, session_prompt(agent.name, agent.plan.persona), None, None)
+            session = SessionWatch()
+            self._sessions[agent.name] = session
+            watcher = asyncio.create_task(self._watch_session(agent, session))
+            try:
+                result = await self._run_cli(
+                    agent, session_prompt(agent.name, agent.plan.persona), None, None
+                )
+            finally:
+                self._sessions.pop(agent.name, None)
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
             self._note(agent.name, f"session ended: {result.outcome.kind.value} ({result.outcome.reason})")
             if result.usage is not None:
                 await self._record_usage(agent, result.usage, None, None)
             held = (await agent.worker.get_agent_status()).current_task
-            if held is not None:
+            if held is not None and held.id == session.moved:
+                # The task is for another directory: the session is over, the task runs there as in per-task mode.
+                self._note(agent.name, f"task #{held.id} is in {held.working_dir}: running it there")
+                await self._run_claimed(agent, await agent.worker.claim_task(held.id))
+            elif held is not None and held.id == session.timed_out:
+                reason = f"{agent.name} ({agent.plan.cli}): the task's {session.limit:.0f}s deadline passed"
+                with contextlib.suppress(BrokerCallError):
+                    await agent.worker.report_task_completion(
+                        held.id, held.fence_token, success=False, error=reason, retryable=True
+                    )
+                self._note(agent.name, f"task #{held.id} reported failed: {reason}")
+            elif held is not None:
                 await agent.admin.release_task(agent.name, held.id, f"{agent.name}: session ended; released")
-            self._after_run(agent, result, held is not None)
-            if result.outcome.kind is not OutcomeKind.DONE or result.seconds < 5:
-                view.failures = max(view.failures, 1)
-            await self._backoff(agent)
+            if session.moved is None:
+                self._after_run(agent, result, held is not None)
+                if result.outcome.kind is not OutcomeKind.DONE or result.seconds < 5:
+                    view.failures = max(view.failures, 1)
+                await self._backoff(agent)
+
+    async def _watch_session(self, agent: AgentRun, session: SessionWatch) -> None:
+        """While a session CLI runs: find the task it holds, renew its lease, end the session at the task's
+        deadline, and end it as soon as it holds a task for another directory (run then as in per-task mode)."""
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(SESSION_POLL_SECONDS)
+            if await self._session_must_end(agent, session):
+                return
+            if session.task_id is not None and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                last_beat = time.monotonic()
+                with contextlib.suppress(BrokerCallError, BrokerUnreachable):
+                    await agent.worker.update_heartbeat()
+
+    async def _session_must_end(self, agent: AgentRun, session: SessionWatch) -> bool:
+        """Look at the task the session holds; True (and the CLI stopped) when the session must end now."""
+        try:
+            held = (await agent.worker.get_agent_status()).current_task
+        except (BrokerCallError, BrokerUnreachable):
+            return False
+        if held is None:
+            session.task_id = None
+            return False
+        if held.id != session.task_id:
+            session.task_id, session.since = held.id, time.monotonic()
+            session.limit = self.config.task_timeout or float(held.timeout_seconds)
+            agent.view.task_id = held.id
+        if held.working_dir and not _inside(self.config.workdir, held.working_dir):
+            session.moved = held.id
+        elif time.monotonic() - session.since >= session.limit:
+            session.timed_out = held.id
+        else:
+            return False
+        process = self._running.get(agent.name)
+        if process is not None:
+            _kill_group(process)
+        return True
+
+    async def _admit_model_request(self, agent: str) -> bool:
+        """The model proxy asks before forwarding: a session CLI that just claimed a task for another
+        directory must not act on it (it would write outside its workspace); stop it instead."""
+        session = self._sessions.get(agent)
+        if session is None or session.moved is not None or session.timed_out is not None:
+            return session is None
+        run = self._agent_runs.get(agent)
+        return run is None or not await self._session_must_end(run, session)
 
     # --- the CLI process --------------------------------------------------------------------
 
@@ -1084,6 +1171,11 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
     """SIGKILL the CLI's whole process group (it leads its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def _inside(directory: Path, path: str) -> bool:
+    """Whether ``path`` (normalised, no file system access) is ``directory`` or below it."""
+    return Path(os.path.normpath(path)).is_relative_to(directory)
 
 
 def _existing_dir(path: str | None) -> Path | None:
