@@ -36,6 +36,7 @@ from aiswarm_server.replies import (
     EventView,
     HeartbeatReply,
     ProgressReply,
+    QuotaPoolsReply,
     RegisterReply,
     StatusReply,
     SubmitReply,
@@ -490,6 +491,16 @@ class Broker:
             if stored
             else "No such agent: see `aiswarm agents` for the names.",
         )
+
+    async def save_quota_pool(self, name: str, state: dict[str, Any]) -> QuotaPoolsReply:
+        """Keep a quota pool's state (the launcher counts; the broker remembers across relaunches)."""
+        await self.store.save_quota_pool(name, state, self.clock())
+        return QuotaPoolsReply(pools={name: state}, message=f"Quota pool {name} saved.")
+
+    async def quota_pools(self) -> QuotaPoolsReply:
+        """Every quota pool's last saved state."""
+        pools = await self.store.list_quota_pools()
+        return QuotaPoolsReply(pools=pools, message=f"{len(pools)} quota pool(s).")
 
     async def record_usage(self, record: UsageRecord) -> None:
         """Keep the tokens one CLI run used (stamped now)."""

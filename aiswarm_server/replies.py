@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -214,4 +214,11 @@ class UsageReply(BaseModel):
 
     by: str
     rows: list[UsageRow]
+    message: str
+
+
+class QuotaPoolsReply(BaseModel):
+    """The quota pools' saved states, by pool name."""
+
+    pools: dict[str, dict[str, Any]]
     message: str

@@ -32,6 +32,7 @@ from aiswarm_server.replies import (
     CompletionReply,
     HeartbeatReply,
     ProgressReply,
+    QuotaPoolsReply,
     RegisterReply,
     StatusReply,
     SubmitReply,
@@ -484,6 +485,26 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
         broker = ref.get()
         await broker.record_usage(usage)
         return UsageReply(by="agent", rows=[], message="Recorded.")
+
+    @server.tool()
+    @_refusals
+    async def save_quota_pool(
+        ctx: Context[Any, Any],
+        name: Annotated[
+            str, Field(min_length=1, max_length=128, description="The pool, e.g. provider:openrouter.")
+        ],
+        state: dict[str, Any],
+    ) -> QuotaPoolsReply:
+        """Keep a quota pool's counters (requests this day and minute), so a relaunch does not forget them."""
+        _identity(ref, ctx)
+        return await ref.get().save_quota_pool(name, state)
+
+    @server.tool()
+    @_refusals
+    async def list_quota_pools(ctx: Context[Any, Any]) -> QuotaPoolsReply:
+        """Every quota pool's saved counters."""
+        _identity(ref, ctx)
+        return await ref.get().quota_pools()
 
     @server.tool()
     @_refusals

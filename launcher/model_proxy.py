@@ -21,7 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 HOST = "127.0.0.1"
@@ -32,8 +32,9 @@ _HOP_BY_HOP = frozenset(
 
 Refusal = Callable[[str, int, float | None], None]
 """``(agent, HTTP status, Retry-After seconds or None)``, called on the supervisor's loop."""
-Admission = Callable[[str], Awaitable[bool]]
-"""Asked before each request is forwarded: False answers 503 instead (the agent's CLI is being stopped)."""
+Admission = Callable[[str, str], Awaitable[tuple[int, float | None] | None]]
+"""Asked ``(agent, method)`` before each request is forwarded: None forwards it; ``(status, Retry-After)``
+answers it with that status instead (a spent quota pool, a CLI being stopped); a 429 is reported as a refusal."""
 
 
 class ModelProxy:
@@ -85,8 +86,14 @@ class ModelProxy:
         upstream = self._upstreams.get(agent)
         if upstream is None:
             return PlainTextResponse(f"no route for agent {agent!r}", 404)
-        if self._admit is not None and not await self._admit(agent):
-            return PlainTextResponse(f"agent {agent} is being stopped by its launcher", 503)
+        refusal = await self._admit(agent, request.method) if self._admit is not None else None
+        if refusal is not None:
+            status, after = refusal
+            if status in REFUSALS:
+                self._on_refusal(agent, status, after)
+            headers = {"Retry-After": f"{after:.0f}"} if after is not None else {}
+            message = "the quota pool is spent" if status == 429 else "the launcher is stopping this CLI"
+            return JSONResponse({"error": {"message": message, "code": status}}, status, headers=headers)
         url = f"{upstream}/{request.path_params['rest']}"
         if request.url.query:
             url = f"{url}?{request.url.query}"

@@ -91,6 +91,8 @@ class Provider(BaseModel):
     """The key's user name in the OS keyring under service ``aiswarm``."""
     requests_per_minute: int | None = Field(default=None, ge=1)
     requests_per_day: int | None = Field(default=None, ge=1)
+    quota_resets_at: str = Field(default="00:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    """UTC ``HH:MM`` at which the day's budget starts again (Gemini's free tier: 07:00 or 08:00, midnight Pacific)."""
 
     @model_validator(mode="after")
     def _one_key_source(self) -> Provider:

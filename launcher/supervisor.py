@@ -34,7 +34,14 @@ from typing import Literal, TypeVar
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.models import AgentState as BrokerAgentState
 from aiswarm_server.models import UsageRecord
-from aiswarm_server.replies import AgentStateReply, ClaimedTask, ClaimReply, TokenReply, UsageReply
+from aiswarm_server.replies import (
+    AgentStateReply,
+    ClaimedTask,
+    ClaimReply,
+    QuotaPoolsReply,
+    TokenReply,
+    UsageReply,
+)
 from launcher.adapters import get_adapter
 from launcher.adapters.base import (
     AGENT_HEADER,
@@ -66,6 +73,7 @@ from launcher.providers import (
     probe,
     public_base_url,
 )
+from launcher.quota import PoolState, QuotaPool
 
 log = logging.getLogger("aiswarm.launcher")
 
@@ -76,6 +84,8 @@ WAIT_SECONDS = 60
 """One broker wait; well inside every timeout, and the cursor differs each time."""
 HEARTBEAT_SECONDS = 20.0
 """Lease renewal while a CLI works (the broker's lease is minutes long)."""
+POOL_CHECK_SECONDS = 1.0
+"""While an agent's quota pool is spent, how often it looks again (the clock may be a test's)."""
 SESSION_POLL_SECONDS = 0.5
 """How often the supervisor looks at the task a session CLI holds (one local broker call)."""
 MAX_BACKOFF_SECONDS = 120.0
@@ -159,6 +169,8 @@ class LaunchConfig:
     probe_seconds: float = DEFAULT_PROBE_SECONDS
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
     breaker_seconds: float = DEFAULT_BREAKER_SECONDS
+    clock: Callable[[], float] = time.time
+    """Wall-clock time for quota pools (their day and minute windows)."""
 
     def endpoint_for(self, cli: str, provider: str | None = None) -> ModelEndpoint | None:
         """The endpoint an agent of ``cli`` is pointed at: its provider's (the key read now from its source),
@@ -398,6 +410,15 @@ class Supervisor:
         self._preflight_done = False
         self._proxy: ModelProxy | None = None
         self._sessions: dict[str, SessionWatch] = {}
+        self._admin: BrokerClient | None = None
+        self._saving: set[asyncio.Task[None]] = set()
+        self.pools: dict[str, QuotaPool] = {
+            name: QuotaPool(name, p.requests_per_minute, p.requests_per_day, p.quota_resets_at)
+            for name, p in self.config.providers.items()
+            if (p.requests_per_minute or p.requests_per_day)
+            and any(a.provider == name for a in self.config.agents)
+        }
+        """The quota pools of this launch's providers, by provider name."""
         self._agent_runs: dict[str, AgentRun] = {}
         self._refusal_watchers: dict[str, Callable[[int, float | None], None]] = {}
         self._stopping = asyncio.Event()
@@ -498,6 +519,36 @@ class Supervisor:
         return provider_circuit(plan.provider) if plan.provider else cli_circuit(plan.cli)
 
     @staticmethod
+    def _cool_key(plan: AgentPlan) -> str:
+        """What a rate limit cools down: the agents of the same provider (one key), else of the same CLI."""
+        return provider_circuit(plan.provider) if plan.provider else plan.cli
+
+    def _pool_blocked_until(self, plan: AgentPlan) -> float | None:
+        """When the agent's quota pool has budget again (clock time), or None when it has some now."""
+        pool = self.pools.get(plan.provider or "")
+        return None if pool is None else pool.blocked_until(self.config.clock())
+
+    def _spend(self, plan: AgentPlan) -> None:
+        """Count one model request against the agent's pool and save the pool in the broker."""
+        pool = self.pools.get(plan.provider or "")
+        if pool is None:
+            return
+        pool.count(self.config.clock())
+        if pool.blocked_until(self.config.clock()) is not None:
+            self._note(plan.name, pool.describe(self.config.clock()))
+        if self._admin is not None:
+            save = asyncio.create_task(self._save_pool(self._admin, pool))
+            self._saving.add(save)
+            save.add_done_callback(self._saving.discard)
+
+    @staticmethod
+    async def _save_pool(admin: BrokerClient, pool: QuotaPool) -> None:
+        with contextlib.suppress(BrokerCallError, BrokerUnreachable):
+            await admin.call(
+                "save_quota_pool", QuotaPoolsReply, name=pool.name, state=pool.state.model_dump()
+            )
+
+    @staticmethod
     def _circuits_of(plan: AgentPlan) -> list[str]:
         return [cli_circuit(plan.cli), *([provider_circuit(plan.provider)] if plan.provider else [])]
 
@@ -513,6 +564,11 @@ class Supervisor:
         await self._proxy.start()
         try:
             async with BrokerClient(self.config.broker_url, self.config.admin_token) as admin:
+                self._admin = admin
+                saved = (await admin.call("list_quota_pools", QuotaPoolsReply)).pools
+                for name, pool in self.pools.items():
+                    if name in saved:
+                        pool.state = PoolState.model_validate(saved[name])
                 for plan in self.config.agents:
                     self.tokens[plan.name] = await self._fresh_token(admin, plan.name)
                 loops = [
@@ -522,12 +578,14 @@ class Supervisor:
                 try:
                     await asyncio.gather(*loops)
                 finally:
+                    await asyncio.gather(*self._saving, return_exceptions=True)
                     for loop in loops:
                         loop.cancel()
                     await asyncio.gather(*loops, return_exceptions=True)
                     for process in list(self._running.values()):
                         _kill_group(process)
         finally:
+            self._admin = None
             self._names.release()
             self._reserved = False
             await self._proxy.stop()
@@ -622,7 +680,7 @@ class Supervisor:
                 continue
             agent.view.state = AgentState.IDLE
             reply = await self._until_stopped_or_cooled(
-                agent.plan.cli,
+                self._cool_key(agent.plan),
                 agent.worker.wait_for_next_event(cursor, WAIT_SECONDS),
                 self._circuits_of(agent.plan),
             )
@@ -632,8 +690,10 @@ class Supervisor:
             for event in reply.events:
                 if event.kind != "task_available" or event.task_id is None or self.stopping:
                     continue
-                if self.cool_downs.remaining(agent.plan.cli) > 0 or self.circuits.blocking(
-                    self._circuits_of(agent.plan)
+                if (
+                    self.cool_downs.remaining(self._cool_key(agent.plan)) > 0
+                    or self.circuits.blocking(self._circuits_of(agent.plan))
+                    or self._pool_blocked_until(agent.plan) is not None
                 ):
                     break
                 if await self._run_claimed(agent, await agent.worker.claim_task(event.task_id)):
@@ -679,7 +739,14 @@ class Supervisor:
         view.circuit, view.circuit_until = "", 0.0
         if agent.spec.endpoint is None and (agent.plan.provider or self.config.endpoint_url):
             agent.spec = agent.spec.model_copy(update={"endpoint": self._endpoint_or_none(agent.plan)})
-        cooling = self.cool_downs.remaining(agent.plan.cli)
+        pool = self.pools.get(agent.plan.provider or "")
+        until = self._pool_blocked_until(agent.plan)
+        if pool is not None and until is not None:
+            view.state, view.cool_down_until = AgentState.COOLING, until
+            await self._publish(agent, BrokerAgentState.COOLING, pool.describe(self.config.clock()), until)
+            await self._sleep(min(POOL_CHECK_SECONDS, until - self.config.clock()))
+            return False
+        cooling = self.cool_downs.remaining(self._cool_key(agent.plan))
         if cooling > 0:
             view.state = AgentState.COOLING
             view.cool_down_until = time.time() + cooling
@@ -843,12 +910,15 @@ class Supervisor:
         """Book-keeping after a run: cool-down on a rate limit, backoff after failures, reset on success."""
         kind, view, cli = result.outcome.kind, agent.view, agent.plan.cli
         breaker = self.breakers[agent.name]
-        if result.rate_limited:
+        if result.rate_limited and self._pool_blocked_until(agent.plan) is not None:
+            view.last_error = _short(result.outcome.reason)  # the spent pool holds its agents until it resets
+        elif result.rate_limited:
             # The provider's Retry-After is honoured when longer than the configured cool-down (a daily reset).
             seconds = max(self.config.cool_down_seconds, result.retry_after or 0.0)
-            self.cool_downs.start(cli, seconds)
+            self.cool_downs.start(self._cool_key(agent.plan), seconds)
             view.last_error = _short(result.outcome.reason)
-            self._note(agent.name, f"rate limited: every {cli} agent cools down for {seconds:.0f}s")
+            sharing = f"{agent.plan.provider} provider" if agent.plan.provider else cli
+            self._note(agent.name, f"rate limited: every {sharing} agent cools down for {seconds:.0f}s")
         elif kind.not_the_tasks_fault:
             circuit = (
                 cli_circuit(cli) if kind is not OutcomeKind.AUTH_FAILURE else self._auth_circuit(agent.plan)
@@ -960,14 +1030,27 @@ class Supervisor:
             _kill_group(process)
         return True
 
-    async def _admit_model_request(self, agent: str) -> bool:
-        """The model proxy asks before forwarding: a session CLI that just claimed a task for another
-        directory must not act on it (it would write outside its workspace); stop it instead."""
-        session = self._sessions.get(agent)
-        if session is None or session.moved is not None or session.timed_out is not None:
-            return session is None
+    async def _admit_model_request(self, agent: str, method: str) -> tuple[int, float | None] | None:
+        """The model proxy asks before forwarding: None lets the request through (a POST is counted against
+        the agent's quota pool); ``(status, Retry-After)`` answers it instead: 429 from a spent pool (the
+        provider is not asked), 503 for a session CLI that just claimed a task for another directory (it would
+        write outside its workspace; it is stopped instead)."""
         run = self._agent_runs.get(agent)
-        return run is None or not await self._session_must_end(run, session)
+        if run is None:
+            return None
+        session = self._sessions.get(agent)
+        if session is not None and (
+            session.moved is not None
+            or session.timed_out is not None
+            or await self._session_must_end(run, session)
+        ):
+            return 503, None
+        until = self._pool_blocked_until(run.plan)
+        if until is not None:
+            return 429, max(0.0, until - self.config.clock())
+        if method == "POST":
+            self._spend(run.plan)
+        return None
 
     # --- the CLI process --------------------------------------------------------------------
 

@@ -183,6 +183,15 @@ class Store(ABC):
     async def list_usage(self, since: float) -> list[UsageRecord]:
         """Every usage record at or after ``since``, oldest first."""
 
+    # quota pools
+    @abstractmethod
+    async def save_quota_pool(self, name: str, state: dict[str, Any], now: float) -> None:
+        """Keep a quota pool's state (the launcher's JSON object), replacing the previous one."""
+
+    @abstractmethod
+    async def list_quota_pools(self) -> dict[str, dict[str, Any]]:
+        """Every quota pool's last saved state, by name."""
+
     # tokens
     @abstractmethod
     async def add_token(self, token_hash: str, identity: Identity, now: float) -> None: ...

@@ -534,6 +534,25 @@ class PostgresStore(Store):
 
         return await self._write(_set)
 
+    async def save_quota_pool(self, name: str, state: dict[str, Any], now: float) -> None:
+        async def _save(con: Connection) -> None:
+            await con.execute(
+                "INSERT INTO quota_pools (name, state, updated_at) VALUES ($1, $2::jsonb, $3) "
+                "ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                name,
+                json.dumps(state),
+                now,
+            )
+
+        await self._write(_save)
+
+    async def list_quota_pools(self) -> dict[str, dict[str, Any]]:
+        async def _list(con: Connection) -> dict[str, dict[str, Any]]:
+            rows = await con.fetch("SELECT name, state::text AS state FROM quota_pools")
+            return {r["name"]: json.loads(r["state"]) for r in rows}
+
+        return await self._read(_list)
+
     async def record_usage(self, record: UsageRecord) -> None:
         values = record.model_dump()
         columns = USAGE_COLUMNS.split(", ")

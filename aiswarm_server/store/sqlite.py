@@ -351,6 +351,22 @@ class SqliteStore(Store):
 
         return await self._write(_set)
 
+    async def save_quota_pool(self, name: str, state: dict[str, Any], now: float) -> None:
+        await self._write(
+            lambda db: db.execute(
+                "INSERT INTO quota_pools (name, state, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (name, json.dumps(state), now),
+            )
+        )
+
+    async def list_quota_pools(self) -> dict[str, dict[str, Any]]:
+        return await self._read(
+            lambda db: {
+                r["name"]: json.loads(r["state"]) for r in db.execute("SELECT name, state FROM quota_pools")
+            }
+        )
+
     async def record_usage(self, record: UsageRecord) -> None:
         values = record.model_dump()
         await self._write(

@@ -20,3 +20,10 @@ CREATE TABLE usage (
 );
 CREATE INDEX usage_by_time ON usage (recorded_at);
 CREATE INDEX usage_by_task ON usage (task_id);
+
+-- Quota pools: the request budgets agents sharing a credential spend (the launcher keeps the counting rules).
+CREATE TABLE quota_pools (
+    name       text PRIMARY KEY,
+    state      jsonb NOT NULL,                         -- as the launcher wrote it
+    updated_at double precision NOT NULL
+);

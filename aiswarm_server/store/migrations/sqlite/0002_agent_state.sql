@@ -20,3 +20,10 @@ CREATE TABLE usage (
 );
 CREATE INDEX usage_by_time ON usage (recorded_at);
 CREATE INDEX usage_by_task ON usage (task_id);
+
+-- Quota pools: the request budgets agents sharing a credential spend (the launcher keeps the counting rules).
+CREATE TABLE quota_pools (
+    name       TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,                         -- JSON object, as the launcher wrote it
+    updated_at REAL NOT NULL
+);
