@@ -3,30 +3,33 @@
 Per-task mode (the default) keeps the model out of the waiting: the loop waits on the broker as
 its agent, reserves a task with ``claim_task`` as soon as one is offered, and only then starts the
 CLI headless with a prompt to claim that task (the broker hands back the held claim with the same
-fence), do it and report. While the CLI runs the supervisor renews the lease and reads stderr for
-rate limits; when it exits the outcome is classified and a task the agent still holds is reported
-failed (retryable) or, for a rate limit or a graceful stop, released without burning an attempt.
+fence), do it and report. While the CLI runs (:mod:`launcher.cli_run`) the supervisor renews the
+lease; when it exits, :func:`launcher.decisions.decide` says what becomes of a task the agent still
+holds (reported failed, or released without burning an attempt) and how the agent is paced.
 
 Session mode starts the CLI once with a prompt to loop on ``wait_for_next_event`` and restarts it
-when it exits.
+when it exits; the supervisor watches the task it holds (its deadline, its lease, its directory).
+
+Before any work, a preflight checks each agent (:mod:`launcher.preflight`); a failure that is not the task's
+fault opens a circuit for the provider or CLI (:mod:`launcher.circuits`); each agent's model traffic passes the
+launcher's proxy (:mod:`launcher.model_proxy`), which sees a 429 or a refused key at once and counts requests
+against quota pools (:mod:`launcher.quota`); every agent's state and every run's tokens go to the broker.
 
 Crashes back off exponentially; a rate limit cools down every agent of the same CLI (they share the
-user's account) so the other CLIs take the work; Ctrl-C drains: running CLIs get a grace period,
-then their process groups are killed and their tasks released.
+user's account) so the other CLIs take the work (:mod:`launcher.cool_downs`); Ctrl-C drains: running
+CLIs get a grace period, then their process groups are killed and their tasks released.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -46,12 +49,13 @@ from launcher.adapters import get_adapter
 from launcher.adapters.base import (
     AGENT_HEADER,
     CLI_HEADER,
+    AgentHome,
     AgentSpec,
     CliAdapter,
     OutcomeKind,
-    RunOutcome,
     TokenUsage,
 )
+from launcher.agents import AgentNameLocks, AgentPlan, agent_capabilities, reserve_names
 from launcher.circuits import (
     DEFAULT_BREAKER_SECONDS,
     DEFAULT_BREAKER_THRESHOLD,
@@ -61,9 +65,12 @@ from launcher.circuits import (
     cli_circuit,
     provider_circuit,
 )
+from launcher.cli_run import AgentLog, CliRun, Drain, RunPlace, RunResult
+from launcher.cool_downs import CoolDowns, backoff_delay
+from launcher.decisions import Pacing, TaskAction, decide
 from launcher.model_proxy import ModelProxy
-from launcher.personas import Persona
 from launcher.preflight import cli_problems, credential_problem
+from launcher.prompts import session_prompt, task_prompt
 from launcher.providers import (
     ModelEndpoint,
     Provider,
@@ -83,14 +90,13 @@ T = TypeVar("T")
 WAIT_SECONDS = 60
 """One broker wait; well inside every timeout, and the cursor differs each time."""
 HEARTBEAT_SECONDS = 20.0
-"""Lease renewal while a CLI works (the broker's lease is minutes long)."""
+"""Lease renewal while a CLI works (the broker's lease is minutes long); also how often a refreshed login goes back."""
+RESET_POLL_SECONDS = 2.0
+"""While an agent's circuit is open, how often it looks for a reset the user asked for (``aiswarm agents reset``)."""
 POOL_CHECK_SECONDS = 1.0
 """While an agent's quota pool is spent, how often it looks again (the clock may be a test's)."""
 SESSION_POLL_SECONDS = 0.5
 """How often the supervisor looks at the task a session CLI holds (one local broker call)."""
-MAX_BACKOFF_SECONDS = 120.0
-RESET_POLL_SECONDS = 2.0
-"""While an agent's circuit is open, how often it looks for a reset the user asked for (``aiswarm agents reset``)."""
 
 
 class AgentState(StrEnum):
@@ -104,21 +110,6 @@ class AgentState(StrEnum):
     BACKOFF = "backing off"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class LaunchError(Exception):
-    """The launch cannot go ahead; the message is one line saying what to do."""
-
-
-@dataclass(frozen=True)
-class AgentPlan:
-    """One agent to run: a stable name (``qwen-1``), its CLI and optional persona."""
-
-    name: str
-    cli: str
-    persona: Persona | None = None
-    provider: str | None = None
-    """The config file's provider this agent's CLI uses; None: ``--model-endpoint`` or the CLI's own login."""
 
 
 @dataclass
@@ -190,167 +181,17 @@ class LaunchConfig:
         )
 
 
-def plan_agents(count: int, cli_mix: str, personas: list[Persona]) -> list[AgentPlan]:
-    """Stable agent names from a CLI mix: ``qwen,gemini`` round-robin, or ``qwen:2,gemini:2`` counts; a CLI
-    may name its provider from the config file, ``qwen@openrouter:2``.
+@dataclass
+class SessionWatch:
+    """What the supervisor knows about the task a session CLI holds."""
 
-    Names are ``<cli>-<n>`` numbered per CLI, so a relaunch with the same mix continues as the same agents.
-    Personas are given to the agents in turn (one persona: every agent).
-    """
-    parts = [p.strip() for p in cli_mix.split(",") if p.strip()]
-    if not parts:
-        raise LaunchError("--cli is empty: name at least one CLI, e.g. --cli qwen,gemini")
-    order: list[str] = []
-    if any(":" in p for p in parts):
-        for part in parts:
-            name, _, number = part.partition(":")
-            if not number.isdigit() or int(number) < 1:
-                raise LaunchError(f"--cli {part!r}: write NAME:COUNT with a positive count, e.g. qwen:2")
-            order += [name.strip()] * int(number)
-        if count and count != len(order):
-            raise LaunchError(f"--agents {count} but --cli {cli_mix} asks for {len(order)}: drop one of them")
-    else:
-        if count < 1:
-            raise LaunchError("--agents must be at least 1")
-        order = [parts[i % len(parts)] for i in range(count)]
-    for entry in set(order):
-        cli, _, provider = entry.partition("@")
-        get_adapter(cli.strip())  # raises UnknownCliError naming the known CLIs
-        if "@" in entry and not provider.strip():
-            raise LaunchError(f"--cli {entry!r}: write CLI@PROVIDER with a provider of the config file")
-    seen: dict[str, int] = {}
-    plans: list[AgentPlan] = []
-    for i, entry in enumerate(order):
-        cli, _, provider = (p.strip() for p in entry.partition("@"))
-        seen[cli] = seen.get(cli, 0) + 1
-        persona = personas[i % len(personas)] if personas else None
-        plans.append(AgentPlan(f"{cli}-{seen[cli]}", cli, persona, provider or None))
-    return plans
-
-
-def agent_capabilities(plan: AgentPlan) -> list[str]:
-    """What every agent advertises besides its persona's: its CLI kind and provider (``cli:gemini``,
-    ``provider:openrouter``), so a task can ask for them."""
-    return [f"cli:{plan.cli}", *([f"provider:{plan.provider}"] if plan.provider else [])]
-
-
-def task_prompt(agent: str, task_id: int, persona: Persona | None) -> str:
-    """The headless prompt for one reserved task (the model never waits: the task is already held)."""
-    return _with_persona(
-        persona,
-        f"You are aiswarm worker agent {agent}. Task {task_id} is reserved for you on the aiswarm broker.",
-        f"1. Call claim_task with task_id {task_id}. It returns the task (title, prompt, working_dir) "
-        "and the fence_token you hold it with.",
-        "2. Do what the task's prompt asks, working in its working_dir (use absolute paths under it).",
-        f"3. Call report_task_completion with task_id {task_id}, that fence_token, success true or false, "
-        "and a short result (or the error when you could not do it).",
-        "Then stop: do not look for other work.",
-    )
-
-
-def session_prompt(agent: str, persona: Persona | None) -> str:
-    """The prompt for session mode: the CLI loops on the broker itself (the AISwarm ADR pattern)."""
-    return _with_persona(
-        persona,
-        f"You are aiswarm worker agent {agent}. Work in a loop:",
-        "call wait_for_next_event (pass back the cursor it returns every time, timeout_seconds 240);",
-        "on a task_available event call claim_task with its task_id, do what the task's prompt asks in its "
-        "working_dir, then call report_task_completion with the task_id, the fence_token, success and a result;",
-        "then wait again. Stop after 50 idle waits.",
-    )
-
-
-def _with_persona(persona: Persona | None, *lines: str) -> str:
-    """The prompt ``lines``, after the persona's role and instructions when the agent has one."""
-    head = [f"# Your role: {persona.name}", persona.instructions.strip(), ""] if persona is not None else []
-    return "\n".join([*head, *lines])
-
-
-def backoff_delay(base: float, failures: int, cap: float = MAX_BACKOFF_SECONDS) -> float:
-    """Exponential backoff after ``failures`` consecutive failed runs (0 failures: no delay)."""
-    return 0.0 if failures <= 0 else min(cap, base * 2 ** (failures - 1))
-
-
-class CoolDowns:
-    """Cool-downs per CLI: a rate limit on one agent pauses its siblings of the same CLI (same account)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._until: dict[str, float] = {}
-        self._clock = clock
-        self.changed = asyncio.Event()
-
-    def start(self, cli: str, seconds: float) -> None:
-        """Cool ``cli`` down for ``seconds`` from now (never shortens a running cool-down)."""
-        self._until[cli] = max(self._until.get(cli, 0.0), self._clock() + seconds)
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def remaining(self, cli: str) -> float:
-        """Seconds left in ``cli``'s cool-down (0 when none)."""
-        return max(0.0, self._until.get(cli, 0.0) - self._clock())
-
-    def until(self, cli: str) -> float:
-        """The clock value when ``cli``'s cool-down ends."""
-        return self._until.get(cli, 0.0)
-
-
-class AgentNameLocks:
-    """The agent names this launcher runs: an exclusive ``flock`` per name in ``$AISWARM_HOME/launch/``.
-
-    Every launch numbers its agents ``<cli>-<n>`` from 1, so two launches against one home would both be
-    ``qwen-1``: the same agent, the same private home, and the second one's token revocation would cut the
-    first one off. A name is used only by the launch holding its lock; the kernel drops the lock when the
-    launcher exits however it ends, so a relaunch after a crash gets its names (and its held tasks) back.
-    """
-
-    def __init__(self, home: Path) -> None:
-        self.directory = home / "launch"
-        self._held: dict[str, int] = {}
-
-    def take(self, name: str) -> bool:
-        """Lock ``name`` for this launcher; False when another running launch holds it."""
-        if name in self._held:
-            return True
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._held[name] = fd
-        return True
-
-    def holder(self, name: str) -> str:
-        """The pid written by the launch that holds ``name`` (for messages), or ``?``."""
-        with contextlib.suppress(OSError):
-            return (self.directory / f"{name}.lock").read_text().strip() or "?"
-        return "?"
-
-    def release(self) -> None:
-        """Give every name back."""
-        for fd in self._held.values():
-            os.close(fd)
-        self._held.clear()
-
-
-def reserve_names(plans: list[AgentPlan], locks: AgentNameLocks) -> list[AgentPlan]:
-    """``plans`` with every name locked for this launch; a name another launch runs becomes the next free ``<cli>-<n>``."""
-    wanted = {p.name for p in plans}
-    reserved: list[AgentPlan] = []
-    for plan in plans:
-        name, n = plan.name, 0
-        while not locks.take(name):
-            n += 1
-            name = f"{plan.cli}-{n}"
-            while name in wanted:
-                n += 1
-                name = f"{plan.cli}-{n}"
-            wanted.add(name)
-        reserved.append(plan if name == plan.name else replace(plan, name=name))
-    return reserved
+    task_id: int | None = None
+    since: float = 0.0
+    limit: float = 0.0
+    moved: int | None = None
+    """The task the session was stopped for because it is in another directory."""
+    timed_out: int | None = None
+    """The task the session was stopped for at its deadline."""
 
 
 @dataclass
@@ -371,32 +212,6 @@ class AgentRun:
 
 
 @dataclass
-class SessionWatch:
-    """What the supervisor knows about the task a session CLI holds."""
-
-    task_id: int | None = None
-    since: float = 0.0
-    limit: float = 0.0
-    moved: int | None = None
-    """The task the session was stopped for because it is in another directory."""
-    timed_out: int | None = None
-    """The task the session was stopped for at its deadline."""
-
-
-@dataclass
-class RunResult:
-    """One finished CLI run."""
-
-    outcome: RunOutcome
-    usage: TokenUsage | None
-    rate_limited: bool
-    stopped: bool
-    seconds: float
-    retry_after: float | None = None
-    """The provider's ``Retry-After`` on the 429 that stopped the run, when it sent one."""
-
-
-@dataclass
 class Supervisor:
     """Runs every agent's loop until stopped; ``views`` is the live state for the status view."""
 
@@ -405,11 +220,14 @@ class Supervisor:
     cool_downs: CoolDowns = field(default_factory=CoolDowns)
 
     def __post_init__(self) -> None:
+        self._drain = Drain(asyncio.Event(), asyncio.Event(), self.config.grace_seconds)
+        self._running: dict[str, CliRun] = {}
         self.circuits = Circuits(self.config.probe_seconds)
         self.breakers: dict[str, AgentBreaker] = {}
         self._preflight_done = False
         self._proxy: ModelProxy | None = None
         self._sessions: dict[str, SessionWatch] = {}
+        self._agent_runs: dict[str, AgentRun] = {}
         self._admin: BrokerClient | None = None
         self._saving: set[asyncio.Task[None]] = set()
         self.pools: dict[str, QuotaPool] = {
@@ -419,11 +237,6 @@ class Supervisor:
             and any(a.provider == name for a in self.config.agents)
         }
         """The quota pools of this launch's providers, by provider name."""
-        self._agent_runs: dict[str, AgentRun] = {}
-        self._refusal_watchers: dict[str, Callable[[int, float | None], None]] = {}
-        self._stopping = asyncio.Event()
-        self._killed = asyncio.Event()
-        self._running: dict[str, asyncio.subprocess.Process] = {}
         self._names = AgentNameLocks(self.config.home)
         self._reserved = False
         self.tokens: dict[str, str] = {}
@@ -465,14 +278,14 @@ class Supervisor:
 
     def stop(self) -> None:
         """Drain: no new work; running CLIs get ``grace_seconds``, then are killed and their tasks released."""
-        if self._stopping.is_set():
-            self._killed.set()  # a second Ctrl-C: do not wait out the grace period
-        self._stopping.set()
+        if self._drain.stopping.is_set():
+            self._drain.killed.set()  # a second Ctrl-C: do not wait out the grace period
+        self._drain.stopping.set()
 
     @property
     def stopping(self) -> bool:
         """True once a stop was asked for."""
-        return self._stopping.is_set()
+        return self._drain.stopping.is_set()
 
     def preflight(self) -> dict[str, list[str]]:
         """Check, before any work is taken, that each agent's CLI runs and its credentials are there.
@@ -523,6 +336,10 @@ class Supervisor:
         """What a rate limit cools down: the agents of the same provider (one key), else of the same CLI."""
         return provider_circuit(plan.provider) if plan.provider else plan.cli
 
+    @staticmethod
+    def _circuits_of(plan: AgentPlan) -> list[str]:
+        return [cli_circuit(plan.cli), *([provider_circuit(plan.provider)] if plan.provider else [])]
+
     def _pool_blocked_until(self, plan: AgentPlan) -> float | None:
         """When the agent's quota pool has budget again (clock time), or None when it has some now."""
         pool = self.pools.get(plan.provider or "")
@@ -547,10 +364,6 @@ class Supervisor:
             await admin.call(
                 "save_quota_pool", QuotaPoolsReply, name=pool.name, state=pool.state.model_dump()
             )
-
-    @staticmethod
-    def _circuits_of(plan: AgentPlan) -> list[str]:
-        return [cli_circuit(plan.cli), *([provider_circuit(plan.provider)] if plan.provider else [])]
 
     async def run(self) -> None:
         """Reserve the names, run the preflight, replace each agent's tokens, then run every agent's loop
@@ -578,18 +391,17 @@ class Supervisor:
                 try:
                     await asyncio.gather(*loops)
                 finally:
-                    await asyncio.gather(*self._saving, return_exceptions=True)
                     for loop in loops:
                         loop.cancel()
                     await asyncio.gather(*loops, return_exceptions=True)
-                    for process in list(self._running.values()):
-                        _kill_group(process)
+                    for cli_run in list(self._running.values()):
+                        cli_run.kill()
+                    await asyncio.gather(*self._saving, return_exceptions=True)
         finally:
             self._admin = None
             self._names.release()
             self._reserved = False
             await self._proxy.stop()
-            self._proxy = None
 
     async def _fresh_token(self, admin: BrokerClient, name: str) -> str:
         """Revoke the agent's earlier tokens (a previous launch's), then issue the one this launch uses.
@@ -606,10 +418,11 @@ class Supervisor:
         """``$AISWARM_HOME/logs/<agent>.log``."""
         return self.config.home / "logs" / f"{name}.log"
 
+    def _log(self, name: str) -> AgentLog:
+        return AgentLog(self.agent_log(name), self.views[name].cli)
+
     def _note(self, name: str, message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n"
-        with open(self.agent_log(name), "a", encoding="utf-8") as fh:
-            fh.write(line)
+        self._log(name).note(message)
 
     async def _agent(self, plan: AgentPlan, token: str, admin: BrokerClient) -> None:
         view = self.views[plan.name]
@@ -655,9 +468,9 @@ class Supervisor:
 
     def _model_refused(self, agent: str, status: int, retry_after: float | None) -> None:
         """The model proxy saw the provider refuse ``agent``'s request: tell the agent's running CLI, if any."""
-        watcher = self._refusal_watchers.get(agent)
-        if watcher is not None:
-            watcher(status, retry_after)
+        cli_run = self._running.get(agent)
+        if cli_run is not None:
+            cli_run.model_refused(status, retry_after)
 
     async def _register(self, agent: AgentRun) -> str | None:
         """Register (or re-register) the agent with the broker; returns its event cursor."""
@@ -837,7 +650,7 @@ class Supervisor:
     async def _sleep_or_change(self, seconds: float) -> None:
         """Sleep, but wake at once on stop or when a circuit opens or closes."""
         changed = asyncio.create_task(self.circuits.changed.wait())
-        stop = asyncio.create_task(self._stopping.wait())
+        stop = asyncio.create_task(self._drain.stopping.wait())
         try:
             await asyncio.wait(
                 {changed, stop}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
@@ -869,34 +682,20 @@ class Supervisor:
             f"task #{task.id} run ended: {result.outcome.kind.value} ({result.outcome.reason}) "
             f"after {result.seconds:.1f}s{tokens}",
         )
-        still_held = await self._still_holds(agent.worker, task.id)
-        if still_held and result.outcome.kind is OutcomeKind.DONE:
-            result.outcome = RunOutcome(
-                kind=OutcomeKind.NO_REPORT,
-                reason=f"exited 0 without reporting task #{task.id}",
-                returncode=result.outcome.returncode,
-            )
-        if still_held:
-            kind = result.outcome.kind
-            if result.rate_limited or result.stopped or kind.not_the_tasks_fault:
-                why = (
-                    "launcher stopping"
-                    if result.stopped
-                    else "rate limited"
-                    if result.rate_limited
-                    else result.outcome.reason
+        decision = decide(result, await self._still_holds(agent.worker, task.id))
+        if decision.task is TaskAction.RELEASE:
+            why = decision.why
+            await agent.admin.release_task(name, task.id, f"{name}: {why}; released without a failure")
+            self._note(name, f"task #{task.id} released ({why})")
+        elif decision.task is TaskAction.FAIL:
+            data = {"usage": usage.model_dump()} if usage else None
+            reason = f"{name} ({agent.plan.cli}): {decision.why}"
+            with contextlib.suppress(BrokerCallError):
+                await agent.worker.report_task_completion(
+                    task.id, fence, success=False, error=reason, data=data, retryable=True
                 )
-                await agent.admin.release_task(name, task.id, f"{name}: {why}; released without a failure")
-                self._note(name, f"task #{task.id} released ({why})")
-            else:
-                data = {"usage": usage.model_dump()} if usage else None
-                reason = f"{name} ({agent.plan.cli}): {result.outcome.reason}"
-                with contextlib.suppress(BrokerCallError):
-                    await agent.worker.report_task_completion(
-                        task.id, fence, success=False, error=reason, data=data, retryable=True
-                    )
-                self._note(name, f"task #{task.id} reported failed: {reason}")
-        self._after_run(agent, result, still_held)
+            self._note(name, f"task #{task.id} reported failed: {reason}")
+        self._pace(agent, result, decision.pacing)
         view.task_id = None
 
     async def _still_holds(self, worker: BrokerClient, task_id: int) -> bool:
@@ -906,34 +705,34 @@ class Supervisor:
             return False
         return current is not None and current.id == task_id
 
-    def _after_run(self, agent: AgentRun, result: RunResult, still_held: bool) -> None:
-        """Book-keeping after a run: cool-down on a rate limit, backoff after failures, reset on success."""
-        kind, view, cli = result.outcome.kind, agent.view, agent.plan.cli
+    def _pace(self, agent: AgentRun, result: RunResult, pacing: Pacing) -> None:
+        """Apply a decision's pacing: a cool-down, an open circuit, a failure more (the breaker may open), or a
+        fresh start."""
+        view, plan = agent.view, agent.plan
         breaker = self.breakers[agent.name]
-        if result.rate_limited and self._pool_blocked_until(agent.plan) is not None:
+        if pacing is Pacing.COOL_DOWN and self._pool_blocked_until(plan) is not None:
             view.last_error = _short(result.outcome.reason)  # the spent pool holds its agents until it resets
-        elif result.rate_limited:
+        elif pacing is Pacing.COOL_DOWN:
             # The provider's Retry-After is honoured when longer than the configured cool-down (a daily reset).
             seconds = max(self.config.cool_down_seconds, result.retry_after or 0.0)
-            self.cool_downs.start(self._cool_key(agent.plan), seconds)
+            self.cool_downs.start(self._cool_key(plan), seconds)
             view.last_error = _short(result.outcome.reason)
-            sharing = f"{agent.plan.provider} provider" if agent.plan.provider else cli
+            sharing = f"{plan.provider} provider" if plan.provider else plan.cli
             self._note(agent.name, f"rate limited: every {sharing} agent cools down for {seconds:.0f}s")
-        elif kind.not_the_tasks_fault:
-            circuit = (
-                cli_circuit(cli) if kind is not OutcomeKind.AUTH_FAILURE else self._auth_circuit(agent.plan)
-            )
+        elif pacing is Pacing.OPEN_CIRCUIT:
+            kind = result.outcome.kind
+            circuit = self._auth_circuit(plan) if kind is OutcomeKind.AUTH_FAILURE else cli_circuit(plan.cli)
             self.circuits.open(circuit, _short(result.outcome.reason))
             view.last_error = _short(result.outcome.reason)
             self._note(
                 agent.name,
                 f"circuit {circuit} open: {result.outcome.reason}; probed every {self.config.probe_seconds:.0f}s "
-                f"or closed by `aiswarm agents reset`",
+                "or closed by `aiswarm agents reset`",
             )
-        elif kind is OutcomeKind.DONE and not still_held:
+        elif pacing is Pacing.RESET:
             view.failures = 0
             breaker.succeeded()
-        elif not result.stopped:
+        elif pacing is Pacing.FAILURE:
             view.failures += 1
             view.last_error = _short(result.outcome.reason)
             if breaker.failed(view.last_error):
@@ -988,7 +787,7 @@ class Supervisor:
             elif held is not None:
                 await agent.admin.release_task(agent.name, held.id, f"{agent.name}: session ended; released")
             if session.moved is None:
-                self._after_run(agent, result, held is not None)
+                self._pace(agent, result, decide(result, held is not None).pacing)
                 if result.outcome.kind is not OutcomeKind.DONE or result.seconds < 5:
                     view.failures = max(view.failures, 1)
                 await self._backoff(agent)
@@ -1025,9 +824,9 @@ class Supervisor:
             session.timed_out = held.id
         else:
             return False
-        process = self._running.get(agent.name)
-        if process is not None:
-            _kill_group(process)
+        cli_run = self._running.get(agent.name)
+        if cli_run is not None:
+            cli_run.kill()
         return True
 
     async def _admit_model_request(self, agent: str, method: str) -> tuple[int, float | None] | None:
@@ -1057,155 +856,46 @@ class Supervisor:
     async def _run_cli(
         self, agent: AgentRun, prompt: str, workdir: Path | None, limit_seconds: float | None
     ) -> RunResult:
-        plan, adapter, view = agent.plan, agent.adapter, agent.view
-        home = adapter.prepare_agent_home(agent.spec)
-        argv = adapter.command(home, prompt)
-        cwd = workdir or self.config.workdir
-        env = adapter.env(home, base_env=self.config.base_env)
-        env["PWD"] = str(cwd)  # opencode takes its working directory from PWD, not from the process's cwd
-        started = time.monotonic()
+        """Run the agent's CLI once on ``prompt`` (in ``workdir``, else the launch directory) until it exits."""
+        plan, view = agent.plan, agent.view
+        home = agent.adapter.prepare_agent_home(agent.spec)
+        place = self._place(agent, home, workdir)
+        log = self._log(plan.name)
         view.runs += 1
-        self._note(plan.name, f"run {view.runs}: starting {plan.cli} in {cwd}")
+        log.note(f"run {view.runs}: starting {plan.cli} in {place.cwd}")
+        cli_run = CliRun(
+            agent.adapter,
+            home,
+            prompt,
+            place,
+            limit_seconds=limit_seconds,
+            drain=self._drain,
+            log=log,
+            login_seconds=HEARTBEAT_SECONDS,
+        )
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=str(cwd),
-                env=env,
-                stdin=asyncio.subprocess.PIPE if adapter.prompt_on_stdin else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,  # its own process group: the whole CLI tree is killed together
-            )
+            await cli_run.start()
         except OSError as error:
-            reason = f"cannot run {argv[0]} ({error.strerror}): run `aiswarm install-cli {plan.cli}`"
-            outcome = RunOutcome(kind=OutcomeKind.BINARY_MISSING, reason=reason, returncode=None)
-            return RunResult(outcome, None, False, False, time.monotonic() - started)
-        self._running[plan.name] = process
-        view.pid = process.pid
-        rate_limited = False
-        refused_key: int | None = None
-        retry_after: float | None = None
-        stopped = False
-        timed_out = False
-        killed = asyncio.Event()
-
-        def kill() -> None:
-            killed.set()
-            _kill_group(process)
-
-        def model_refused(status: int, after: float | None) -> None:
-            nonlocal rate_limited, refused_key, retry_after
-            if killed.is_set():
-                return
-            if status == 429:
-                rate_limited, retry_after = True, after
-                self._note(plan.name, f"the model answered 429 (Retry-After {after}): stopping the CLI")
-            else:
-                refused_key = status
-                self._note(plan.name, f"the model refused the key (HTTP {status}): stopping the CLI")
-            kill()  # the CLI would retry silently for a minute or more; the task is released
-
-        self._refusal_watchers[plan.name] = model_refused
-
-        async def read_stderr() -> str:
-            nonlocal rate_limited
-            assert process.stderr is not None
-            lines: list[str] = []
-            # a local append per line: cheap enough to do on the loop
-            with open(self.agent_log(plan.name), "a", encoding="utf-8") as fh:  # noqa: ASYNC230
-                async for raw in process.stderr:
-                    line = raw.decode("utf-8", "replace")
-                    lines.append(line)
-                    fh.write(f"  [{plan.cli} stderr] {line.rstrip()}\n")
-                    fh.flush()
-                    if not rate_limited and adapter.detect_rate_limit_line(line):
-                        rate_limited = True
-                        kill()  # stop it retrying against a limited account; the task is released
-            return "".join(lines)
-
-        async def read_stdout() -> str:
-            assert process.stdout is not None
-            return (await process.stdout.read()).decode("utf-8", "replace")
-
-        async def write_prompt() -> None:
-            if process.stdin is None:
-                return
-            # written while stdout and stderr are read: a long prompt cannot fill a pipe nobody drains
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                process.stdin.write(prompt.encode("utf-8"))
-                await process.stdin.drain()
-            process.stdin.close()
-
-        async def watch() -> None:
-            nonlocal stopped, timed_out
-            deadline = None if limit_seconds is None else started + limit_seconds
-            while process.returncode is None:
-                stop_wait = asyncio.create_task(self._stopping.wait())
-                try:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    await asyncio.wait({stop_wait}, timeout=left)
-                finally:
-                    stop_wait.cancel()
-                if process.returncode is not None or killed.is_set():
-                    return
-                if self.stopping:
-                    stopped = True
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGTERM)
-                    kill_wait = asyncio.create_task(self._killed.wait())
-                    await asyncio.wait({kill_wait}, timeout=self.config.grace_seconds)
-                    kill_wait.cancel()
-                    if process.returncode is None:
-                        kill()
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
-                    timed_out = True
-                    kill()
-                    return
-
-        def return_logins() -> None:
-            for returned in adapter.return_logins(home):
-                self._note(plan.name, f"carried the CLI's refreshed login back to {returned}")
-
-        async def return_logins_while_running() -> None:
-            while True:  # a long run (session mode) may refresh a rotating token other agents need
-                await asyncio.sleep(HEARTBEAT_SECONDS)
-                return_logins()
-
-        watcher = asyncio.create_task(watch())
-        returner = asyncio.create_task(return_logins_while_running())
+            return RunResult.not_started(plan.cli, agent.adapter.command(home, "")[0], error)
+        self._running[plan.name] = cli_run
+        view.pid = cli_run.pid
         try:
-            stdout, stderr, _ = await asyncio.gather(read_stdout(), read_stderr(), write_prompt())
-            returncode = await process.wait()
+            result = await cli_run.wait()
         finally:
-            for helper in (watcher, returner):
-                helper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await helper
-            _kill_group(process)  # stragglers the CLI left in its group
-            self._refusal_watchers.pop(plan.name, None)
             self._running.pop(plan.name, None)
             view.pid = None
-            return_logins()
-        outcome = adapter.classify_exit(None if timed_out else returncode, stdout, stderr)
-        if refused_key is not None:
-            outcome = RunOutcome(
-                kind=OutcomeKind.AUTH_FAILURE,
-                reason=f"the provider refused the key (HTTP {refused_key})",
-                returncode=returncode,
-            )
-        elif rate_limited and not outcome.kind.out_of_requests:
-            outcome = RunOutcome(
-                kind=OutcomeKind.RATE_LIMITED,
-                reason="model rate limit seen on stderr; stopped the CLI",
-                returncode=returncode,
-            )
-        rate_limited = rate_limited or outcome.kind.out_of_requests
-        usage = adapter.parse_usage(stdout)
-        if usage is not None:
-            view.tokens += usage.total_tokens
-            self._note(plan.name, f"usage: {json.dumps(usage.model_dump())}")
-        return RunResult(outcome, usage, rate_limited, stopped, time.monotonic() - started, retry_after)
+            cli_run.return_logins()  # once more, now that the CLI has exited
+        if result.usage is not None:
+            view.tokens += result.usage.total_tokens
+            log.note(f"usage: {json.dumps(result.usage.model_dump())}")
+        return result
+
+    def _place(self, agent: AgentRun, home: AgentHome, workdir: Path | None) -> RunPlace:
+        """Where the agent's CLI runs: ``workdir`` (the task's), else the launch directory, with the adapter's env."""
+        cwd = workdir or self.config.workdir
+        env = agent.adapter.env(home, base_env=self.config.base_env)
+        env["PWD"] = str(cwd)  # opencode takes its working directory from PWD, not from the process's cwd
+        return RunPlace(cwd=cwd, env=env)
 
     async def _heartbeats(self, worker: BrokerClient) -> None:
         while True:
@@ -1218,15 +908,15 @@ class Supervisor:
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once on stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
+            await asyncio.wait_for(self._drain.stopping.wait(), timeout=max(0.0, seconds))
 
     async def _until_stopped_or_cooled(
-        self, cli: str, call: Awaitable[T], circuits: list[str] | None = None
+        self, cool_key: str, call: Awaitable[T], circuits: list[str] | None = None
     ) -> T | None:
-        """Await ``call`` unless a stop, a cool-down of ``cli`` or one of ``circuits`` opening comes first
+        """Await ``call`` unless a stop, a cool-down of ``cool_key`` or one of ``circuits`` opening comes first
         (then cancel it, None)."""
         work = asyncio.ensure_future(call)
-        stop = asyncio.create_task(self._stopping.wait())
+        stop = asyncio.create_task(self._drain.stopping.wait())
         cooled = asyncio.create_task(self.cool_downs.changed.wait())
         tripped = asyncio.create_task(self.circuits.changed.wait())
         try:
@@ -1236,7 +926,7 @@ class Supervisor:
                     return work.result()
                 if stop.done():
                     return None
-                if self.cool_downs.remaining(cli) > 0 or (circuits and self.circuits.blocking(circuits)):
+                if self.cool_downs.remaining(cool_key) > 0 or (circuits and self.circuits.blocking(circuits)):
                     return None
                 if cooled.done():
                     cooled = asyncio.create_task(self.cool_downs.changed.wait())
@@ -1248,12 +938,6 @@ class Supervisor:
                     pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await work
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    """SIGKILL the CLI's whole process group (it leads its own session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _inside(directory: Path, path: str) -> bool:

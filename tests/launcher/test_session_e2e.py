@@ -15,8 +15,9 @@ import pytest
 
 from aiswarm_server.broker_client import BrokerClient
 from aiswarm_server.models import Task
+from launcher.agents import AgentPlan
 from launcher.scripted_model import ScriptedModelServer
-from launcher.supervisor import AgentPlan, AgentState, LaunchConfig, Supervisor
+from launcher.supervisor import AgentState, LaunchConfig, Supervisor
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis
 
