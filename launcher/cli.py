@@ -55,6 +55,14 @@ def launch(
             envvar="AISWARM_PERSONA", help="Persona for every agent, or a comma list given in turn."
         ),
     ] = None,
+    capability: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AISWARM_CAPABILITY",
+            help="Capabilities every agent advertises, comma separated (tasks may require them), e.g. "
+            "'long-context'. Agents always advertise cli:<cli> and provider:<name>.",
+        ),
+    ] = None,
     model: Annotated[
         str | None, typer.Option(envvar="AISWARM_MODEL", help="Model name passed to every CLI.")
     ] = None,
@@ -130,7 +138,8 @@ def launch(
         raise LaunchError(f"--dir {directory} is not a directory")
     try:
         personas = [get_persona(p.strip(), settings.home) for p in (persona or "").split(",") if p.strip()]
-        plans = plan_agents(agents, cli, personas)
+        extra = tuple(c.strip().lower() for c in (capability or "").split(",") if c.strip())
+        plans = plan_agents(agents, cli, personas, extra)
         providers = load_providers(settings.home)
     except (PersonaError, UnknownCliError, ProviderError) as error:
         raise LaunchError(str(error)) from None
