@@ -209,7 +209,7 @@ class UsageRow(BaseModel):
     requests: int
 
 
-class UsageReply(BaseModel):
+class UsageSummaryReply(BaseModel):
     """Token usage grouped as asked."""
 
     by: str
@@ -221,4 +221,8 @@ class QuotaPoolsReply(BaseModel):
     """The quota pools' saved states, by pool name."""
 
     pools: dict[str, dict[str, Any]]
+    message: str
+
+
+class UsageReply(BaseModel):
     message: str

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import sys
 import time
@@ -19,6 +21,7 @@ from rich.console import Console
 
 from aiswarm_server.cli import HomeOption
 from aiswarm_server.config import BrokerSettings
+from aiswarm_server.tasklog import format_task_line, task_lines
 from launcher.agents import plan_agents
 from launcher.circuits import DEFAULT_PROBE_SECONDS
 from launcher.errors import LaunchError
@@ -123,19 +126,35 @@ def launch(
     no_ui: Annotated[
         bool, typer.Option("--no-ui", envvar="AISWARM_NO_UI", help="No live status table.")
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="AISWARM_LOG_FORMAT",
+            help="json: also write JSON lines (task, attempt, fence, agent, CLI) to logs/*.jsonl, for "
+            "`aiswarm logs --task N` (a broker this starts does the same).",
+        ),
+    ] = "text",
     home: HomeOption = None,
 ) -> None:
     """Start worker agent CLIs and supervise them until Ctrl-C (which drains them gracefully)."""
     from aiswarm_server.auth import ADMIN_TOKEN_FILE, read_token_file
     from aiswarm_server.bridge import broker_is_up, start_broker
     from aiswarm_server.broker_client import local_broker_url
-    from launcher.adapters import UnknownCliError
+    from launcher.adapters import GenericCliError, UnknownCliError, register_configured_clis
     from launcher.personas import PersonaError, get_persona
     from launcher.providers import ProviderError, load_providers
 
     if mode not in ("per-task", "session"):
         raise LaunchError(f"--mode {mode!r}: choose per-task or session")
+    if log_format not in ("text", "json"):
+        raise LaunchError(f"--log-format {log_format!r}: choose text or json")
+    os.environ["AISWARM_LOG_FORMAT"] = log_format  # the broker started below, if any, logs the same way
     settings = _settings(home)
+    try:
+        register_configured_clis(settings.home / "config.toml")
+    except GenericCliError as error:
+        raise LaunchError(str(error)) from None
     directory = (workdir or Path.cwd()).expanduser().resolve()
     if not directory.is_dir():
         raise LaunchError(f"--dir {directory} is not a directory")
@@ -177,6 +196,7 @@ def launch(
         grace_seconds=grace,
         providers=providers,
         probe_seconds=probe_interval,
+        log_format="json" if log_format == "json" else "text",
     )
     errors = Console(stderr=True)
     supervisor = Supervisor(config)
@@ -231,12 +251,35 @@ async def _supervise(supervisor: Supervisor, show_ui: bool, remote: list[A2AWork
 
 
 def logs(
-    agent: Annotated[str, typer.Argument(help="The agent's name, e.g. qwen-1.")],
+    agent: Annotated[str | None, typer.Argument(help="The agent's name, e.g. qwen-1.")] = None,
+    task: Annotated[
+        int | None,
+        typer.Option(
+            "--task",
+            help="Every line about this task, from the broker and each agent that tried it, in time order.",
+        ),
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --task: print the JSON lines as they are.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
-    """Print an agent's log ($AISWARM_HOME/logs/<agent>.log)."""
-    path = _settings(home).home / "logs" / f"{agent}.log"
+    """Print an agent's log ($AISWARM_HOME/logs/<agent>.log), or with --task the story of one task."""
+    logs_dir = _settings(home).home / "logs"
+    if task is not None:
+        lines = task_lines(logs_dir, task) if logs_dir.is_dir() else []
+        if not lines:
+            raise LaunchError(
+                f"no JSON log lines about task {task} in {logs_dir}: run `aiswarm serve` and `aiswarm launch` "
+                "with AISWARM_LOG_FORMAT=json to record them."
+            )
+        for line in lines:
+            sys.stdout.write((json.dumps(line) if as_json else format_task_line(line)) + "\n")
+        return
+    if agent is None:
+        raise LaunchError("name an agent (`aiswarm logs qwen-1`) or a task (`aiswarm logs --task 12`).")
+    path = logs_dir / f"{agent}.log"
     if not path.exists():
         raise LaunchError(f"no log for agent {agent!r} at {path}: has it been launched with this --home?")
     with open(path, encoding="utf-8", errors="replace") as fh:
@@ -260,13 +303,14 @@ def doctor(
 ) -> None:
     """Check the CLIs (installed, version, Node, logins) and the broker."""
     from aiswarm_server.broker_client import local_broker_url
-    from launcher.adapters import UnknownCliError
+    from launcher.adapters import GenericCliError, UnknownCliError, register_configured_clis
     from launcher.doctor import render_doctor, run_doctor
 
     settings = _settings(home)
     try:
+        register_configured_clis(settings.home / "config.toml")
         report = run_doctor(settings.home, broker_url=url or local_broker_url(settings), names=cli or None)
-    except UnknownCliError as error:
+    except (GenericCliError, UnknownCliError) as error:
         raise LaunchError(str(error)) from None
     render_doctor(report)
 

@@ -128,7 +128,7 @@ def check_cli(
             problems.append(
                 f"`{binary.name} --version` failed: reinstall with `aiswarm install-cli {adapter.name}`"
             )
-        elif version != adapter.version:
+        elif adapter.version and version != adapter.version:
             problems.append(f"version {version} differs from the tested {adapter.version}")
         package = package_dir(binary, adapter.package)
         stuck = not_executable(package, adapter.pin) if package is not None else []

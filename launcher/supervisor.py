@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.models import AgentState as BrokerAgentState
@@ -162,6 +163,15 @@ class LaunchConfig:
     breaker_seconds: float = DEFAULT_BREAKER_SECONDS
     clock: Callable[[], float] = time.time
     """Wall-clock time for quota pools (their day and minute windows)."""
+    log_format: Literal["text", "json"] = "text"
+    """json: each agent's log lines also go to logs/<agent>.jsonl with the task, attempt, fence and CLI."""
+
+    @property
+    def provider(self) -> str:
+        """Who serves the model, for the broker's usage metrics: the endpoint's host, or the CLIs' own login."""
+        if not self.endpoint_url:
+            return "login"
+        return urlsplit(self.endpoint_url).netloc or "endpoint"
 
     def endpoint_for(self, cli: str, provider: str | None = None) -> ModelEndpoint | None:
         """The endpoint an agent of ``cli`` is pointed at: its provider's (the key read now from its source),
@@ -240,6 +250,7 @@ class Supervisor:
         self._names = AgentNameLocks(self.config.home)
         self._reserved = False
         self.tokens: dict[str, str] = {}
+        self._task_of: dict[str, tuple[int, int]] = {}  # agent -> (task id, fence) of the task it runs
         """The token issued to each agent by this launch (every earlier one is revoked)."""
         self._make_views()
         (self.config.home / "logs").mkdir(parents=True, exist_ok=True)
@@ -397,6 +408,8 @@ class Supervisor:
                     for cli_run in list(self._running.values()):
                         cli_run.kill()
                     await asyncio.gather(*self._saving, return_exceptions=True)
+                    with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
+                        await admin.mark_agents_offline([p.name for p in self.config.agents])
         finally:
             self._admin = None
             self._names.release()
@@ -419,7 +432,9 @@ class Supervisor:
         return self.config.home / "logs" / f"{name}.log"
 
     def _log(self, name: str) -> AgentLog:
-        return AgentLog(self.agent_log(name), self.views[name].cli)
+        task_id, fence = self._task_of.get(name, (None, None))
+        json_lines = self.config.log_format == "json"
+        return AgentLog(self.agent_log(name), self.views[name].cli, json_lines, task_id, fence)
 
     def _note(self, name: str, message: str) -> None:
         self._log(name).note(message)
@@ -662,6 +677,14 @@ class Supervisor:
     async def _run_task(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
         name, view = agent.name, agent.view
         view.state, view.task_id = AgentState.RUNNING, task.id
+        self._task_of[name] = (task.id, fence)  # every note until the end of this run is about the task
+        try:
+            await self._run_task_held(agent, task, fence)
+        finally:
+            self._task_of.pop(name, None)
+
+    async def _run_task_held(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
+        name, view = agent.name, agent.view
         self._note(name, f"task #{task.id} reserved (fence {fence}): {task.title}")
         timeout = self.config.task_timeout or float(task.timeout_seconds)
         workdir = _existing_dir(task.working_dir)
@@ -677,6 +700,12 @@ class Supervisor:
         if usage is not None:
             await self._record_usage(agent, usage, task.id, fence)
         tokens = f", {usage.total_tokens} tokens ({usage.requests or '?'} turns)" if usage else ""
+        if usage is not None:
+            with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
+                await agent.admin.record_model_usage(
+                    agent=name, cli=agent.plan.cli, provider=self.config.provider, task_id=task.id,
+                    requests=usage.requests or 0, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                )  # fmt: skip
         self._note(
             name,
             f"task #{task.id} run ended: {result.outcome.kind.value} ({result.outcome.reason}) "

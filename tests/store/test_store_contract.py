@@ -15,7 +15,7 @@ from typing import TypeVar, cast
 import pytest
 
 from aiswarm_server.errors import NotFound, SchemaTooNew, StaleClaim, StoreUnavailable
-from aiswarm_server.models import AttemptOutcome, EventKind, Identity, NewTask, Role, TaskStatus
+from aiswarm_server.models import AgentStatus, AttemptOutcome, EventKind, Identity, NewTask, Role, TaskStatus
 from aiswarm_server.store import Store, open_store
 from aiswarm_server.store.postgres import PostgresStore
 from aiswarm_server.store.sqlite import SqliteStore, migrations
@@ -95,6 +95,25 @@ async def test_poll_acknowledges_events_durably(store: Store) -> None:
     assert acked.events == [] and (await store.get_agent("w")).cursor == first.events[-1].id  # type: ignore[union-attr]
     huge = await store.poll_agent("w", 10**15, NOW)  # a cursor past the newest event is clamped
     assert huge.cursor == first.events[-1].id
+
+
+async def test_stopped_agents_are_offline_until_they_call_again(store: Store) -> None:
+    for name in ("stopped-1", "stopped-2", "running-1"):
+        await store.register_agent(name, "qwen", None, [], None, NOW)
+    marked = await store.mark_agents_offline(["stopped-1", "stopped-2", "never-seen"])
+    assert [(a.name, a.status) for a in marked] == [
+        ("stopped-1", AgentStatus.OFFLINE),
+        ("stopped-2", AgentStatus.OFFLINE),
+    ]
+    await store.sweep(NOW + 10_000, NOW + 5_000)  # every agent silent past the cut-off
+    statuses = {a.name: a.status for a in await store.list_agents()}
+    assert statuses == {
+        "stopped-1": AgentStatus.OFFLINE,  # an offline agent stays offline, not lost
+        "stopped-2": AgentStatus.OFFLINE,
+        "running-1": AgentStatus.LOST,
+    }
+    poll = await store.poll_agent("stopped-1", None, NOW + 10_001)
+    assert poll.agent.status is AgentStatus.IDLE  # it called: live again
 
 
 async def test_tokens_are_stored_as_hashes_and_can_be_revoked(store: Store) -> None:
