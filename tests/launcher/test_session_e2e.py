@@ -71,17 +71,18 @@ def test_a_session_worker_does_a_task_outside_its_directory_there_and_is_stopped
                     "elsewhere", "WRITE out.txt\n```\nwritten elsewhere\n```\n", working_dir=str(elsewhere)
                 )
                 moved = await finished(primary, reply.tasks[0].id)
+                # every model answer now takes 15 s: the session holds the task past its 10 s deadline
+                fault = model.inject_fault(status=None, delay_seconds=15, agent="qwen-1")
                 slow = (
                     await primary.submit_task(
                         "slow", "WRITE slow.txt\n```\nfinally\n```\n", working_dir=str(launch_dir)
                     )
                 ).tasks[0]
-                async with asyncio.timeout(120):
-                    while (await primary.get_task(slow.id)).task.claimed_by is None:  # noqa: ASYNC110
-                        await asyncio.sleep(0.1)
-                fault = model.inject_fault(status=None, delay_seconds=120, agent="qwen-1", count=1)
-                late = await finished(primary, slow.id)
+                async with asyncio.timeout(240):
+                    while not (await primary.get_task(slow.id)).task.failures:  # noqa: ASYNC110
+                        await asyncio.sleep(0.2)
                 model.clear_faults(fault_id=fault)
+                late = await finished(primary, slow.id)
                 return moved, late
         finally:
             supervisor.stop()
