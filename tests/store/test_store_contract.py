@@ -160,7 +160,7 @@ def _claim_all(where: str, agent: str, results: multiprocessing.Queue) -> None: 
     async def retried(call: Callable[[], Awaitable[T]]) -> T:
         # Four processes share one SQLite file, which the store does not expect (one broker owns it): a write may
         # find the lock held past the store's 250 ms wait on a loaded machine, and is refused with nothing changed.
-        # A caller retries such a refusal, as an agent would.
+        # A caller retries such a refusal, as an agent would; so does opening, which reads the schema version.
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -172,7 +172,7 @@ def _claim_all(where: str, agent: str, results: multiprocessing.Queue) -> None: 
 
     async def run() -> list[int]:
         store = open_store(Path(where) if where.endswith(".db") else where)
-        await store.open()
+        await retried(store.open)
         got = []
         try:
             while True:
