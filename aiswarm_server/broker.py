@@ -32,6 +32,7 @@ from aiswarm_server.limits import (
     TITLE_MAX_CHARS,
 )
 from aiswarm_server.models import (
+    AgentState,
     Identity,
     NewTask,
     Role,
@@ -39,9 +40,11 @@ from aiswarm_server.models import (
     TaskChange,
     TaskRequest,
     TaskStatus,
+    UsageRecord,
 )
 from aiswarm_server.replies import (
     AgentsReply,
+    AgentStateReply,
     AgentStatusReply,
     ClaimedTask,
     ClaimReply,
@@ -49,6 +52,7 @@ from aiswarm_server.replies import (
     EventView,
     HeartbeatReply,
     ProgressReply,
+    QuotaPoolsReply,
     RegisterReply,
     StatusReply,
     SubmitReply,
@@ -58,6 +62,8 @@ from aiswarm_server.replies import (
     TokenInfo,
     TokenListReply,
     TokenReply,
+    UsageRow,
+    UsageSummaryReply,
     WaitReply,
     WaitTasksReply,
 )
@@ -67,7 +73,8 @@ from aiswarm_server.waiters import AgentWaiters, TaskWatchers
 log = logging.getLogger("aiswarm.broker")
 
 _CURSOR = re.compile(r"^(\d{1,18})(?:\.(\d{1,9}))?$")
-_LABEL = re.compile(rf"^[a-z0-9][a-z0-9_.-]{{0,{LABEL_MAX_CHARS - 1}}}$")
+_LABEL = re.compile(rf"^[a-z0-9][a-z0-9_.:-]{{0,{LABEL_MAX_CHARS - 1}}}$")
+"""A persona or capability name; ``:`` for the launcher's kinds, ``cli:gemini``, ``provider:openrouter``."""
 
 
 def format_cursor(event_id: int, sequence: int) -> str:
@@ -97,8 +104,8 @@ def normalize_labels(values: Sequence[str], what: str) -> list[str]:
         label = value.strip().lower()
         if not _LABEL.fullmatch(label):
             raise InvalidRequest(
-                f"{what} {value[:70]!r} is not valid: use lowercase letters, digits, '.', '_' or '-' "
-                f"(1-{LABEL_MAX_CHARS} characters), e.g. 'python' or 'code-review'."
+                f"{what} {value[:70]!r} is not valid: use lowercase letters, digits, '.', '_', ':' or '-' "
+                f"(1-{LABEL_MAX_CHARS} characters), e.g. 'python', 'code-review' or 'cli:gemini'."
             )
         labels.append(label)
     return sorted(set(labels))
@@ -555,19 +562,79 @@ class Broker:
             task_id=task_id, status=status, message=f"Task #{task_id} released: {status.value}."
         )
 
-    def record_model_usage(self, agent: str, cli: str, usage: ModelUsage) -> None:
-        """Take note of one CLI run's model usage (for the metrics and the task log; nothing is stored)."""
-        validate_agent_name(agent)
+    async def report_agent_state(
+        self, agents: Sequence[str], cli: str | None, state: AgentState, reason: str, until: float | None
+    ) -> AgentStateReply:
+        """Record the launcher's word on agents (cooling down, circuit open, a reset the user asked for).
+
+        ``agents`` names them; ``cli`` adds every agent of that CLI. Unknown names are ignored."""
+        names = set(agents)
+        if cli is not None:
+            names |= {a.name for a in await self.store.list_agents() if a.cli == cli}
+        stored = await self.store.set_agent_state(sorted(names), state, reason, until)
+        shown = state.value or "cleared"
+        return AgentStateReply(
+            agents=stored,
+            message=f"{len(stored)} agent(s) now {shown}."
+            if stored
+            else "No such agent: see `aiswarm agents` for the names.",
+        )
+
+    async def save_quota_pool(self, name: str, state: dict[str, Any]) -> QuotaPoolsReply:
+        """Keep a quota pool's state (the launcher counts; the broker remembers across relaunches)."""
+        await self.store.save_quota_pool(name, state, self.clock())
+        return QuotaPoolsReply(pools={name: state}, message=f"Quota pool {name} saved.")
+
+    async def quota_pools(self) -> QuotaPoolsReply:
+        """Every quota pool's last saved state."""
+        pools = await self.store.list_quota_pools()
+        return QuotaPoolsReply(pools=pools, message=f"{len(pools)} quota pool(s).")
+
+    async def record_usage(self, record: UsageRecord) -> None:
+        """Keep the model requests and tokens one CLI run used (stamped now), on the task attempt it ran.
+
+        The record is stored (``aiswarm usage`` sums it) and told to the observers (metrics, the dashboard)."""
+        validate_agent_name(record.agent)
+        now = self.clock()
+        await self.store.record_usage(record.model_copy(update={"recorded_at": now}))
+        usage = ModelUsage(
+            record.provider.strip() or "unknown",
+            record.task_id,
+            record.requests or 0,
+            record.input_tokens,
+            record.output_tokens,
+        )
         self._tell(
             BrokerNews(
                 "model_usage",
                 TaskChange(),
-                agent,
-                cli.strip()[:64] or "unknown",
-                at=self.clock(),
+                record.agent,
+                record.cli.strip()[:64] or "unknown",
+                at=now,
                 usage=usage,
             )
         )
+
+    async def usage(self, by: UsageGrouping, days: float) -> UsageSummaryReply:
+        """Token usage of the last ``days`` days, summed per ``by`` (day, provider, cli, agent, task)."""
+        records = await self.store.list_usage(self.clock() - days * 86_400)
+        groups: dict[str, list[UsageRecord]] = {}
+        for record in records:
+            groups.setdefault(_usage_key(record, by), []).append(record)
+        rows = [
+            UsageRow(
+                key=key,
+                runs=len(group),
+                input_tokens=sum(r.input_tokens for r in group),
+                output_tokens=sum(r.output_tokens for r in group),
+                cached_tokens=sum(r.cached_tokens for r in group),
+                total_tokens=sum(r.total_tokens for r in group),
+                requests=sum(r.requests or 0 for r in group),
+            )
+            for key, group in sorted(groups.items())
+        ]
+        total = sum(r.total_tokens for r in rows)
+        return UsageSummaryReply(by=by, rows=rows, message=f"{len(records)} run(s), {total} tokens, by {by}.")
 
     async def mark_agents_offline(self, names: Sequence[str]) -> AgentsReply:
         """Mark agents offline at once: their launcher stopped them (after releasing what they held)."""
@@ -885,6 +952,18 @@ def _configured_personas(home: Path) -> set[str]:
     except BrokerError as error:  # A2AAgentError: the launcher refuses the file too, saying why
         log.warning("%s", error)
     return names
+
+
+UsageGrouping = Literal["day", "provider", "cli", "agent", "task"]
+
+
+def _usage_key(record: UsageRecord, by: UsageGrouping) -> str:
+    if by == "day":
+        return time.strftime("%Y-%m-%d", time.gmtime(record.recorded_at))
+    if by == "task":
+        return f"#{record.task_id}" if record.task_id is not None else "(no task)"
+    value = {"provider": record.provider, "cli": record.cli, "agent": record.agent}[by]
+    return value or "(none)"
 
 
 def _expire(woken: asyncio.Future[None]) -> None:

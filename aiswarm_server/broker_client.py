@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from aiswarm_server.auth import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE, read_token_file
 from aiswarm_server.config import BrokerSettings
+from aiswarm_server.models import UsageRecord
 from aiswarm_server.replies import (
     AgentsReply,
     AgentStatusReply,
@@ -240,9 +241,9 @@ class BrokerClient:
         """The issued tokens' fingerprints, roles and agents (admin only)."""
         return await self.call("list_tokens", TokenListReply, agent=agent, include_revoked=include_revoked)
 
-    async def record_model_usage(self, **arguments: Any) -> UsageReply:
-        """Report one CLI run's model usage (agent, cli, provider, requests, input_tokens, output_tokens, task_id)."""
-        return await self.call("record_model_usage", UsageReply, **arguments)
+    async def record_usage(self, record: UsageRecord) -> UsageReply:
+        """Report one CLI run's model requests and tokens (admin only)."""
+        return await self.call("record_usage", UsageReply, usage=record.model_dump())
 
     async def mark_agents_offline(self, agents: list[str]) -> AgentsReply:
         """Mark agents offline because their launcher stopped them (admin only)."""

@@ -37,7 +37,8 @@ from aiswarm_server.limits import (
     TASK_TIMEOUT_LIMIT_SECONDS,
     TITLE_MAX_CHARS,
 )
-from aiswarm_server.models import Task, TaskStatus
+from aiswarm_server.models import Agent, AgentState, Task, TaskStatus
+from aiswarm_server.replies import AgentStateReply, UsageSummaryReply
 
 T = TypeVar("T")
 
@@ -548,16 +549,40 @@ def task_command(
     run_async(with_broker(home, url, action))
 
 
-@app.command()
-def agents(home: HomeOption = None, url: UrlOption = None, as_json: JsonOption = False) -> None:
+agents_app = typer.Typer(
+    help="List worker agents (with what the launcher says about them); `agents reset` closes circuits.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(agents_app, name="agents")
+
+
+def agent_state_text(agent: Agent) -> str:
+    """``cooling until 12:03:04``, ``circuit open: <why> (probe 12:03:04)``, or empty."""
+    if not agent.state:
+        return ""
+    until = time.strftime("%H:%M:%S", time.localtime(agent.state_until)) if agent.state_until else ""
+    if agent.state is AgentState.COOLING:
+        return f"cooling down until {until}" if until else "cooling down"
+    if agent.state is AgentState.CIRCUIT_OPEN:
+        return f"circuit open: {agent.state_reason}" + (f" (next probe {until})" if until else "")
+    return "reset asked"
+
+
+@agents_app.callback()
+def agents(
+    ctx: typer.Context, home: HomeOption = None, url: UrlOption = None, as_json: JsonOption = False
+) -> None:
     """List worker agents."""
+    if ctx.invoked_subcommand is not None:
+        return
 
     async def action(broker: BrokerClient) -> None:
         reply = await broker.list_agents()
         if as_json:
             print_json([a.model_dump(mode="json") for a in reply.agents])
             return
-        table = Table("agent", "cli", "persona", "status", "task", "capabilities", box=None)
+        table = Table("agent", "cli", "persona", "status", "task", "state", "capabilities", box=None)
         for a in reply.agents:
             table.add_row(
                 a.name,
@@ -565,9 +590,75 @@ def agents(home: HomeOption = None, url: UrlOption = None, as_json: JsonOption =
                 a.persona or "",
                 a.status.value,
                 str(a.current_task_id or ""),
+                agent_state_text(a),
                 ",".join(a.capabilities),
             )
         console.print(table)
+
+    run_async(with_broker(home, url, action))
+
+
+@agents_app.command("reset")
+def agents_reset(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Agents whose circuit to close, e.g. qwen-1.")
+    ] = None,
+    cli: Annotated[str | None, typer.Option("--cli", help="Every agent of this CLI.")] = None,
+    home: HomeOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Close the agents' open circuits now (after fixing a key or a login), instead of waiting for the probe."""
+    if not names and cli is None:
+        raise CliError(
+            "name the agents (aiswarm agents reset qwen-1) or a CLI (aiswarm agents reset --cli qwen)"
+        )
+
+    async def action(broker: BrokerClient) -> None:
+        reply = await broker.call(
+            "report_agent_state",
+            AgentStateReply,
+            agents=names or [],
+            cli=cli,
+            state=AgentState.RESET.value,
+            reason="reset by the user",
+        )
+        if not reply.agents:
+            raise CliError(reply.message)
+        console.print(f"reset asked for {', '.join(a.name for a in reply.agents)}", highlight=False)
+
+    run_async(with_broker(home, url, action))
+
+
+@app.command()
+def usage(
+    by: Annotated[str, typer.Option("--by", help="Sum per day, provider, cli, agent or task.")] = "day",
+    days: Annotated[float, typer.Option("--days", min=0.001, help="How many days back.")] = 30,
+    home: HomeOption = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Tokens the swarm's CLI runs used, per day, provider, CLI, agent or task."""
+    if by not in ("day", "provider", "cli", "agent", "task"):
+        raise CliError(f"--by {by!r}: choose day, provider, cli, agent or task")
+
+    async def action(broker: BrokerClient) -> None:
+        reply = await broker.call("usage_summary", UsageSummaryReply, by=by, days=days)
+        if as_json:
+            print_json(reply)
+            return
+        table = Table(by, "runs", "input", "output", "cached", "total", "requests", box=None)
+        for row in reply.rows:
+            table.add_row(
+                row.key,
+                str(row.runs),
+                str(row.input_tokens),
+                str(row.output_tokens),
+                str(row.cached_tokens),
+                str(row.total_tokens),
+                str(row.requests),
+            )
+        console.print(table)
+        console.print(reply.message, highlight=False)
 
     run_async(with_broker(home, url, action))
 
@@ -579,7 +670,12 @@ def status(home: HomeOption = None, url: UrlOption = None, as_json: JsonOption =
     async def action(broker: BrokerClient) -> None:
         reply = await broker.broker_status()
         if as_json:
-            print_json({**reply.model_dump(mode="json"), "url": broker.url})
+            states = [
+                {"agent": a.name, "state": a.state.value, "reason": a.state_reason, "until": a.state_until}
+                for a in (await broker.list_agents()).agents
+                if a.state
+            ]
+            print_json({**reply.model_dump(mode="json"), "url": broker.url, "agent_states": states})
             return
         console.print(
             f"broker {broker.url} up {reply.uptime_seconds:.0f}s, database {reply.database}", highlight=False

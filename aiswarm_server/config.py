@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 DEFAULT_PORT = 8765
 # The CLIs abort a tool call after 600 s (gemini, qwen) and qwen also after 5 idle minutes, so the
@@ -22,6 +28,34 @@ def default_home() -> Path:
     return Path.home() / ".aiswarm"
 
 
+CONFIG_FILE = "config.toml"
+"""The settings file in the aiswarm home: broker settings at its top level, model providers in ``[providers.*]``."""
+
+
+def config_file(home: Path) -> Path:
+    """``$AISWARM_HOME/config.toml``."""
+    return home / CONFIG_FILE
+
+
+class HomeSettings(BaseSettings):
+    """Settings read, lowest precedence first, from defaults, ``$AISWARM_HOME/config.toml``, ``AISWARM_*``, options."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Options (init), then the environment, then the home's ``config.toml``."""
+        given: dict[str, Any] = init_settings()
+        home = given.get("home") or os.environ.get("AISWARM_HOME")
+        path = config_file(Path(home).expanduser() if home else default_home())
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+
+
 def redact_database_url(url: str) -> str:
     """A database URL fit for messages and logs: the password, if any, replaced by ``***``."""
     parts = urlsplit(url)
@@ -32,8 +66,8 @@ def redact_database_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
 
 
-class BrokerSettings(BaseSettings):
-    """How the broker runs. Read from ``AISWARM_*`` environment variables; CLI options override."""
+class BrokerSettings(HomeSettings):
+    """How the broker runs. Read from ``config.toml`` in the home, then ``AISWARM_*`` variables; options override."""
 
     model_config = SettingsConfigDict(env_prefix="AISWARM_", extra="ignore")
 

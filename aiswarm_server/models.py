@@ -101,6 +101,15 @@ class Identity(BaseModel):
     label: str = ""
 
 
+class AgentState(StrEnum):
+    """What the launcher reports about an agent, beyond idle and busy."""
+
+    NONE = ""
+    COOLING = "cooling"  # its provider rate limited it: no work until state_until
+    CIRCUIT_OPEN = "circuit_open"  # no work until a probe passes (state_reason says why) or a reset
+    RESET = "reset"  # the user asked (aiswarm agents reset) to close its circuit now
+
+
 class Agent(BaseModel):
     """A worker agent as registered: stable name, CLI, persona, capabilities, status and durable event cursor."""
 
@@ -114,6 +123,29 @@ class Agent(BaseModel):
     cursor: int = 0
     registered_at: float
     last_seen_at: float
+    state: AgentState = AgentState.NONE
+    state_reason: str = ""
+    state_until: float | None = None
+
+
+class UsageRecord(BaseModel):
+    """The model requests and tokens one CLI run used, on the task attempt it ran (task and attempt None: a run
+    with no task). Strict: a count is a JSON integer, never a boolean or a string."""
+
+    model_config = ConfigDict(strict=True)
+
+    task_id: int | None = Field(default=None, ge=1)
+    attempt: int | None = Field(default=None, ge=1)
+    agent: str = Field(min_length=1, max_length=LABEL_MAX_CHARS)
+    cli: str = Field(min_length=1, max_length=LABEL_MAX_CHARS)
+    provider: str = Field(default="", max_length=200)
+    model: str = Field(default="", max_length=200)
+    input_tokens: int = Field(default=0, ge=0, le=10**12)
+    output_tokens: int = Field(default=0, ge=0, le=10**12)
+    cached_tokens: int = Field(default=0, ge=0, le=10**12)
+    total_tokens: int = Field(default=0, ge=0, le=10**12)
+    requests: int | None = Field(default=None, ge=0, le=10**9)
+    recorded_at: float = 0.0
 
 
 class Attempt(BaseModel):

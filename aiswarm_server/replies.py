@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -224,7 +224,41 @@ class StatusReply(BaseModel):
     message: str
 
 
+class AgentStateReply(BaseModel):
+    """The agents whose launcher-reported state was set."""
+
+    agents: list[Agent]
+    message: str
+
+
+class UsageRow(BaseModel):
+    """Tokens summed over one group (a day, a provider, a CLI, a task ...)."""
+
+    key: str
+    runs: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    total_tokens: int
+    requests: int
+
+
+class UsageSummaryReply(BaseModel):
+    """Token usage grouped as asked."""
+
+    by: str
+    rows: list[UsageRow]
+    message: str
+
+
+class QuotaPoolsReply(BaseModel):
+    """The quota pools' saved states, by pool name."""
+
+    pools: dict[str, dict[str, Any]]
+    message: str
+
+
 class UsageReply(BaseModel):
-    """The answer to ``record_model_usage``."""
+    """The answer to ``record_usage``."""
 
     message: str

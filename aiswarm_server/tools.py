@@ -22,7 +22,7 @@ from pydantic import Field, StrictFloat, StrictInt, ValidationError, create_mode
 from typing_extensions import override
 
 from aiswarm_server import __version__
-from aiswarm_server.broker import Broker, ModelUsage
+from aiswarm_server.broker import Broker, UsageGrouping
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, BrokerSettings
 from aiswarm_server.errors import BrokerError
 from aiswarm_server.limits import (
@@ -36,6 +36,7 @@ from aiswarm_server.limits import (
     REASON_MAX_CHARS,
 )
 from aiswarm_server.models import (
+    AgentState,
     Capabilities,
     Identity,
     MaxAttempts,
@@ -47,15 +48,18 @@ from aiswarm_server.models import (
     TaskStatus,
     TaskTimeout,
     TaskTitle,
+    UsageRecord,
     WorkingDir,
 )
 from aiswarm_server.replies import (
     AgentsReply,
+    AgentStateReply,
     AgentStatusReply,
     ClaimReply,
     CompletionReply,
     HeartbeatReply,
     ProgressReply,
+    QuotaPoolsReply,
     RegisterReply,
     StatusReply,
     SubmitReply,
@@ -64,6 +68,7 @@ from aiswarm_server.replies import (
     TokenListReply,
     TokenReply,
     UsageReply,
+    UsageSummaryReply,
     WaitReply,
     WaitTasksReply,
 )
@@ -452,34 +457,68 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
 
     @server.tool()
     @_refusals
-    async def record_model_usage(
+    async def report_agent_state(
         ctx: Context[Any, Any],
-        agent: Annotated[AgentName, Field(description="The agent whose CLI ran.")],
+        state: Annotated[
+            AgentState,
+            Field(description="'' (clear), 'cooling', 'circuit_open', or 'reset' (close the circuit now)."),
+        ],
+        agents: Annotated[list[AgentName], Field(max_length=1000)] = [],  # noqa: B006
         cli: Annotated[
-            str, Field(min_length=1, max_length=LABEL_MAX_CHARS, description="qwen, gemini, opencode ...")
-        ],
-        provider: Annotated[
-            str,
-            Field(
-                min_length=1,
-                max_length=200,
-                description="Who served the model: an endpoint's host, or 'login'.",
-            ),
-        ],
-        requests: Annotated[StrictInt, Field(ge=0, le=10**9, description="Model requests the run made.")],
-        input_tokens: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0,
-        output_tokens: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0,
-        task_id: Annotated[
-            StrictInt | None, Field(ge=1, le=ID_MAX, description="The task the run was for.")
+            str | None, Field(min_length=1, max_length=64, description="Every agent of this CLI.")
         ] = None,
-    ) -> UsageReply:
-        """Record one CLI run's model usage (the launcher calls this after each run) for /metrics and the logs."""
+        reason: Annotated[str, Field(max_length=500)] = "",
+        until: Annotated[
+            float | None, Field(ge=0, description="Epoch seconds the state lasts until.")
+        ] = None,
+    ) -> AgentStateReply:
+        """Record what the launcher says about agents: cooling down until a time, circuit open and why, or a reset
+        the user asked for (the launcher then closes the circuit at once)."""
         _identity(ref, ctx)
-        usage = ModelUsage(provider.strip(), task_id, requests, input_tokens, output_tokens)
-        ref.get().record_model_usage(agent, cli, usage)
-        return UsageReply(
-            message=f"Recorded {requests} request(s), {input_tokens + output_tokens} token(s) for {agent}."
-        )
+        return await ref.get().report_agent_state(agents, cli, state, reason, until)
+
+    @server.tool()
+    @_refusals
+    async def record_usage(ctx: Context[Any, Any], usage: UsageRecord) -> UsageReply:
+        """Record one CLI run's model requests and tokens, on the task attempt it ran (the launcher calls this
+        after each run): kept for `aiswarm usage`, counted in /metrics, shown on the dashboard."""
+        _identity(ref, ctx)
+        broker = ref.get()
+        await broker.record_usage(usage)
+        return UsageReply(message=f"Recorded {usage.total_tokens} token(s) for {usage.agent}.")
+
+    @server.tool()
+    @_refusals
+    async def save_quota_pool(
+        ctx: Context[Any, Any],
+        name: Annotated[
+            str, Field(min_length=1, max_length=128, description="The pool, e.g. provider:openrouter.")
+        ],
+        state: dict[str, Any],
+    ) -> QuotaPoolsReply:
+        """Keep a quota pool's counters (requests this day and minute), so a relaunch does not forget them."""
+        _identity(ref, ctx)
+        return await ref.get().save_quota_pool(name, state)
+
+    @server.tool()
+    @_refusals
+    async def list_quota_pools(ctx: Context[Any, Any]) -> QuotaPoolsReply:
+        """Every quota pool's saved counters."""
+        _identity(ref, ctx)
+        return await ref.get().quota_pools()
+
+    @server.tool()
+    @_refusals
+    async def usage_summary(
+        ctx: Context[Any, Any],
+        by: Annotated[
+            UsageGrouping, Field(description="Group by day, provider, cli, agent or task.")
+        ] = "day",
+        days: Annotated[float, Field(gt=0, le=3660, description="How many days back.")] = 30,
+    ) -> UsageSummaryReply:
+        """Tokens used by the swarm's CLI runs, summed per day, provider, CLI, agent or task."""
+        _identity(ref, ctx)
+        return await ref.get().usage(by, days)
 
     @server.tool()
     @_refusals

@@ -20,13 +20,21 @@ class AgentPlan:
     name: str
     cli: str
     persona: Persona | None = None
+    provider: str | None = None
+    """The config file's provider this agent's CLI uses; None: ``--model-endpoint`` or the CLI's own login."""
+    capabilities: tuple[str, ...] = ()
+    """Capabilities given at launch (``--capability``), besides the persona's and the CLI's and provider's."""
 
 
-def plan_agents(count: int, cli_mix: str, personas: list[Persona]) -> list[AgentPlan]:
-    """Stable agent names from a CLI mix: ``qwen,gemini`` round-robin, or ``qwen:2,gemini:2`` counts.
+def plan_agents(
+    count: int, cli_mix: str, personas: list[Persona], capabilities: tuple[str, ...] = ()
+) -> list[AgentPlan]:
+    """Stable agent names from a CLI mix: ``qwen,gemini`` round-robin, or ``qwen:2,gemini:2`` counts; a CLI
+    may name its provider from the config file, ``qwen@openrouter:2``.
 
     Names are ``<cli>-<n>`` numbered per CLI, so a relaunch with the same mix continues as the same agents.
-    Personas are given to the agents in turn (one persona: every agent).
+    Personas are given to the agents in turn (one persona: every agent); a persona with a ``preferred_cli`` goes
+    to an agent of that CLI when one is left. ``capabilities`` are given to every agent.
     """
     parts = [p.strip() for p in cli_mix.split(",") if p.strip()]
     if not parts:
@@ -44,15 +52,46 @@ def plan_agents(count: int, cli_mix: str, personas: list[Persona]) -> list[Agent
         if count < 1:
             raise LaunchError("--agents must be at least 1")
         order = [parts[i % len(parts)] for i in range(count)]
-    for cli in set(order):
-        get_adapter(cli)  # raises UnknownCliError naming the known CLIs
+    for entry in set(order):
+        cli, _, provider = entry.partition("@")
+        get_adapter(cli.strip())  # raises UnknownCliError naming the known CLIs
+        if "@" in entry and not provider.strip():
+            raise LaunchError(f"--cli {entry!r}: write CLI@PROVIDER with a provider of the config file")
     seen: dict[str, int] = {}
     plans: list[AgentPlan] = []
-    for i, cli in enumerate(order):
+    for entry in order:
+        cli, _, provider = (p.strip() for p in entry.partition("@"))
         seen[cli] = seen.get(cli, 0) + 1
-        persona = personas[i % len(personas)] if personas else None
-        plans.append(AgentPlan(name=f"{cli}-{seen[cli]}", cli=cli, persona=persona))
-    return plans
+        plans.append(AgentPlan(f"{cli}-{seen[cli]}", cli, None, provider or None, tuple(capabilities)))
+    return _give_personas(plans, [personas[i % len(personas)] for i in range(len(plans))] if personas else [])
+
+
+def _give_personas(plans: list[AgentPlan], wanted: list[Persona]) -> list[AgentPlan]:
+    """``plans`` with one persona of ``wanted`` each: those preferring a CLI first, to an agent of it if one is free."""
+    given: dict[int, Persona] = {}
+    rest: list[Persona] = []
+    for persona in wanted:
+        slot = next(
+            (i for i, p in enumerate(plans) if i not in given and p.cli == persona.preferred_cli), None
+        )
+        if slot is None:
+            rest.append(persona)
+        else:
+            given[slot] = persona
+    free = iter(i for i in range(len(plans)) if i not in given)
+    for persona in rest:
+        given[next(free)] = persona
+    return [replace(p, persona=given.get(i)) for i, p in enumerate(plans)]
+
+
+def agent_capabilities(plan: AgentPlan) -> list[str]:
+    """What every agent advertises besides its persona's: its CLI kind and provider (``cli:gemini``,
+    ``provider:openrouter``), so a task can ask for them."""
+    return [
+        f"cli:{plan.cli}",
+        *([f"provider:{plan.provider}"] if plan.provider else []),
+        *plan.capabilities,
+    ]
 
 
 class AgentNameLocks:

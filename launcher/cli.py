@@ -23,6 +23,7 @@ from aiswarm_server.cli import HomeOption
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.tasklog import format_task_line, task_lines
 from launcher.agents import plan_agents
+from launcher.circuits import DEFAULT_PROBE_SECONDS
 from launcher.errors import LaunchError
 from launcher.supervisor import LaunchConfig, Supervisor
 
@@ -50,13 +51,22 @@ def launch(
         str,
         typer.Option(
             envvar="AISWARM_CLI",
-            help="CLIs to run: 'qwen,gemini' (round-robin) or 'qwen:2,gemini:2' (counts).",
+            help="CLIs to run: 'qwen,gemini' (round-robin) or 'qwen:2,gemini:2' (counts); CLI@PROVIDER gives "
+            "them a provider of the config file ($AISWARM_HOME/config.toml): 'qwen@openrouter:2,gemini@gemini-key:2'.",
         ),
     ] = "qwen,gemini",
     persona: Annotated[
         str | None,
         typer.Option(
             envvar="AISWARM_PERSONA", help="Persona for every agent, or a comma list given in turn."
+        ),
+    ] = None,
+    capability: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AISWARM_CAPABILITY",
+            help="Capabilities every agent advertises, comma separated (tasks may require them), e.g. "
+            "'long-context'. Agents always advertise cli:<cli> and provider:<name>.",
         ),
     ] = None,
     model: Annotated[
@@ -105,6 +115,14 @@ def launch(
     grace: Annotated[
         float, typer.Option(envvar="AISWARM_GRACE", help="Seconds running CLIs get to finish on Ctrl-C.")
     ] = 10.0,
+    probe_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="AISWARM_PROBE_INTERVAL",
+            min=0.5,
+            help="Seconds between probes of an open circuit (a refused key, no login, a missing CLI).",
+        ),
+    ] = DEFAULT_PROBE_SECONDS,
     no_ui: Annotated[
         bool, typer.Option("--no-ui", envvar="AISWARM_NO_UI", help="No live status table.")
     ] = False,
@@ -125,6 +143,7 @@ def launch(
     from aiswarm_server.broker_client import local_broker_url
     from launcher.adapters import GenericCliError, UnknownCliError, register_configured_clis
     from launcher.personas import PersonaError, get_persona
+    from launcher.providers import ProviderError, load_providers
 
     if mode not in ("per-task", "session"):
         raise LaunchError(f"--mode {mode!r}: choose per-task or session")
@@ -141,8 +160,10 @@ def launch(
         raise LaunchError(f"--dir {directory} is not a directory")
     try:
         personas = [get_persona(p.strip(), settings.home) for p in (persona or "").split(",") if p.strip()]
-        plans = plan_agents(agents, cli, personas)
-    except (PersonaError, UnknownCliError) as error:
+        extra = tuple(c.strip().lower() for c in (capability or "").split(",") if c.strip())
+        plans = plan_agents(agents, cli, personas, extra)
+        providers = load_providers(settings.home)
+    except (PersonaError, UnknownCliError, ProviderError) as error:
         raise LaunchError(str(error)) from None
     if url is not None:
         if not broker_is_up(url):
@@ -173,6 +194,8 @@ def launch(
         task_timeout=task_timeout,
         cool_down_seconds=cool_down,
         grace_seconds=grace,
+        providers=providers,
+        probe_seconds=probe_interval,
         log_format="json" if log_format == "json" else "text",
     )
     errors = Console(stderr=True)
@@ -180,11 +203,21 @@ def launch(
     # names another running launch holds are taken by the next free number (qwen-1 -> qwen-3)
     names = ", ".join(supervisor.reserve_names())
     errors.print(
-        f"aiswarm launch: {names} on {broker_url} ({mode}); logs in {settings.home / 'logs'}", highlight=False
+        f"aiswarm launch: {names} on {broker_url} ({mode}); logs in {settings.home / 'logs'}",
+        highlight=False,
+        soft_wrap=True,
     )
+    problems = supervisor.preflight()
+    for name, lines in problems.items():
+        for line in lines:
+            errors.print(f"aiswarm launch: {name} takes no work: {line}", highlight=False, soft_wrap=True)
     from launcher.a2a_worker import A2AWorker, load_remote_agents
 
     remote = [A2AWorker(spec, broker_url, admin_token) for spec in load_remote_agents(settings.home)]
+    if len(problems) == len(plans) and not remote:
+        raise LaunchError(
+            "no agent can work: fix the problems above (`aiswarm doctor` checks them), then relaunch"
+        )
     if remote:
         errors.print(
             "aiswarm launch: remote A2A agents "

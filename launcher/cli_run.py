@@ -78,6 +78,20 @@ class RunResult:
     rate_limited: bool
     stopped: bool
     seconds: float
+    retry_after: float | None = None
+    """The provider's ``Retry-After`` on the 429 that stopped the run, when it sent one."""
+
+    @classmethod
+    def not_started(cls, cli: str, command: str, error: OSError) -> RunResult:
+        """The CLI's binary could not be started (missing, not executable)."""
+        reason = f"cannot run {command} ({error.strerror}): run `aiswarm install-cli {cli}`"
+        return cls(
+            RunOutcome(kind=OutcomeKind.BINARY_MISSING, reason=reason, returncode=None),
+            None,
+            False,
+            False,
+            0.0,
+        )
 
 
 class CliRun:
@@ -105,6 +119,9 @@ class CliRun:
         self.login_seconds = login_seconds
         """How often a refreshed login is carried back while the CLI runs."""
         self.rate_limited = False
+        self.retry_after: float | None = None
+        self.refused_key: int | None = None
+        """The HTTP status (401, 403) with which the provider refused the key, seen in the model traffic."""
         self.stopped = False
         self.timed_out = False
         self._killed = asyncio.Event()
@@ -151,6 +168,19 @@ class CliRun:
         """SIGKILL the CLI's whole process group now."""
         self._killed.set()
         self._kill_group()
+
+    def model_refused(self, status: int, retry_after: float | None) -> None:
+        """The provider refused one of the CLI's requests (seen by the launcher's model proxy): stop the CLI now,
+        since it would retry silently for a minute or more; its task is released."""
+        if self._killed.is_set():
+            return
+        if status == 429:
+            self.rate_limited, self.retry_after = True, retry_after
+            self.log.note(f"the model answered 429 (Retry-After {retry_after}): stopping the CLI")
+        else:
+            self.refused_key = status
+            self.log.note(f"the model refused the key (HTTP {status}): stopping the CLI")
+        self.kill()
 
     def return_logins(self) -> None:
         """Carry a login the CLI refreshed back to the user's file (see ``CliAdapter.return_logins``)."""
@@ -227,7 +257,13 @@ class CliRun:
     def _result(self, returncode: int, stdout: str, stderr: str) -> RunResult:
         """The adapter's classification of the exit; a rate limit seen on stderr wins over it."""
         outcome = self.adapter.classify_exit(None if self.timed_out else returncode, stdout, stderr)
-        if self.rate_limited and outcome.kind is not OutcomeKind.RATE_LIMITED:
+        if self.refused_key is not None:
+            outcome = RunOutcome(
+                kind=OutcomeKind.AUTH_FAILURE,
+                reason=f"the provider refused the key (HTTP {self.refused_key})",
+                returncode=returncode,
+            )
+        elif self.rate_limited and not outcome.kind.out_of_requests:
             outcome = RunOutcome(
                 kind=OutcomeKind.RATE_LIMITED,
                 reason="model rate limit seen on stderr; stopped the CLI",
@@ -236,9 +272,10 @@ class CliRun:
         return RunResult(
             outcome,
             self.adapter.parse_usage(stdout),
-            rate_limited=self.rate_limited or outcome.kind is OutcomeKind.RATE_LIMITED,
+            rate_limited=self.rate_limited or outcome.kind.out_of_requests,
             stopped=self.stopped,
             seconds=time.monotonic() - self._started,
+            retry_after=self.retry_after,
         )
 
     def _running(self) -> asyncio.subprocess.Process:

@@ -2,7 +2,8 @@
 
 Two questions: what happens to a task the agent still holds (given back without burning an attempt when it was
 not the task's fault, reported failed otherwise), and how the agent is paced (a rate limit cools down every agent
-of the CLI, a success resets the backoff, a failure lengthens it, a stop changes nothing).
+of the CLI or provider, a refused key, missing binary or configuration error opens a circuit, a success resets
+the backoff, a failure lengthens it, a stop changes nothing).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Pacing(StrEnum):
 
     COOL_DOWN = "cool down"
     """Every agent of the CLI pauses (they share the account that is rate limited)."""
+    OPEN_CIRCUIT = "open circuit"
+    """No agent of the CLI or provider takes work until a probe passes: nothing can succeed there."""
     RESET = "reset"
     """A success: the backoff starts over."""
     FAILURE = "failure"
@@ -50,9 +53,12 @@ class Decision:
 
 def decide(result: RunResult, still_held: bool) -> Decision:
     """The decision after ``result``; ``still_held`` says whether the agent still holds the task after the run."""
+    kind = result.outcome.kind
     if result.rate_limited:
         pacing = Pacing.COOL_DOWN
-    elif result.outcome.kind is OutcomeKind.DONE and not still_held:
+    elif kind.not_the_tasks_fault:
+        pacing = Pacing.OPEN_CIRCUIT
+    elif kind is OutcomeKind.DONE and not still_held:
         pacing = Pacing.RESET
     elif result.stopped:
         pacing = Pacing.UNCHANGED
@@ -60,8 +66,12 @@ def decide(result: RunResult, still_held: bool) -> Decision:
         pacing = Pacing.FAILURE
     if not still_held:
         return Decision(TaskAction.NONE, pacing, result.outcome.reason)
-    if result.rate_limited or result.stopped:
-        return Decision(
-            TaskAction.RELEASE, pacing, "rate limited" if result.rate_limited else "launcher stopping"
-        )
+    if result.stopped:
+        return Decision(TaskAction.RELEASE, pacing, "launcher stopping")
+    if result.rate_limited:
+        return Decision(TaskAction.RELEASE, pacing, "rate limited")
+    if kind.not_the_tasks_fault:
+        return Decision(TaskAction.RELEASE, pacing, result.outcome.reason)
+    if kind is OutcomeKind.DONE:
+        return Decision(TaskAction.FAIL, pacing, "no report: the CLI exited 0 without reporting the task")
     return Decision(TaskAction.FAIL, pacing, result.outcome.reason)

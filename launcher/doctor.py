@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from launcher.adapters import CliAdapter, CredentialFinding, get_adapter, known_adapters
-from launcher.adapters.install import cli_prefix, node_major, runtime_env
+from launcher.adapters.install import cli_prefix, node_major, not_executable, package_dir, runtime_env
+from launcher.providers import ProviderError, load_providers, probe
 
 VERSION_TIMEOUT_SECONDS = 30.0
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -60,16 +61,50 @@ class BrokerCheck(BaseModel):
     detail: str
 
 
+class ProviderCheck(BaseModel):
+    """Whether a configured provider's key is there and its models listing answers."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
 class DoctorReport(BaseModel):
     """Everything doctor found."""
 
     clis: list[CliCheck]
     broker: BrokerCheck | None
+    providers: list[ProviderCheck] = []
 
     @property
     def ok(self) -> bool:
         """True when nothing needs the user's attention."""
-        return all(c.ok for c in self.clis) and (self.broker is None or self.broker.ok)
+        return (
+            all(c.ok for c in self.clis)
+            and (self.broker is None or self.broker.ok)
+            and all(p.ok for p in self.providers)
+        )
+
+
+def check_providers(home: Path, env: Mapping[str, str] | None = None) -> list[ProviderCheck]:
+    """Each provider of the config file: its key is readable and a models listing accepts it (no model request)."""
+    try:
+        providers = load_providers(home)
+    except ProviderError as error:
+        return [ProviderCheck(name="config.toml", ok=False, detail=str(error))]
+    checks: list[ProviderCheck] = []
+    for name, provider in sorted(providers.items()):
+        try:
+            endpoint = provider.endpoint(env)
+        except ProviderError as error:
+            checks.append(ProviderCheck(name=name, ok=False, detail=str(error)))
+            continue
+        if endpoint is None:
+            checks.append(ProviderCheck(name=name, ok=True, detail="the CLI's own login"))
+            continue
+        result = probe(endpoint)
+        checks.append(ProviderCheck(name=name, ok=result.ok, detail=result.detail))
+    return checks
 
 
 def check_cli(
@@ -88,13 +123,20 @@ def check_cli(
     if binary is None:
         problems.append(f"not installed: run `aiswarm install-cli {adapter.name}`")
     else:
-        version = _version(binary, run_env)
+        version = cli_version(binary, run_env)
         if version is None:
             problems.append(
                 f"`{binary.name} --version` failed: reinstall with `aiswarm install-cli {adapter.name}`"
             )
         elif adapter.version and version != adapter.version:
             problems.append(f"version {version} differs from the tested {adapter.version}")
+        package = package_dir(binary, adapter.package)
+        stuck = not_executable(package, adapter.pin) if package is not None else []
+        if package is not None and stuck:
+            problems.append(
+                f"{stuck[0].relative_to(package)} is not executable: run `aiswarm install-cli {adapter.name}` "
+                f"(or chmod +x {stuck[0]})"
+            )
     if adapter.min_node_major is not None and (major or 0) < adapter.min_node_major:
         found = f"Node {major}" if major else "no Node"
         problems.append(
@@ -145,7 +187,11 @@ def run_doctor(
     # Each `--version` starts a Node CLI (seconds each): check them side by side.
     with ThreadPoolExecutor(max_workers=max(len(adapters), 1)) as pool:
         clis = list(pool.map(lambda a: check_cli(a, home, user_home=user_home, env=env), adapters))
-    return DoctorReport(clis=clis, broker=check_broker(broker_url) if broker_url else None)
+    return DoctorReport(
+        clis=clis,
+        broker=check_broker(broker_url) if broker_url else None,
+        providers=check_providers(home, env),
+    )
 
 
 def render_doctor(report: DoctorReport, console: Console | None = None) -> None:
@@ -161,12 +207,15 @@ def render_doctor(report: DoctorReport, console: Console | None = None) -> None:
         status = "[green]ok[/green]" if c.ok else "[yellow]" + "; ".join(c.problems) + "[/yellow]"
         table.add_row(c.name, installed, c.version or "-", node, creds, status)
     console.print(table)
+    for p in report.providers:
+        colour = "green" if p.ok else "red"
+        console.print(f"provider {p.name}: [{colour}]{p.detail}[/{colour}]", highlight=False)
     if report.broker is not None:
         colour = "green" if report.broker.ok else "red"
         console.print(f"broker {report.broker.url}: [{colour}]{report.broker.detail}[/{colour}]")
 
 
-def _version(binary: Path, env: Mapping[str, str]) -> str | None:
+def cli_version(binary: Path, env: Mapping[str, str]) -> str | None:
     """The version ``binary --version`` prints, or None if it fails."""
     try:
         out = subprocess.run(

@@ -8,7 +8,12 @@ lease; when it exits, :func:`launcher.decisions.decide` says what becomes of a t
 holds (reported failed, or released without burning an attempt) and how the agent is paced.
 
 Session mode starts the CLI once with a prompt to loop on ``wait_for_next_event`` and restarts it
-when it exits.
+when it exits; the supervisor watches the task it holds (its deadline, its lease, its directory).
+
+Before any work, a preflight checks each agent (:mod:`launcher.preflight`); a failure that is not the task's
+fault opens a circuit for the provider or CLI (:mod:`launcher.circuits`); each agent's model traffic passes the
+launcher's proxy (:mod:`launcher.model_proxy`), which sees a 429 or a refused key at once and counts requests
+against quota pools (:mod:`launcher.quota`); every agent's state and every run's tokens go to the broker.
 
 Crashes back off exponentially; a rate limit cools down every agent of the same CLI (they share the
 user's account) so the other CLIs take the work (:mod:`launcher.cool_downs`); Ctrl-C drains: running
@@ -23,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -31,14 +36,51 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
-from aiswarm_server.replies import ClaimedTask, ClaimReply, TokenReply
+from aiswarm_server.models import AgentState as BrokerAgentState
+from aiswarm_server.models import UsageRecord
+from aiswarm_server.replies import (
+    AgentStateReply,
+    ClaimedTask,
+    ClaimReply,
+    QuotaPoolsReply,
+    TokenReply,
+)
 from launcher.adapters import get_adapter
-from launcher.adapters.base import AgentHome, AgentSpec, CliAdapter, ModelEndpoint, OutcomeKind
-from launcher.agents import AgentNameLocks, AgentPlan, reserve_names
+from launcher.adapters.base import (
+    AGENT_HEADER,
+    CLI_HEADER,
+    AgentHome,
+    AgentSpec,
+    CliAdapter,
+    OutcomeKind,
+    TokenUsage,
+)
+from launcher.agents import AgentNameLocks, AgentPlan, agent_capabilities, reserve_names
+from launcher.circuits import (
+    DEFAULT_BREAKER_SECONDS,
+    DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_PROBE_SECONDS,
+    AgentBreaker,
+    Circuits,
+    cli_circuit,
+    provider_circuit,
+)
 from launcher.cli_run import AgentLog, CliRun, Drain, RunPlace, RunResult
 from launcher.cool_downs import CoolDowns, backoff_delay
 from launcher.decisions import Pacing, TaskAction, decide
+from launcher.model_proxy import ModelProxy
+from launcher.preflight import cli_problems, credential_problem
 from launcher.prompts import session_prompt, task_prompt
+from launcher.providers import (
+    ModelEndpoint,
+    Provider,
+    ProviderError,
+    check_spoken,
+    endpoint_provider,
+    probe,
+    public_base_url,
+)
+from launcher.quota import PoolState, QuotaPool
 
 log = logging.getLogger("aiswarm.launcher")
 
@@ -49,6 +91,12 @@ WAIT_SECONDS = 60
 """One broker wait; well inside every timeout, and the cursor differs each time."""
 HEARTBEAT_SECONDS = 20.0
 """Lease renewal while a CLI works (the broker's lease is minutes long); also how often a refreshed login goes back."""
+RESET_POLL_SECONDS = 2.0
+"""While an agent's circuit is open, how often it looks for a reset the user asked for (``aiswarm agents reset``)."""
+POOL_CHECK_SECONDS = 1.0
+"""While an agent's quota pool is spent, how often it looks again (the clock may be a test's)."""
+SESSION_POLL_SECONDS = 0.5
+"""How often the supervisor looks at the task a session CLI holds (one local broker call)."""
 
 
 class AgentState(StrEnum):
@@ -58,6 +106,7 @@ class AgentState(StrEnum):
     IDLE = "idle"
     RUNNING = "running"
     COOLING = "cooling down"
+    CIRCUIT_OPEN = "circuit open"
     BACKOFF = "backing off"
     STOPPING = "stopping"
     STOPPED = "stopped"
@@ -76,8 +125,15 @@ class AgentView:
     failures: int = 0
     last_error: str = ""
     cool_down_until: float = 0.0
+    circuit: str = ""
+    """Why the agent takes no work (an open circuit and its reason), or empty."""
+    circuit_until: float = 0.0
+    """Wall-clock time of the next probe (shared circuit) or half-open run (the agent's breaker)."""
+    provider: str | None = None
     tokens: int = 0
     pid: int | None = None
+    published: tuple[str, str] = ("", "")
+    """The state and reason last recorded in the broker's agent record."""
 
 
 @dataclass
@@ -99,6 +155,13 @@ class LaunchConfig:
     grace_seconds: float = 10.0
     backoff_seconds: float = 2.0
     base_env: Mapping[str, str] | None = None
+    providers: dict[str, Provider] = field(default_factory=dict)
+    """The providers of the config file, by name."""
+    probe_seconds: float = DEFAULT_PROBE_SECONDS
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_seconds: float = DEFAULT_BREAKER_SECONDS
+    clock: Callable[[], float] = time.time
+    """Wall-clock time for quota pools (their day and minute windows)."""
     log_format: Literal["text", "json"] = "text"
     """json: each agent's log lines also go to logs/<agent>.jsonl with the task, attempt, fence and CLI."""
 
@@ -109,15 +172,35 @@ class LaunchConfig:
             return "login"
         return urlsplit(self.endpoint_url).netloc or "endpoint"
 
-    def endpoint_for(self, cli: str) -> ModelEndpoint | None:
-        """The model endpoint as this CLI wants it: ``.../v1`` for OpenAI-style CLIs, the bare host for gemini."""
+    def endpoint_for(self, cli: str, provider: str | None = None) -> ModelEndpoint | None:
+        """The endpoint an agent of ``cli`` is pointed at: its provider's (the key read now from its source),
+        else ``--model-endpoint`` (``.../v1`` for OpenAI-style CLIs, the bare host for gemini), else None (the
+        CLI's own login). ProviderError (one line) when the provider is unknown, unusable or has no key."""
+        if provider is not None:
+            found = self.providers.get(provider)
+            if found is None:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise ProviderError(f"no provider {provider!r} in the config file (known: {known})")
+            check_spoken(cli, found)
+            return found.endpoint(self.base_env)
         if not self.endpoint_url:
             return None
-        bare = self.endpoint_url.rstrip("/").removesuffix("/v1")
-        base = bare if cli == "gemini" else bare + "/v1"
-        return ModelEndpoint(
-            base_url=base, api_key=self.endpoint_api_key, model=self.model or self.endpoint_model
+        return endpoint_provider(
+            self.endpoint_url, cli, self.endpoint_api_key, self.model or self.endpoint_model
         )
+
+
+@dataclass
+class SessionWatch:
+    """What the supervisor knows about the task a session CLI holds."""
+
+    task_id: int | None = None
+    since: float = 0.0
+    limit: float = 0.0
+    moved: int | None = None
+    """The task the session was stopped for because it is in another directory."""
+    timed_out: int | None = None
+    """The task the session was stopped for at its deadline."""
 
 
 @dataclass
@@ -148,6 +231,21 @@ class Supervisor:
     def __post_init__(self) -> None:
         self._drain = Drain(asyncio.Event(), asyncio.Event(), self.config.grace_seconds)
         self._running: dict[str, CliRun] = {}
+        self.circuits = Circuits(self.config.probe_seconds)
+        self.breakers: dict[str, AgentBreaker] = {}
+        self._preflight_done = False
+        self._proxy: ModelProxy | None = None
+        self._sessions: dict[str, SessionWatch] = {}
+        self._agent_runs: dict[str, AgentRun] = {}
+        self._admin: BrokerClient | None = None
+        self._saving: set[asyncio.Task[None]] = set()
+        self.pools: dict[str, QuotaPool] = {
+            name: QuotaPool(name, p.requests_per_minute, p.requests_per_day, p.quota_resets_at)
+            for name, p in self.config.providers.items()
+            if (p.requests_per_minute or p.requests_per_day)
+            and any(a.provider == name for a in self.config.agents)
+        }
+        """The quota pools of this launch's providers, by provider name."""
         self._names = AgentNameLocks(self.config.home)
         self._reserved = False
         self.tokens: dict[str, str] = {}
@@ -160,7 +258,10 @@ class Supervisor:
         self.views.clear()
         for plan in self.config.agents:
             self.views[plan.name] = AgentView(
-                plan.name, plan.cli, plan.persona.name if plan.persona else None
+                plan.name, plan.cli, plan.persona.name if plan.persona else None, provider=plan.provider
+            )
+            self.breakers[plan.name] = AgentBreaker(
+                self.config.breaker_threshold, self.config.breaker_seconds
             )
 
     def reserve_names(self) -> list[str]:
@@ -196,11 +297,101 @@ class Supervisor:
         """True once a stop was asked for."""
         return self._drain.stopping.is_set()
 
+    def preflight(self) -> dict[str, list[str]]:
+        """Check, before any work is taken, that each agent's CLI runs and its credentials are there.
+
+        Returns the problems by agent (one line each; agents that can work are absent). Each problem opens the
+        circuit of the CLI or provider at fault, so those agents take no work until a probe passes. Called by
+        :meth:`run` if not before; ``aiswarm launch`` calls it first to print the problems.
+        """
+        env = self._env()
+        by_cli = {
+            cli: cli_problems(cli, self.config.home, env) for cli in {p.cli for p in self.config.agents}
+        }
+        problems: dict[str, list[str]] = {}
+        for plan in self.config.agents:
+            found = [(cli_circuit(plan.cli), line) for line in by_cli[plan.cli]]
+            if not found:
+                missing = self._credential_problem(plan, env)
+                if missing is not None:
+                    found.append((self._auth_circuit(plan), missing))
+            for circuit, line in found:
+                self.circuits.open(circuit, line)
+            if found:
+                problems[plan.name] = [line for _, line in found]
+        self._preflight_done = True
+        return problems
+
+    def _credential_problem(self, plan: AgentPlan, env: Mapping[str, str]) -> str | None:
+        try:
+            endpoint = self.config.endpoint_for(plan.cli, plan.provider)
+        except ProviderError as error:
+            return credential_problem(plan.cli, error, False, self._user_home(env), env)
+        return credential_problem(plan.cli, None, endpoint is not None, self._user_home(env), env)
+
+    def _env(self) -> Mapping[str, str]:
+        return self.config.base_env if self.config.base_env is not None else os.environ
+
+    @staticmethod
+    def _user_home(env: Mapping[str, str]) -> Path:
+        return Path(env["HOME"]) if env.get("HOME") else Path.home()
+
+    @staticmethod
+    def _auth_circuit(plan: AgentPlan) -> str:
+        """The circuit a refused or missing credential opens: the provider's, else the CLI's (its login)."""
+        return provider_circuit(plan.provider) if plan.provider else cli_circuit(plan.cli)
+
+    @staticmethod
+    def _cool_key(plan: AgentPlan) -> str:
+        """What a rate limit cools down: the agents of the same provider (one key), else of the same CLI."""
+        return provider_circuit(plan.provider) if plan.provider else plan.cli
+
+    @staticmethod
+    def _circuits_of(plan: AgentPlan) -> list[str]:
+        return [cli_circuit(plan.cli), *([provider_circuit(plan.provider)] if plan.provider else [])]
+
+    def _pool_blocked_until(self, plan: AgentPlan) -> float | None:
+        """When the agent's quota pool has budget again (clock time), or None when it has some now."""
+        pool = self.pools.get(plan.provider or "")
+        return None if pool is None else pool.blocked_until(self.config.clock())
+
+    def _spend(self, plan: AgentPlan) -> None:
+        """Count one model request against the agent's pool and save the pool in the broker."""
+        pool = self.pools.get(plan.provider or "")
+        if pool is None:
+            return
+        pool.count(self.config.clock())
+        if pool.blocked_until(self.config.clock()) is not None:
+            self._note(plan.name, pool.describe(self.config.clock()))
+        if self._admin is not None:
+            save = asyncio.create_task(self._save_pool(self._admin, pool))
+            self._saving.add(save)
+            save.add_done_callback(self._saving.discard)
+
+    @staticmethod
+    async def _save_pool(admin: BrokerClient, pool: QuotaPool) -> None:
+        with contextlib.suppress(BrokerCallError, BrokerUnreachable):
+            await admin.call(
+                "save_quota_pool", QuotaPoolsReply, name=pool.name, state=pool.state.model_dump()
+            )
+
     async def run(self) -> None:
-        """Reserve the names, replace each agent's tokens, then run every agent's loop until :meth:`stop`."""
+        """Reserve the names, run the preflight, replace each agent's tokens, then run every agent's loop
+        until :meth:`stop`."""
         self.reserve_names()
+        if not self._preflight_done:
+            for name, lines in (await asyncio.to_thread(self.preflight)).items():
+                for line in lines:
+                    self._note(name, f"preflight: {line}")
+        self._proxy = ModelProxy(self._model_refused, self._admit_model_request)
+        await self._proxy.start()
         try:
             async with BrokerClient(self.config.broker_url, self.config.admin_token) as admin:
+                self._admin = admin
+                saved = (await admin.call("list_quota_pools", QuotaPoolsReply)).pools
+                for name, pool in self.pools.items():
+                    if name in saved:
+                        pool.state = PoolState.model_validate(saved[name])
                 for plan in self.config.agents:
                     self.tokens[plan.name] = await self._fresh_token(admin, plan.name)
                 loops = [
@@ -215,11 +406,14 @@ class Supervisor:
                     await asyncio.gather(*loops, return_exceptions=True)
                     for cli_run in list(self._running.values()):
                         cli_run.kill()
+                    await asyncio.gather(*self._saving, return_exceptions=True)
                     with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
                         await admin.mark_agents_offline([p.name for p in self.config.agents])
         finally:
+            self._admin = None
             self._names.release()
             self._reserved = False
+            await self._proxy.stop()
 
     async def _fresh_token(self, admin: BrokerClient, name: str) -> str:
         """Revoke the agent's earlier tokens (a previous launch's), then issue the one this launch uses.
@@ -254,7 +448,7 @@ class Supervisor:
             broker_url=self.config.broker_url,
             aiswarm_home=self.config.home,
             model=self.config.model or (plan.persona.preferred_model if plan.persona else None),
-            endpoint=self.config.endpoint_for(plan.cli),
+            endpoint=self._endpoint_or_none(plan),
             persona=plan.persona.name if plan.persona else None,
         )
         self._note(plan.name, f"agent {plan.name} ({plan.cli}) starting in {self.config.mode} mode")
@@ -262,7 +456,8 @@ class Supervisor:
         while not self.stopping:
             try:
                 async with BrokerClient(self.config.broker_url, token) as worker:
-                    await loop(AgentRun(plan, spec, adapter, worker, admin, view))
+                    run = self._agent_runs[plan.name] = AgentRun(plan, spec, adapter, worker, admin, view)
+                    await loop(run)
                     break
             except (BrokerUnreachable, BrokerCallError, OSError) as error:
                 view.failures += 1
@@ -273,9 +468,30 @@ class Supervisor:
                 await self._sleep(delay)
         view.state = AgentState.STOPPED
 
+    def _endpoint_or_none(self, plan: AgentPlan) -> ModelEndpoint | None:
+        """The agent's endpoint, routed through the model proxy; None when its key cannot be read (the
+        preflight opened its circuit)."""
+        try:
+            endpoint = self.config.endpoint_for(plan.cli, plan.provider)
+        except ProviderError:
+            return None
+        if endpoint is None or self._proxy is None:
+            return endpoint
+        upstream = endpoint.base_url or public_base_url(endpoint.kind)
+        return endpoint.model_copy(update={"base_url": self._proxy.route(plan.name, upstream)})
+
+    def _model_refused(self, agent: str, status: int, retry_after: float | None) -> None:
+        """The model proxy saw the provider refuse ``agent``'s request: tell the agent's running CLI, if any."""
+        cli_run = self._running.get(agent)
+        if cli_run is not None:
+            cli_run.model_refused(status, retry_after)
+
     async def _register(self, agent: AgentRun) -> str | None:
         """Register (or re-register) the agent with the broker; returns its event cursor."""
-        caps = agent.plan.persona.capabilities if agent.plan.persona else []
+        caps = [
+            *(agent.plan.persona.capabilities if agent.plan.persona else []),
+            *agent_capabilities(agent.plan),
+        ]
         registered = await agent.worker.register_agent(
             cli=agent.plan.cli, persona=agent.spec.persona, capabilities=caps, pid=os.getpid()
         )
@@ -291,7 +507,9 @@ class Supervisor:
                 continue
             agent.view.state = AgentState.IDLE
             reply = await self._until_stopped_or_cooled(
-                agent.plan.cli, agent.worker.wait_for_next_event(cursor, WAIT_SECONDS)
+                self._cool_key(agent.plan),
+                agent.worker.wait_for_next_event(cursor, WAIT_SECONDS),
+                self._circuits_of(agent.plan),
             )
             if reply is None:
                 continue  # stopped, or a cool-down started: the wait was abandoned (the offer lapses)
@@ -299,7 +517,11 @@ class Supervisor:
             for event in reply.events:
                 if event.kind != "task_available" or event.task_id is None or self.stopping:
                     continue
-                if self.cool_downs.remaining(agent.plan.cli) > 0:
+                if (
+                    self.cool_downs.remaining(self._cool_key(agent.plan)) > 0
+                    or self.circuits.blocking(self._circuits_of(agent.plan))
+                    or self._pool_blocked_until(agent.plan) is not None
+                ):
                     break
                 if await self._run_claimed(agent, await agent.worker.claim_task(event.task_id)):
                     await self._backoff(agent)
@@ -313,15 +535,143 @@ class Supervisor:
         return True
 
     async def _ready(self, agent: AgentRun) -> bool:
-        """Sit out a cool-down or a backoff; False when the loop should re-check (stop or more waiting)."""
-        cooling = self.cool_downs.remaining(agent.plan.cli)
+        """Sit out an open circuit, a cool-down or a backoff; False when the loop should re-check."""
+        view = agent.view
+        blocked = self.circuits.blocking(self._circuits_of(agent.plan))
+        if blocked is not None:
+            view.state, view.circuit = AgentState.CIRCUIT_OPEN, f"{blocked.name}: {blocked.reason}"
+            view.circuit_until = time.time() + max(0.0, blocked.next_probe_at - time.monotonic())
+            if await self._reset_asked(agent):
+                self._close_circuit(blocked.name, "reset by the user")
+                return False
+            await self._publish(agent, BrokerAgentState.CIRCUIT_OPEN, view.circuit, view.circuit_until)
+            if self.circuits.due(blocked.name):
+                failure = await asyncio.to_thread(self._probe, agent.plan, blocked.name)
+                if failure is None:
+                    self._close_circuit(blocked.name, "the probe passed")
+                else:
+                    blocked.reason = failure
+                    self._note(agent.name, f"circuit {blocked.name} stays open: {failure}")
+                return False
+            wait = min(RESET_POLL_SECONDS, max(0.0, blocked.next_probe_at - time.monotonic()))
+            await self._sleep_or_change(wait)
+            return False
+        breaker = self.breakers[agent.name]
+        if breaker.is_open:
+            view.state, view.circuit = AgentState.CIRCUIT_OPEN, f"agent: {breaker.reason}"
+            view.circuit_until = time.time() + breaker.remaining()
+            await self._publish(agent, BrokerAgentState.CIRCUIT_OPEN, view.circuit, view.circuit_until)
+            await self._sleep(breaker.remaining())
+            return False
+        view.circuit, view.circuit_until = "", 0.0
+        if agent.spec.endpoint is None and (agent.plan.provider or self.config.endpoint_url):
+            agent.spec = agent.spec.model_copy(update={"endpoint": self._endpoint_or_none(agent.plan)})
+        pool = self.pools.get(agent.plan.provider or "")
+        until = self._pool_blocked_until(agent.plan)
+        if pool is not None and until is not None:
+            view.state, view.cool_down_until = AgentState.COOLING, until
+            await self._publish(agent, BrokerAgentState.COOLING, pool.describe(self.config.clock()), until)
+            await self._sleep(min(POOL_CHECK_SECONDS, until - self.config.clock()))
+            return False
+        cooling = self.cool_downs.remaining(self._cool_key(agent.plan))
         if cooling > 0:
-            agent.view.state = AgentState.COOLING
-            agent.view.cool_down_until = time.time() + cooling
+            view.state = AgentState.COOLING
+            view.cool_down_until = time.time() + cooling
+            await self._publish(agent, BrokerAgentState.COOLING, view.last_error, view.cool_down_until)
             await self._sleep(cooling)
             return False
-        agent.view.cool_down_until = 0.0
+        view.cool_down_until = 0.0
+        await self._publish(agent, BrokerAgentState.NONE, "", None)
         return not self.stopping
+
+    async def _publish(
+        self, agent: AgentRun, state: BrokerAgentState, reason: str, until: float | None
+    ) -> None:
+        """Record the agent's state in its broker record (once per change), for `aiswarm agents` and status."""
+        if agent.view.published == (state.value, reason):
+            return
+        with contextlib.suppress(BrokerCallError, BrokerUnreachable):
+            await agent.admin.call(
+                "report_agent_state",
+                AgentStateReply,
+                agents=[agent.name],
+                state=state.value,
+                reason=reason,
+                until=until,
+            )
+            agent.view.published = (state.value, reason)
+
+    async def _reset_asked(self, agent: AgentRun) -> bool:
+        """True when the user reset this agent's circuit (``aiswarm agents reset``) since it was published."""
+        if agent.view.published[0] != BrokerAgentState.CIRCUIT_OPEN.value:
+            return False
+        try:
+            record = (await agent.worker.get_agent_status()).agent
+        except (BrokerCallError, BrokerUnreachable):
+            return False
+        return record.state is BrokerAgentState.RESET
+
+    async def _record_usage(
+        self, agent: AgentRun, usage: TokenUsage, task_id: int | None, fence: int | None
+    ) -> None:
+        """Keep the run's tokens in the broker, on the task attempt it ran (the one holding ``fence``)."""
+        attempt = None
+        with contextlib.suppress(BrokerCallError, BrokerUnreachable):
+            if task_id is not None:
+                task = (await agent.admin.get_task(task_id)).task
+                attempt = next((a.number for a in task.attempts if a.fence_token == fence), None)
+            endpoint = agent.spec.endpoint
+            record = UsageRecord(
+                task_id=task_id,
+                attempt=attempt,
+                agent=agent.name,
+                cli=agent.plan.cli,
+                provider=agent.plan.provider or (endpoint.provider if endpoint else "cli-login"),
+                model=agent.spec.model or (endpoint.model if endpoint else ""),
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_tokens=usage.cached_tokens,
+                total_tokens=usage.total_tokens,
+                requests=usage.requests,
+            )
+            await agent.admin.record_usage(record)
+
+    def _close_circuit(self, name: str, why: str) -> None:
+        """Close a shared circuit and say so in the log of every agent behind it."""
+        if self.circuits.close(name):
+            for plan in self.config.agents:
+                if name in self._circuits_of(plan):
+                    self._note(plan.name, f"circuit {name} closed ({why}): taking work again")
+
+    def _probe(self, plan: AgentPlan, circuit: str) -> str | None:
+        """Probe an open circuit without spending a model request; None when it may close, else why not."""
+        env = self._env()
+        if circuit == cli_circuit(plan.cli):
+            problems = cli_problems(plan.cli, self.config.home, env)
+            if problems:
+                return problems[0]
+            if plan.provider:
+                return None
+        missing = self._credential_problem(plan, env)
+        if missing is not None:
+            return missing
+        endpoint = self._endpoint_or_none(plan)
+        if endpoint is None:
+            return None  # the CLI's own login: found again; the next run tells whether it is accepted
+        result = probe(endpoint, headers={AGENT_HEADER: plan.name, CLI_HEADER: plan.cli})
+        return None if result.ok else result.detail
+
+    async def _sleep_or_change(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop or when a circuit opens or closes."""
+        changed = asyncio.create_task(self.circuits.changed.wait())
+        stop = asyncio.create_task(self._drain.stopping.wait())
+        try:
+            await asyncio.wait(
+                {changed, stop}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            changed.cancel()
+            stop.cancel()
 
     async def _run_task(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
         name, view = agent.name, agent.view
@@ -346,13 +696,9 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await beat
         usage = result.usage
-        tokens = f", {usage.total_tokens} tokens ({usage.requests or '?'} turns)" if usage else ""
         if usage is not None:
-            with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
-                await agent.admin.record_model_usage(
-                    agent=name, cli=agent.plan.cli, provider=self.config.provider, task_id=task.id,
-                    requests=usage.requests or 0, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                )  # fmt: skip
+            await self._record_usage(agent, usage, task.id, fence)
+        tokens = f", {usage.total_tokens} tokens ({usage.requests or '?'} turns)" if usage else ""
         self._note(
             name,
             f"task #{task.id} run ended: {result.outcome.kind.value} ({result.outcome.reason}) "
@@ -382,20 +728,41 @@ class Supervisor:
         return current is not None and current.id == task_id
 
     def _pace(self, agent: AgentRun, result: RunResult, pacing: Pacing) -> None:
-        """Apply a decision's pacing: a cool-down of the CLI, a failure more, or a fresh start."""
-        view, cli = agent.view, agent.plan.cli
-        if pacing is Pacing.COOL_DOWN:
-            self.cool_downs.start(cli, self.config.cool_down_seconds)
+        """Apply a decision's pacing: a cool-down, an open circuit, a failure more (the breaker may open), or a
+        fresh start."""
+        view, plan = agent.view, agent.plan
+        breaker = self.breakers[agent.name]
+        if pacing is Pacing.COOL_DOWN and self._pool_blocked_until(plan) is not None:
+            view.last_error = _short(result.outcome.reason)  # the spent pool holds its agents until it resets
+        elif pacing is Pacing.COOL_DOWN:
+            # The provider's Retry-After is honoured when longer than the configured cool-down (a daily reset).
+            seconds = max(self.config.cool_down_seconds, result.retry_after or 0.0)
+            self.cool_downs.start(self._cool_key(plan), seconds)
+            view.last_error = _short(result.outcome.reason)
+            sharing = f"{plan.provider} provider" if plan.provider else plan.cli
+            self._note(agent.name, f"rate limited: every {sharing} agent cools down for {seconds:.0f}s")
+        elif pacing is Pacing.OPEN_CIRCUIT:
+            kind = result.outcome.kind
+            circuit = self._auth_circuit(plan) if kind is OutcomeKind.AUTH_FAILURE else cli_circuit(plan.cli)
+            self.circuits.open(circuit, _short(result.outcome.reason))
             view.last_error = _short(result.outcome.reason)
             self._note(
                 agent.name,
-                f"rate limited: every {cli} agent cools down for {self.config.cool_down_seconds:.0f}s",
+                f"circuit {circuit} open: {result.outcome.reason}; probed every {self.config.probe_seconds:.0f}s "
+                "or closed by `aiswarm agents reset`",
             )
         elif pacing is Pacing.RESET:
             view.failures = 0
+            breaker.succeeded()
         elif pacing is Pacing.FAILURE:
             view.failures += 1
             view.last_error = _short(result.outcome.reason)
+            if breaker.failed(view.last_error):
+                self._note(
+                    agent.name,
+                    f"circuit open after {breaker.consecutive_failures} failed runs: one run again in "
+                    f"{breaker.remaining():.0f}s",
+                )
 
     async def _backoff(self, agent: AgentRun) -> None:
         view = agent.view
@@ -412,15 +779,99 @@ class Supervisor:
             if not await self._ready(agent):
                 continue
             view.state = AgentState.RUNNING
-            result = await self._run_cli(agent, session_prompt(agent.name, agent.plan.persona), None, None)
+            session = SessionWatch()
+            self._sessions[agent.name] = session
+            watcher = asyncio.create_task(self._watch_session(agent, session))
+            try:
+                result = await self._run_cli(
+                    agent, session_prompt(agent.name, agent.plan.persona), None, None
+                )
+            finally:
+                self._sessions.pop(agent.name, None)
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
             self._note(agent.name, f"session ended: {result.outcome.kind.value} ({result.outcome.reason})")
+            if result.usage is not None:
+                await self._record_usage(agent, result.usage, None, None)
             held = (await agent.worker.get_agent_status()).current_task
-            if held is not None:
+            if held is not None and held.id == session.moved:
+                # The task is for another directory: the session is over, the task runs there as in per-task mode.
+                self._note(agent.name, f"task #{held.id} is in {held.working_dir}: running it there")
+                await self._run_claimed(agent, await agent.worker.claim_task(held.id))
+            elif held is not None and held.id == session.timed_out:
+                reason = f"{agent.name} ({agent.plan.cli}): the task's {session.limit:.0f}s deadline passed"
+                with contextlib.suppress(BrokerCallError):
+                    await agent.worker.report_task_completion(
+                        held.id, held.fence_token, success=False, error=reason, retryable=True
+                    )
+                self._note(agent.name, f"task #{held.id} reported failed: {reason}")
+            elif held is not None:
                 await agent.admin.release_task(agent.name, held.id, f"{agent.name}: session ended; released")
-            self._pace(agent, result, decide(result, held is not None).pacing)
-            if result.outcome.kind is not OutcomeKind.DONE or result.seconds < 5:
-                view.failures = max(view.failures, 1)
-            await self._backoff(agent)
+            if session.moved is None:
+                self._pace(agent, result, decide(result, held is not None).pacing)
+                if result.outcome.kind is not OutcomeKind.DONE or result.seconds < 5:
+                    view.failures = max(view.failures, 1)
+                await self._backoff(agent)
+
+    async def _watch_session(self, agent: AgentRun, session: SessionWatch) -> None:
+        """While a session CLI runs: find the task it holds, renew its lease, end the session at the task's
+        deadline, and end it as soon as it holds a task for another directory (run then as in per-task mode)."""
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(SESSION_POLL_SECONDS)
+            if await self._session_must_end(agent, session):
+                return
+            if session.task_id is not None and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                last_beat = time.monotonic()
+                with contextlib.suppress(BrokerCallError, BrokerUnreachable):
+                    await agent.worker.update_heartbeat()
+
+    async def _session_must_end(self, agent: AgentRun, session: SessionWatch) -> bool:
+        """Look at the task the session holds; True (and the CLI stopped) when the session must end now."""
+        try:
+            held = (await agent.worker.get_agent_status()).current_task
+        except (BrokerCallError, BrokerUnreachable):
+            return False
+        if held is None:
+            session.task_id = None
+            return False
+        if held.id != session.task_id:
+            session.task_id, session.since = held.id, time.monotonic()
+            session.limit = self.config.task_timeout or float(held.timeout_seconds)
+            agent.view.task_id = held.id
+        if held.working_dir and not _inside(self.config.workdir, held.working_dir):
+            session.moved = held.id
+        elif time.monotonic() - session.since >= session.limit:
+            session.timed_out = held.id
+        else:
+            return False
+        cli_run = self._running.get(agent.name)
+        if cli_run is not None:
+            cli_run.kill()
+        return True
+
+    async def _admit_model_request(self, agent: str, method: str) -> tuple[int, float | None] | None:
+        """The model proxy asks before forwarding: None lets the request through (a POST is counted against
+        the agent's quota pool); ``(status, Retry-After)`` answers it instead: 429 from a spent pool (the
+        provider is not asked), 503 for a session CLI that just claimed a task for another directory (it would
+        write outside its workspace; it is stopped instead)."""
+        run = self._agent_runs.get(agent)
+        if run is None:
+            return None
+        session = self._sessions.get(agent)
+        if session is not None and (
+            session.moved is not None
+            or session.timed_out is not None
+            or await self._session_must_end(run, session)
+        ):
+            return 503, None
+        until = self._pool_blocked_until(run.plan)
+        if until is not None:
+            return 429, max(0.0, until - self.config.clock())
+        if method == "POST":
+            self._spend(run.plan)
+        return None
 
     # --- the CLI process --------------------------------------------------------------------
 
@@ -444,7 +895,10 @@ class Supervisor:
             log=log,
             login_seconds=HEARTBEAT_SECONDS,
         )
-        await cli_run.start()
+        try:
+            await cli_run.start()
+        except OSError as error:
+            return RunResult.not_started(plan.cli, agent.adapter.command(home, "")[0], error)
         self._running[plan.name] = cli_run
         view.pid = cli_run.pid
         try:
@@ -460,9 +914,10 @@ class Supervisor:
 
     def _place(self, agent: AgentRun, home: AgentHome, workdir: Path | None) -> RunPlace:
         """Where the agent's CLI runs: ``workdir`` (the task's), else the launch directory, with the adapter's env."""
-        return RunPlace(
-            cwd=workdir or self.config.workdir, env=agent.adapter.env(home, base_env=self.config.base_env)
-        )
+        cwd = workdir or self.config.workdir
+        env = agent.adapter.env(home, base_env=self.config.base_env)
+        env["PWD"] = str(cwd)  # opencode takes its working directory from PWD, not from the process's cwd
+        return RunPlace(cwd=cwd, env=env)
 
     async def _heartbeats(self, worker: BrokerClient) -> None:
         while True:
@@ -477,27 +932,39 @@ class Supervisor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drain.stopping.wait(), timeout=max(0.0, seconds))
 
-    async def _until_stopped_or_cooled(self, cli: str, call: Awaitable[T]) -> T | None:
-        """Await ``call`` unless a stop or a cool-down of ``cli`` comes first (then cancel it, None)."""
+    async def _until_stopped_or_cooled(
+        self, cool_key: str, call: Awaitable[T], circuits: list[str] | None = None
+    ) -> T | None:
+        """Await ``call`` unless a stop, a cool-down of ``cool_key`` or one of ``circuits`` opening comes first
+        (then cancel it, None)."""
         work = asyncio.ensure_future(call)
         stop = asyncio.create_task(self._drain.stopping.wait())
         cooled = asyncio.create_task(self.cool_downs.changed.wait())
+        tripped = asyncio.create_task(self.circuits.changed.wait())
         try:
             while True:
-                await asyncio.wait({work, stop, cooled}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({work, stop, cooled, tripped}, return_when=asyncio.FIRST_COMPLETED)
                 if work.done():
                     return work.result()
                 if stop.done():
                     return None
-                if self.cool_downs.remaining(cli) > 0:
+                if self.cool_downs.remaining(cool_key) > 0 or (circuits and self.circuits.blocking(circuits)):
                     return None
-                cooled = asyncio.create_task(self.cool_downs.changed.wait())
+                if cooled.done():
+                    cooled = asyncio.create_task(self.cool_downs.changed.wait())
+                if tripped.done():
+                    tripped = asyncio.create_task(self.circuits.changed.wait())
         finally:
-            for pending in (work, stop, cooled):
+            for pending in (work, stop, cooled, tripped):
                 if not pending.done():
                     pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await work
+
+
+def _inside(directory: Path, path: str) -> bool:
+    """Whether ``path`` (normalised, no file system access) is ``directory`` or below it."""
+    return Path(os.path.normpath(path)).is_relative_to(directory)
 
 
 def _existing_dir(path: str | None) -> Path | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.adapters.install import NODE_MAJOR, PINNED_CLIS, node_package_name
+from launcher.adapters.install import NODE_MAJOR, PINNED_CLIS, make_vendored_executable, node_package_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def clis() -> InstalledClis:
     )
     wanted = [*(installed.bin / pin.binary for pin in PINNED_CLIS.values()), installed.node_bin / "node"]
     if all(p.exists() for p in wanted) and _versions_match(prefix):
-        return installed
+        return _with_vendored_executables(installed)
     npm = shutil.which("npm")
     if npm is None:
         _missing(f"npm is not installed and the CLIs are missing from {prefix}")
@@ -74,6 +74,13 @@ def clis() -> InstalledClis:
     )
     if done.returncode != 0 or not all(p.exists() for p in wanted):
         _missing(f"npm install into {prefix} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return _with_vendored_executables(installed)
+
+
+def _with_vendored_executables(installed: InstalledClis) -> InstalledClis:
+    """The CLIs' vendored programs made executable, as ``aiswarm install-cli`` leaves them."""
+    for pin in PINNED_CLIS.values():
+        make_vendored_executable(installed.prefix / "node_modules" / pin.package, pin)
     return installed
 
 

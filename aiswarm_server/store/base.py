@@ -21,7 +21,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiswarm_server.models import Agent, Claim, Event, Identity, NewTask, Task, TaskChange, TaskStatus
+from aiswarm_server.models import (
+    Agent,
+    AgentState,
+    Claim,
+    Event,
+    Identity,
+    NewTask,
+    Task,
+    TaskChange,
+    TaskStatus,
+    UsageRecord,
+)
 from aiswarm_server.store.rules import Report
 
 
@@ -255,6 +266,29 @@ class Store(ABC):
     @abstractmethod
     async def pending_tasks(self, limit: int) -> list[Task]:
         """Claimable tasks in claim order (for re-offering to parked agents)."""
+
+    @abstractmethod
+    async def set_agent_state(
+        self, names: Sequence[str], state: AgentState, reason: str, until: float | None
+    ) -> list[Agent]:
+        """Record what the launcher says about these agents (those that exist); returns them as stored."""
+
+    # usage and quota pools --------------------------------------------------------------------------------
+    @abstractmethod
+    async def record_usage(self, record: UsageRecord) -> None:
+        """Keep the tokens one CLI run used."""
+
+    @abstractmethod
+    async def list_usage(self, since: float) -> list[UsageRecord]:
+        """Every usage record at or after ``since``, oldest first."""
+
+    @abstractmethod
+    async def save_quota_pool(self, name: str, state: dict[str, Any], now: float) -> None:
+        """Keep a quota pool's state (the launcher's JSON object), replacing the previous one."""
+
+    @abstractmethod
+    async def list_quota_pools(self) -> dict[str, dict[str, Any]]:
+        """Every quota pool's last saved state, by name."""
 
     # tokens -----------------------------------------------------------------------------------------------
     @abstractmethod

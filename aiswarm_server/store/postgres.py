@@ -19,18 +19,35 @@ other brokers on commit (:mod:`.postgres_notify`, which also holds the listening
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
 from aiswarm_server.errors import StaleClaim, StoreUnavailable
-from aiswarm_server.models import GONE_AGENT_STATUSES, AttemptOutcome, EventKind, TaskChange, TaskStatus
+from aiswarm_server.models import (
+    GONE_AGENT_STATUSES,
+    AgentState,
+    AttemptOutcome,
+    EventKind,
+    TaskChange,
+    TaskStatus,
+    UsageRecord,
+)
 from aiswarm_server.store import rows, rules
 from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
 from aiswarm_server.store.postgres_database import Db, PostgresDatabase, Row, migrations, reads, writes
 from aiswarm_server.store.postgres_notify import ChangeListener
-from aiswarm_server.store.rows import agent_from_row, dumps, event_from_row, identity_from_row, task_from_row
+from aiswarm_server.store.rows import (
+    USAGE_COLUMNS,
+    agent_from_row,
+    dumps,
+    event_from_row,
+    identity_from_row,
+    task_from_row,
+    usage_from_row,
+)
 
 if TYPE_CHECKING:
     from aiswarm_server.models import Agent, Identity, NewTask, Task
@@ -142,6 +159,54 @@ class PostgresStore(PostgresDatabase, Store):
     @reads
     async def list_agents(self, db: Db) -> list[Agent]:
         return [agent_from_row(r) for r in await db.fetch("SELECT * FROM agents ORDER BY name")]
+
+    @override
+    @writes
+    async def set_agent_state(
+        self, db: Db, names: Sequence[str], state: AgentState, reason: str, until: float | None
+    ) -> list[Agent]:
+        found = await db.fetch(
+            "UPDATE agents SET state = $1, state_reason = $2, state_until = $3 "
+            "WHERE name = ANY($4::text[]) RETURNING *",
+            state.value,
+            reason,
+            until,
+            list(names),
+        )
+        return sorted((agent_from_row(r) for r in found), key=lambda a: a.name)
+
+    @override
+    @writes
+    async def record_usage(self, db: Db, record: UsageRecord) -> None:
+        values = record.model_dump()
+        placeholders = ", ".join(f"${i}" for i in range(1, len(USAGE_COLUMNS) + 1))
+        await db.execute(
+            f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({placeholders})",
+            *(values[c] for c in USAGE_COLUMNS),
+        )
+
+    @override
+    @reads
+    async def list_usage(self, db: Db, since: float) -> list[UsageRecord]:
+        query = f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage WHERE recorded_at >= $1 ORDER BY id"
+        return [usage_from_row(r) for r in await db.fetch(query, since)]
+
+    @override
+    @writes
+    async def save_quota_pool(self, db: Db, name: str, state: dict[str, Any], now: float) -> None:
+        await db.execute(
+            "INSERT INTO quota_pools (name, state, updated_at) VALUES ($1, $2::jsonb, $3) "
+            "ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            name,
+            json.dumps(state),
+            now,
+        )
+
+    @override
+    @reads
+    async def list_quota_pools(self, db: Db) -> dict[str, dict[str, Any]]:
+        found = await db.fetch("SELECT name, state::text AS state FROM quota_pools")
+        return {r["name"]: json.loads(r["state"]) for r in found}
 
     @override
     @writes

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from aiswarm_server.models import (
     Agent,
+    AgentState,
     AgentStatus,
     Attempt,
     AttemptOutcome,
@@ -21,6 +22,7 @@ from aiswarm_server.models import (
     Role,
     Task,
     TaskStatus,
+    UsageRecord,
 )
 
 
@@ -89,7 +91,32 @@ def agent_from_row(row: Row) -> Agent:
         cursor=row["cursor"],
         registered_at=row["registered_at"],
         last_seen_at=row["last_seen_at"],
+        state=AgentState(row["state"]),
+        state_reason=row["state_reason"],
+        state_until=row["state_until"],
     )
+
+
+USAGE_COLUMNS = (
+    "task_id",
+    "attempt",
+    "agent",
+    "cli",
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "requests",
+    "recorded_at",
+)
+"""The columns of the ``usage`` table, in the order the stores write them."""
+
+
+def usage_from_row(row: Row) -> UsageRecord:
+    """A usage row."""
+    return UsageRecord.model_validate({c: row[c] for c in USAGE_COLUMNS})
 
 
 def event_from_row(row: Row) -> Event:

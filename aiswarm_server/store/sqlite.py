@@ -8,23 +8,34 @@ come from :mod:`.rules`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
 from aiswarm_server.errors import StaleClaim
-from aiswarm_server.models import GONE_AGENT_STATUSES, AttemptOutcome, EventKind, TaskChange, TaskStatus
+from aiswarm_server.models import (
+    GONE_AGENT_STATUSES,
+    AgentState,
+    AttemptOutcome,
+    EventKind,
+    TaskChange,
+    TaskStatus,
+    UsageRecord,
+)
 from aiswarm_server.store import rows, rules
 from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
 from aiswarm_server.store.rows import (
+    USAGE_COLUMNS,
     Row,
     agent_from_row,
     dumps,
     event_from_row,
     identity_from_row,
     task_from_row,
+    usage_from_row,
 )
 from aiswarm_server.store.sqlite_database import Db, SqliteDatabase, migrations, reads, writes
 
@@ -102,6 +113,47 @@ class SqliteStore(SqliteDatabase, Store):
     @reads
     def list_agents(self, db: Db) -> list[Agent]:
         return [agent_from_row(r) for r in db.execute("SELECT * FROM agents ORDER BY name")]
+
+    @override
+    @writes
+    def set_agent_state(
+        self, db: Db, names: Sequence[str], state: AgentState, reason: str, until: float | None
+    ) -> list[Agent]:
+        found = db.execute(
+            "UPDATE agents SET state = ?, state_reason = ?, state_until = ? "
+            "WHERE name IN (SELECT value FROM json_each(?)) RETURNING *",
+            (state.value, reason, until, json.dumps(list(names))),
+        ).fetchall()
+        return sorted((agent_from_row(r) for r in found), key=lambda a: a.name)
+
+    @override
+    @writes
+    def record_usage(self, db: Db, record: UsageRecord) -> None:
+        values = record.model_dump()
+        db.execute(
+            f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join(':' + c for c in USAGE_COLUMNS)})",
+            {c: values[c] for c in USAGE_COLUMNS},
+        )
+
+    @override
+    @reads
+    def list_usage(self, db: Db, since: float) -> list[UsageRecord]:
+        query = f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage WHERE recorded_at >= ? ORDER BY id"
+        return [usage_from_row(r) for r in db.execute(query, (since,))]
+
+    @override
+    @writes
+    def save_quota_pool(self, db: Db, name: str, state: dict[str, Any], now: float) -> None:
+        db.execute(
+            "INSERT INTO quota_pools (name, state, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            (name, json.dumps(state), now),
+        )
+
+    @override
+    @reads
+    def list_quota_pools(self, db: Db) -> dict[str, dict[str, Any]]:
+        return {r["name"]: json.loads(r["state"]) for r in db.execute("SELECT name, state FROM quota_pools")}
 
     @override
     @writes

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aiswarm_server.auth import AGENT_NAME
 from aiswarm_server.files import read_json_object, write_private, write_private_json
 from launcher.adapters.install import PINNED_CLIS, CliPin, cli_prefix, runtime_env
+from launcher.providers import ModelEndpoint, ProviderKind
 
 DEFAULT_TOOL_TIMEOUT_MS = 900_000
 """Per-tool-call timeout written into every CLI's MCP entry: above the broker's longest wait (240 s default)."""
@@ -38,17 +39,8 @@ MCP_SERVER_NAME = "aiswarm"
 
 AGENT_HEADER = "X-Aiswarm-Agent"
 """Header on model requests naming the agent, so a (scripted) model server can tell agents apart."""
-
-
-class ModelEndpoint(BaseModel):
-    """A custom model endpoint (tests, the offline demo, a self-hosted gateway)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    base_url: str
-    """OpenAI-style ``.../v1`` for qwen and opencode; the bare host URL for gemini."""
-    api_key: str = Field(default="aiswarm", repr=False)
-    model: str = "aiswarm-model"
+CLI_HEADER = "X-Aiswarm-Cli"
+"""Header on the launcher's own probe requests naming the CLI the probe is for."""
 
 
 class AgentSpec(BaseModel):
@@ -113,10 +105,28 @@ class OutcomeKind(StrEnum):
 
     DONE = "done"
     AUTH_FAILURE = "auth_failure"
+    """The key or login was refused, or there is none."""
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    """The provider's request budget (per day, credits) is used up."""
     RATE_LIMITED = "rate_limited"
+    BINARY_MISSING = "binary_missing"
+    CONFIG_ERROR = "config_error"
+    """The CLI refused how it was set up (its settings, the folder, its input)."""
     TURN_LIMIT = "turn_limit"
     CRASHED = "crashed"
     TIMED_OUT = "timed_out"
+    NO_REPORT = "no_report"
+    """The CLI exited without reporting the task it held."""
+
+    @property
+    def not_the_tasks_fault(self) -> bool:
+        """The run could not have succeeded on any task: release without an attempt and open the circuit."""
+        return self in (OutcomeKind.AUTH_FAILURE, OutcomeKind.BINARY_MISSING, OutcomeKind.CONFIG_ERROR)
+
+    @property
+    def out_of_requests(self) -> bool:
+        """The provider refused for lack of budget: release without an attempt and cool down."""
+        return self in (OutcomeKind.RATE_LIMITED, OutcomeKind.QUOTA_EXHAUSTED)
 
 
 class RunOutcome(BaseModel):
@@ -145,6 +155,11 @@ class CredentialFinding(BaseModel):
     detail: str
 
 
+_QUOTA = re.compile(
+    r"insufficient_quota|exceeded your current quota|quota exceeded|per[- ]day|daily (?:quota|limit)|"
+    r"out of credits|insufficient credits",
+    re.I,
+)
 _RATE_LIMIT = re.compile(r"\b429\b|RESOURCE_EXHAUSTED|quota|rate[ _-]?limit|too many requests", re.I)
 _AUTH = re.compile(
     r"\b401\b|\b403\b|UNAUTHENTICATED|PERMISSION_DENIED|invalid[_ ]api[_ ]key|api key not valid|"
@@ -289,6 +304,12 @@ class CliAdapter(ABC):
         if returncode == 0 and not error:
             return RunOutcome(kind=OutcomeKind.DONE, reason="exited 0", returncode=0)
         detail = _one_line(error or stderr or stdout) or "no output"
+        if _QUOTA.search(error or stderr):
+            return RunOutcome(
+                kind=OutcomeKind.QUOTA_EXHAUSTED,
+                reason=f"model quota used up: {detail}",
+                returncode=returncode,
+            )
         if _RATE_LIMIT.search(error or stderr):
             return RunOutcome(
                 kind=OutcomeKind.RATE_LIMITED, reason=f"model rate limit: {detail}", returncode=returncode
@@ -415,8 +436,13 @@ class CliAdapter(ABC):
 
 
 def chosen_model(agent: AgentSpec) -> str | None:
-    """The model the agent runs: its own, else the custom endpoint's, else None (the CLI's default)."""
-    return agent.model or (agent.endpoint.model if agent.endpoint else None)
+    """The model the agent runs: its own, else its provider's, else None (the CLI's default)."""
+    return agent.model or (agent.endpoint.model if agent.endpoint else None) or None
+
+
+def endpoint_kind(agent: AgentSpec) -> ProviderKind:
+    """The kind of API the agent's CLI is pointed at (``cli-login`` without a provider endpoint)."""
+    return agent.endpoint.kind if agent.endpoint is not None else ProviderKind.CLI_LOGIN
 
 
 def bearer_headers(agent: AgentSpec) -> dict[str, str]:

@@ -49,10 +49,10 @@ class GeminiAdapter(CliAdapter):
     exit_codes: ClassVar[Mapping[int, tuple[OutcomeKind, str]]] = {
         173: (OutcomeKind.RATE_LIMITED, "gemini gave up on a rate-limited model (exit 173 = HTTP 429)"),
         41: (OutcomeKind.AUTH_FAILURE, "gemini is not logged in or its credentials were refused (exit 41)"),
-        42: (OutcomeKind.CRASHED, "gemini rejected its input (exit 42)"),
+        42: (OutcomeKind.CONFIG_ERROR, "gemini rejected its input (exit 42)"),
         53: (OutcomeKind.TURN_LIMIT, "gemini stopped at the session turn limit (exit 53)"),
         55: (
-            OutcomeKind.CRASHED,
+            OutcomeKind.CONFIG_ERROR,
             "gemini refused an untrusted folder (exit 55): GEMINI_CLI_TRUST_WORKSPACE missing",
         ),
     }
@@ -106,7 +106,9 @@ class GeminiAdapter(CliAdapter):
         }
         endpoint = agent_home.spec.endpoint
         if endpoint is not None:
-            env |= {"GOOGLE_GEMINI_BASE_URL": endpoint.base_url, "GEMINI_API_KEY": endpoint.api_key}
+            env["GEMINI_API_KEY"] = endpoint.api_key
+            if endpoint.base_url:
+                env["GOOGLE_GEMINI_BASE_URL"] = endpoint.base_url
         return env
 
     def _arguments(self, agent_home: AgentHome, prompt: str, model: str | None) -> list[str]:

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,9 @@ class CliPin(BaseModel):
     binary: str
     min_node_major: int | None
     """Lowest Node major the CLI runs on; None for a CLI that ships its own runtime (opencode)."""
+    vendored_executables: tuple[str, ...] = ()
+    """Globs (under the package directory) of native programs the package ships; npm leaves some without
+    their execute bit (qwen's ripgrep), so ``install_cli`` sets it."""
 
     @property
     def spec(self) -> str:
@@ -41,7 +45,13 @@ class CliPin(BaseModel):
 
 
 PINNED_CLIS: dict[str, CliPin] = {
-    "qwen": CliPin(package="@qwen-code/qwen-code", version="0.24.4", binary="qwen", min_node_major=22),
+    "qwen": CliPin(
+        package="@qwen-code/qwen-code",
+        version="0.24.4",
+        binary="qwen",
+        min_node_major=22,
+        vendored_executables=("vendor/ripgrep/*/rg",),
+    ),
     "gemini": CliPin(package="@google/gemini-cli", version="0.61.0", binary="gemini", min_node_major=20),
     "opencode": CliPin(package="opencode-ai", version="1.18.33", binary="opencode", min_node_major=None),
     # codex's JavaScript launcher runs the native binary from the npm-hosted @openai/codex-linux-x64 (etc.).
@@ -168,6 +178,7 @@ def install_cli(name: str, home: Path, *, npm: str | None = None) -> InstallResu
         _npm_install(prefix, pin.spec, npm=npm)
         if installed_version(prefix, pin.package) != pin.version or not binary.exists():
             raise InstallError(f"npm reported success but {binary} is missing: remove {prefix} and retry")
+    make_vendored_executable(prefix / "node_modules" / pin.package, pin)
     return InstallResult(
         name=name,
         package=pin.package,
@@ -177,6 +188,37 @@ def install_cli(name: str, home: Path, *, npm: str | None = None) -> InstallResu
         installed_now=installed_now,
         node_bin=node_bin,
     )
+
+
+def vendored_executables(package_dir: Path, pin: CliPin) -> list[Path]:
+    """The native programs ``pin``'s package ships under ``package_dir`` (its ``node_modules/<package>``)."""
+    return sorted(p for pattern in pin.vendored_executables for p in package_dir.glob(pattern) if p.is_file())
+
+
+def not_executable(package_dir: Path, pin: CliPin) -> list[Path]:
+    """The vendored programs of the package at ``package_dir`` that lack their owner's execute bit."""
+    return [p for p in vendored_executables(package_dir, pin) if not p.stat().st_mode & stat.S_IXUSR]
+
+
+def make_vendored_executable(package_dir: Path, pin: CliPin) -> list[Path]:
+    """Set the execute bits (where read bits are) on the package's vendored programs; returns those changed."""
+    changed = not_executable(package_dir, pin)
+    for path in changed:
+        mode = path.stat().st_mode
+        path.chmod(mode | (mode & 0o444) >> 2)
+    return changed
+
+
+def package_dir(binary: Path, package: str) -> Path | None:
+    """The directory of npm ``package`` that provides ``binary`` (a ``node_modules/.bin`` link), if found."""
+    for parent in binary.resolve().parents:
+        try:
+            manifest = json.loads((parent / "package.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("name") == package:
+            return parent
+    return None
 
 
 def _npm_install(prefix: Path, spec: str, *, npm: str | None) -> None:

@@ -30,12 +30,21 @@ from launcher.adapters.base import (
     OutcomeKind,
     TokenUsage,
     bearer_headers,
+    chosen_model,
     deep_merge,
     json_lines,
 )
+from launcher.providers import ProviderKind
 
 ENDPOINT_PROVIDER = "aiswarm"
 """Provider id of the custom OpenAI-compatible endpoint (tests, offline demo)."""
+
+_SDK = {
+    ProviderKind.OPENAI_COMPATIBLE: ("@ai-sdk/openai-compatible", "https://api.openai.com/v1", ""),
+    ProviderKind.ANTHROPIC_COMPATIBLE: ("@ai-sdk/anthropic", "https://api.anthropic.com", "/v1"),
+    ProviderKind.GEMINI_API: ("@ai-sdk/google", "https://generativelanguage.googleapis.com", "/v1beta"),
+}
+"""The AI SDK package opencode talks to each kind of provider with, its public base URL and the path it adds."""
 
 _CARRIED_SETTINGS = ("model", "small_model", "provider", "enabled_providers", "disabled_providers")
 _CONFIG_NAMES = ("opencode.json", "opencode.jsonc", "config.json")
@@ -123,16 +132,19 @@ class OpencodeAdapter(CliAdapter):
         }
         headers = {AGENT_HEADER: agent.name}
         if agent.endpoint is not None:
-            model_id = agent.model or agent.endpoint.model
+            endpoint = agent.endpoint
+            model_id = chosen_model(agent) or "default"
+            sdk, default_base, suffix = _SDK[endpoint.kind]
+            options: dict[str, Any] = {
+                "baseURL": (endpoint.base_url or default_base).rstrip("/") + suffix,
+                "apiKey": endpoint.api_key,  # the config file is 0600; opencode reads the key nowhere else
+                "headers": headers,
+            }
             ours["provider"] = {
                 ENDPOINT_PROVIDER: {
-                    "npm": "@ai-sdk/openai-compatible",
-                    "name": "aiswarm model endpoint",
-                    "options": {
-                        "baseURL": agent.endpoint.base_url,
-                        "apiKey": agent.endpoint.api_key,
-                        "headers": headers,
-                    },
+                    "npm": sdk,
+                    "name": f"aiswarm provider {endpoint.provider}",
+                    "options": options,
                     "models": {model_id: {"name": model_id, "tool_call": True}},
                 }
             }
@@ -165,8 +177,8 @@ class OpencodeAdapter(CliAdapter):
     def _arguments(self, agent_home: AgentHome, prompt: str, model: str | None) -> list[str]:
         args = ["run", "--format", "json", "--title", f"aiswarm {agent_home.spec.name}"]
         if model:
-            if agent_home.spec.endpoint is not None and "/" not in model:
-                model = f"{ENDPOINT_PROVIDER}/{model}"
+            if agent_home.spec.endpoint is not None and not model.startswith(f"{ENDPOINT_PROVIDER}/"):
+                model = f"{ENDPOINT_PROVIDER}/{model}"  # a provider's model id may hold a "/" itself
             args += ["--model", model]
         return args
 

@@ -33,11 +33,13 @@ from launcher.adapters.base import (
     TokenUsage,
     chosen_model,
     deep_merge,
+    endpoint_kind,
     http_mcp_servers,
     last_json_value,
     no_usage_statistics,
     pick,
 )
+from launcher.providers import ProviderKind
 
 SETTINGS_VERSION = 4
 """qwen 0.24 rewrites a settings file without ``$version: 4`` on first run; writing it avoids that."""
@@ -52,6 +54,21 @@ _CARRIED_SETTINGS = (
     "proxy",
 )
 """Keys of the user's ~/.qwen/settings.json that choose the login and model: copied into the agent's settings."""
+
+
+_AUTH_TYPE = {
+    ProviderKind.OPENAI_COMPATIBLE: "openai",
+    ProviderKind.GEMINI_API: "gemini",
+    ProviderKind.ANTHROPIC_COMPATIBLE: "anthropic",
+}
+"""``security.auth.selectedType`` for each kind of provider."""
+
+_PROVIDER_ENV = {
+    ProviderKind.OPENAI_COMPATIBLE: ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"),
+    ProviderKind.GEMINI_API: ("GOOGLE_GEMINI_BASE_URL", "GEMINI_API_KEY", "GEMINI_MODEL"),
+    ProviderKind.ANTHROPIC_COMPATIBLE: ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_MODEL"),
+}
+"""The variables qwen reads a provider's base URL, key and model from, per kind."""
 
 
 class QwenAdapter(CliAdapter):
@@ -106,7 +123,7 @@ class QwenAdapter(CliAdapter):
         if model:
             ours["model"]["name"] = model
         if agent.endpoint is not None:
-            ours["security"] = {"auth": {"selectedType": "openai"}}
+            ours["security"] = {"auth": {"selectedType": _AUTH_TYPE[endpoint_kind(agent)]}}
             settings.pop("modelProviders", None)
         return deep_merge(settings, ours)
 
@@ -114,11 +131,13 @@ class QwenAdapter(CliAdapter):
         env = {"QWEN_USAGE_STATISTICS_ENABLED": "false"}
         endpoint = agent_home.spec.endpoint
         if endpoint is not None:
-            env |= {
-                "OPENAI_BASE_URL": endpoint.base_url,
-                "OPENAI_API_KEY": endpoint.api_key,
-                "OPENAI_MODEL": agent_home.spec.model or endpoint.model,
-            }
+            base_var, key_var, model_var = _PROVIDER_ENV[endpoint.kind]
+            env[key_var] = endpoint.api_key
+            if endpoint.base_url:
+                env[base_var] = endpoint.base_url
+            model = chosen_model(agent_home.spec)
+            if model:
+                env[model_var] = model
         return env
 
     def _arguments(self, agent_home: AgentHome, prompt: str, model: str | None) -> list[str]:

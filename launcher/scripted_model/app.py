@@ -101,9 +101,21 @@ def create_app(state: ModelState | None = None) -> Starlette:
         return JSONResponse(openai_protocol.completion(body, step, call_id))
 
     async def list_models(request: Request) -> Response:
+        # A models listing is how a launcher probes a provider: injected faults (a 401) answer it too.
+        agent = request.headers.get(AGENT_HEADER, UNKNOWN_AGENT)
+        cli = request.headers.get(CLI_HEADER) or "unknown"
+        if (refusal := await rejected(agent, cli, openai_protocol.error_body)) is not None:
+            return refusal
         return JSONResponse(
             {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "aiswarm"}]}
         )
+
+    async def list_gemini_models(request: Request) -> Response:
+        agent = request.headers.get(AGENT_HEADER, UNKNOWN_AGENT)
+        cli = request.headers.get(CLI_HEADER) or "gemini"
+        if (refusal := await rejected(agent, cli, gemini_protocol.error_body)) is not None:
+            return refusal
+        return JSONResponse({"models": [{"name": "models/scripted", "displayName": "scripted"}]})
 
     async def gemini(request: Request) -> Response:
         model, _, method = request.path_params["target"].rpartition(":")
@@ -185,6 +197,8 @@ def create_app(state: ModelState | None = None) -> Starlette:
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
+            Route("/models", list_models, methods=["GET"]),
+            Route("/v1beta/models", list_gemini_models, methods=["GET"]),
             Route("/v1beta/models/{target:path}", gemini, methods=["POST"]),
             Route("/v1/messages", messages, methods=["POST"]),
             Route("/v1/messages/count_tokens", count_message_tokens, methods=["POST"]),

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -62,6 +63,8 @@ class RequestRecord:
     kind: str
     tool: str | None = None
     status: int = 200
+    at: float = field(default_factory=time.time)
+    """When it was answered (epoch seconds)."""
 
 
 class ModelState:

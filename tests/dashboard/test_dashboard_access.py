@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from aiswarm_server.broker_client import BrokerClient
+from aiswarm_server.models import UsageRecord
 from tests.broker_harness import BrokerProcess
 
 
@@ -127,8 +128,9 @@ def test_submit_release_and_requeue_from_the_dashboard(broker: BrokerProcess) ->
     assert page["log_tail"] == [f"line {i}" for i in range(60, 100)]
     assert page["usage"] is None
     for _ in range(2):
-        call(broker, broker.admin_token, "record_model_usage", agent="ui-releaser", cli="qwen",
-             provider="login", requests=2, input_tokens=50, output_tokens=5, task_id=task_id)  # fmt: skip
+        usage = UsageRecord(agent="ui-releaser", cli="qwen", provider="login", requests=2, input_tokens=50,
+                            output_tokens=5, total_tokens=55, task_id=task_id)  # fmt: skip
+        call(broker, broker.admin_token, "record_usage", record=usage)
     page = httpx.get(f"{broker.base}/ui/api/tasks/{task_id}", headers=headers).json()
     assert page["usage"] == {"runs": 2, "requests": 4, "input_tokens": 100, "output_tokens": 10}
     released = httpx.post(f"{broker.base}/ui/api/tasks/{task_id}/release", json={}, headers=headers)

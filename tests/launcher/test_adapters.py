@@ -477,7 +477,7 @@ OPENCODE_401_STDOUT = (
         ("gemini", 1, "", GEMINI_429_STDERR, OutcomeKind.RATE_LIMITED),
         ("gemini", 41, "", "Please set an Auth method", OutcomeKind.AUTH_FAILURE),
         ("gemini", 53, "", "", OutcomeKind.TURN_LIMIT),
-        ("gemini", 55, "", "", OutcomeKind.CRASHED),
+        ("gemini", 55, "", "", OutcomeKind.CONFIG_ERROR),
         ("opencode", 0, '{"type":"step_finish","part":{}}\n', "", OutcomeKind.DONE),
         ("opencode", 1, OPENCODE_429_STDOUT, "", OutcomeKind.RATE_LIMITED),
         ("opencode", 1, OPENCODE_401_STDOUT, "", OutcomeKind.AUTH_FAILURE),

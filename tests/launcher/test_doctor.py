@@ -102,3 +102,30 @@ def test_report_renders_every_cli_and_the_broker(tmp_path: Path, health_server: 
     render_doctor(report, console)
     text = console.export_text()
     assert "gemini" in text and "api-key-env" in text and "/health" in text
+
+
+def test_a_vendored_program_without_its_execute_bit_is_reported_with_the_fix(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    package = home / "clis" / "qwen" / "node_modules" / "@qwen-code" / "qwen-code"
+    (package / "vendor" / "ripgrep" / "x64-linux").mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "@qwen-code/qwen-code", "version": "0.24.4"}')
+    rg = package / "vendor" / "ripgrep" / "x64-linux" / "rg"
+    rg.write_text("")
+    rg.chmod(0o644)
+    entry = package / "cli.js"
+    entry.write_text("#!/bin/sh\necho 0.24.4\n")
+    entry.chmod(0o755)
+    bin_dir = home / "clis" / "qwen" / "node_modules" / ".bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "qwen").symlink_to(entry)
+    env = {"PATH": "/nonexistent", "OPENAI_API_KEY": "k"}
+    check = check_cli(get_adapter("qwen"), home, user_home=tmp_path, env=env)
+    assert any(
+        "vendor/ripgrep/x64-linux/rg is not executable" in p and "install-cli qwen" in p
+        for p in check.problems
+    )
+    rg.chmod(0o755)
+    assert not any(
+        "not executable" in p
+        for p in check_cli(get_adapter("qwen"), home, user_home=tmp_path, env=env).problems
+    )

@@ -94,3 +94,27 @@ def test_runtime_env_puts_private_node_first_only_when_installed(tmp_path: Path)
     (bin_dir / "node").write_text("")
     assert node_path(tmp_path) == bin_dir
     assert runtime_env(tmp_path, {"PATH": "/usr/bin"})["PATH"] == f"{bin_dir}{os.pathsep}/usr/bin"
+
+
+QWEN_NPM = """
+prefix="$3"; for spec; do :; done
+pkg="${spec%@*}"; version="${spec##*@}"
+mkdir -p "$prefix/node_modules/$pkg/vendor/ripgrep/x64-linux" "$prefix/node_modules/.bin"
+printf '{"name": "%s", "version": "%s"}' "$pkg" "$version" > "$prefix/node_modules/$pkg/package.json"
+printf '#!/bin/sh\\necho rg\\n' > "$prefix/node_modules/$pkg/vendor/ripgrep/x64-linux/rg"
+chmod 644 "$prefix/node_modules/$pkg/vendor/ripgrep/x64-linux/rg"
+touch "$prefix/node_modules/.bin/qwen"
+"""
+
+
+def test_install_leaves_qwens_vendored_ripgrep_executable_and_repairs_an_earlier_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setattr("launcher.adapters.install.ensure_node", lambda *_a, **_k: None)
+    result = install_cli("qwen", home, npm=fake_npm(tmp_path, QWEN_NPM))
+    rg = result.prefix / "node_modules" / "@qwen-code/qwen-code/vendor/ripgrep/x64-linux/rg"
+    assert result.installed_now and os.access(rg, os.X_OK)
+    rg.chmod(0o644)  # as a plain `npm install` (or an older aiswarm) left it
+    again = install_cli("qwen", home, npm=fake_npm(tmp_path, "exit 1\n"))
+    assert not again.installed_now and os.access(rg, os.X_OK)

@@ -1,12 +1,14 @@
 """Each launch replaces its agents' broker tokens, and never takes over the agents of a launch still running.
 
 A real broker process on a loopback port; the supervisor runs in per-task mode with no tasks submitted, so
-its agents register and wait without ever starting a CLI.
+its agents register and wait without ever starting a CLI (the real CLIs are on PATH and a model endpoint is named,
+never called, so the launch's preflight lets every agent work).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from launcher.agents import AgentNameLocks, AgentPlan, reserve_names
 from launcher.supervisor import AgentState, LaunchConfig, Supervisor
 from tests.broker_harness import BrokerProcess
+from tests.clis import InstalledClis
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,13 +35,15 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
         process.stop()
 
 
-def launch_config(broker: BrokerProcess, tmp_path: Path) -> LaunchConfig:
+def launch_config(broker: BrokerProcess, tmp_path: Path, clis: InstalledClis) -> LaunchConfig:
     return LaunchConfig(
         agents=[AgentPlan(name, name.split("-")[0]) for name in AGENTS],
         broker_url=broker.url,
         admin_token=broker.admin_token,
         home=broker.home,
         workdir=tmp_path,
+        endpoint_url="http://127.0.0.1:9/v1",
+        base_env={**os.environ, "PATH": clis.path_env()},
     )
 
 
@@ -49,9 +54,9 @@ async def until_idle(supervisor: Supervisor) -> None:
             await asyncio.sleep(0.05)
 
 
-async def launch_once(broker: BrokerProcess, tmp_path: Path) -> dict[str, str]:
+async def launch_once(broker: BrokerProcess, tmp_path: Path, clis: InstalledClis) -> dict[str, str]:
     """One launch that comes up, idles and is stopped; returns the tokens it issued."""
-    supervisor = Supervisor(launch_config(broker, tmp_path))
+    supervisor = Supervisor(launch_config(broker, tmp_path, clis))
     run = asyncio.create_task(supervisor.run())
     await until_idle(supervisor)
     supervisor.stop()
@@ -85,10 +90,10 @@ async def accepted(broker: BrokerProcess, token: str) -> bool:
 
 
 def test_relaunch_revokes_the_previous_launchs_tokens_so_one_per_agent_stays_valid(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, tmp_path: Path, clis: InstalledClis
 ) -> None:
-    first = asyncio.run(launch_once(broker, tmp_path))
-    second = asyncio.run(launch_once(broker, tmp_path))
+    first = asyncio.run(launch_once(broker, tmp_path, clis))
+    second = asyncio.run(launch_once(broker, tmp_path, clis))
 
     assert set(first) == set(second) == set(AGENTS)
     assert live_tokens(broker) == dict.fromkeys(AGENTS, 1)
@@ -101,13 +106,13 @@ def test_relaunch_revokes_the_previous_launchs_tokens_so_one_per_agent_stays_val
 
 
 def test_a_second_launch_takes_other_names_and_leaves_the_running_launchs_agents_alone(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, tmp_path: Path, clis: InstalledClis
 ) -> None:
     async def scenario() -> tuple[dict[str, str], dict[str, str], bool, dict[str, int]]:
-        running = Supervisor(launch_config(broker, tmp_path))
+        running = Supervisor(launch_config(broker, tmp_path, clis))
         run = asyncio.create_task(running.run())
         await until_idle(running)
-        second = await launch_once(broker, tmp_path)
+        second = await launch_once(broker, tmp_path, clis)
         still_served = all([await accepted(broker, t) for t in running.tokens.values()])
         counts = live_tokens(broker)
         running.stop()

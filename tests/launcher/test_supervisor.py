@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from launcher.adapters import UnknownCliError
-from launcher.agents import AgentPlan, plan_agents
+from launcher.agents import AgentPlan, agent_capabilities, plan_agents
 from launcher.cli_run import RunResult
 from launcher.cool_downs import CoolDowns, backoff_delay
 from launcher.errors import LaunchError
@@ -303,3 +303,16 @@ def test_a_refused_launcher_command_prints_one_line_and_no_error_class(
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert says in done.stderr
     assert "LaunchError" not in done.stderr and "BrokerError" not in done.stderr
+
+
+def test_providers_capabilities_and_preferred_clis_shape_the_plan() -> None:
+    qwen_fan = Persona(name="tester", description="tests", instructions="Test.", preferred_cli="qwen")
+    plans = plan_agents(0, "gemini@gemini-key:1,qwen@openrouter:1", [qwen_fan, REVIEWER], ("long-context",))
+    assert [(p.name, p.provider) for p in plans] == [("gemini-1", "gemini-key"), ("qwen-1", "openrouter")]
+    assert {p.name: p.persona.name if p.persona else None for p in plans} == {
+        "qwen-1": "tester",  # its preferred CLI, although the gemini agent came first
+        "gemini-1": "reviewer",
+    }
+    assert agent_capabilities(plans[0]) == ["cli:gemini", "provider:gemini-key", "long-context"]
+    with pytest.raises(LaunchError, match="CLI@PROVIDER"):
+        plan_agents(1, "qwen@", [])

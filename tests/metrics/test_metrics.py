@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aiswarm_server.broker_client import BrokerClient
+from aiswarm_server.models import UsageRecord
 from tests.broker_harness import BrokerProcess
 
 pytestmark = pytest.mark.anyio
@@ -101,9 +102,11 @@ async def test_the_documented_series_count_a_small_run(broker: BrokerProcess) ->
             await primary.cancel_task(fourth)
 
         # The launcher reports each CLI run's model usage.
-        await admin.record_model_usage(
-            agent="metrics-worker", cli="qwen", provider="127.0.0.1", requests=3, input_tokens=100,
-            output_tokens=20, task_id=first,
+        await admin.record_usage(
+            UsageRecord(
+                agent="metrics-worker", cli="qwen", provider="127.0.0.1", requests=3, input_tokens=100,
+                output_tokens=20, total_tokens=120, task_id=first,
+            )
         )  # fmt: skip
 
     deadline = time.monotonic() + 30

@@ -55,7 +55,11 @@ REPLIES: dict[str, type[BaseModel]] = {
     "revoke_agent_tokens": replies.TokenReply,
     "release_task": replies.CompletionReply,
     "mark_agents_offline": replies.AgentsReply,
-    "record_model_usage": replies.UsageReply,
+    "record_usage": replies.UsageReply,
+    "report_agent_state": replies.AgentStateReply,
+    "save_quota_pool": replies.QuotaPoolsReply,
+    "list_quota_pools": replies.QuotaPoolsReply,
+    "usage_summary": replies.UsageSummaryReply,
     "broker_status": replies.StatusReply,
 }
 WORKER_TOOLS = [
