@@ -78,3 +78,37 @@ async def test_the_contract_names_every_tool_with_its_arguments_and_reply_fields
         fields = set((tool.output_schema or {}).get("properties", {}))
         missing = {f for f in fields if not re.search(rf"\b{f}\b", reply)}
         assert not missing, f"{name}: CONTRACT's reply misses {sorted(missing)}"
+
+
+def test_the_design_layout_lists_every_module_and_nothing_that_is_gone() -> None:
+    """docs/DESIGN.md's layout block names each module of the two packages (one line each, indented by folder)."""
+    root = Path(__file__).resolve().parents[1]
+    design = (root / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    block = design.split("```\naiswarm_server/", 1)[1].split("```", 1)[0]
+    documented: set[str] = set()
+    folders: list[str] = []
+    for line in ("aiswarm_server/" + block).splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        folders = folders[:depth]
+        if name.endswith("/"):
+            folders.append(name)
+            documented.add("".join(folders))
+        else:
+            documented.add("".join(folders) + name)
+    summarized = ("aiswarm_server/bench/", "launcher/scripted_model/", "aiswarm_server/store/migrations/")
+    modules = {
+        str(path.relative_to(root))
+        for package in ("aiswarm_server", "launcher")
+        for path in (root / package).rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+        and not str(path.relative_to(root)).startswith(summarized)
+    }
+    files = {entry for entry in documented if not entry.endswith("/")}
+    assert modules - files == set(), "DESIGN.md's layout misses these modules"
+    assert {f for f in files if not (root / f).exists()} == set(), (
+        "DESIGN.md's layout names files that are gone"
+    )
+    assert {d for d in documented if d.endswith("/") and not (root / d).is_dir()} == set()
