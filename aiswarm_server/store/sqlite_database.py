@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -98,7 +99,8 @@ class SqliteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The file holds prompts and token hashes: private, like the token files. SQLite gives the -wal and -shm
         # files the database file's mode.
-        self.path.touch(mode=0o600, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # an existing file keeps its mode (and may be read-only)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         db.row_factory = sqlite3.Row
         try:
