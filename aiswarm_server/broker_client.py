@@ -187,6 +187,14 @@ class BrokerClient:
     async def cancel_task(self, task_id: int, reason: str | None = None) -> TaskReply:
         return await self.call("cancel_task", TaskReply, task_id=task_id, reason=reason)
 
+    async def merge_task(self, task_id: int, discard: bool = False) -> TaskReply:
+        return await self.call("merge_task", TaskReply, task_id=task_id, discard=discard)
+
+    async def record_isolation(self, task_id: int, fence_token: int | None, **fields: Any) -> TaskReply:
+        return await self.call(
+            "record_isolation", TaskReply, task_id=task_id, fence_token=fence_token, **fields
+        )
+
     async def list_agents(self) -> AgentsReply:
         return await self.call("list_agents", AgentsReply)
 

@@ -28,6 +28,24 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
+class Isolation(StrEnum):
+    """Where a task's attempts work: in place, in a git worktree of their own, or as the launch decides."""
+
+    NONE = "none"
+    WORKTREE = "worktree"
+    AUTO = "auto"  # a worktree when the launch runs more than one agent and the task is in a git checkout
+
+
+class MergeState(StrEnum):
+    """How an isolated task's work comes back onto the branch it was submitted from."""
+
+    PENDING = "pending"  # being worked on, or committed and waiting for the merge queue
+    MERGED = "merged"
+    CONFLICT = "conflict"  # not merged: the files in the way are named, the branch is kept
+    MANUAL = "manual"  # kept on its branch for `aiswarm merge` / merge_task
+    DISCARDED = "discarded"  # the task did not complete: its branch and worktree are gone
+
+
 class AgentStatus(StrEnum):
     IDLE = "idle"
     BUSY = "busy"
@@ -115,6 +133,16 @@ class Task(BaseModel):
     updated_at: float
     finished_at: float | None = None
     attempts: list[Attempt] = Field(default_factory=list)
+    isolation: Isolation = Isolation.AUTO
+    files: list[str] = Field(default_factory=list)
+    base_commit: str | None = None
+    target_branch: str | None = None
+    branch: str | None = None
+    workspace: str | None = None
+    merge_state: MergeState | None = None
+    merge_detail: str | None = None
+    conflict_files: list[str] = Field(default_factory=list)
+    diff_stat: str | None = None
 
     def fits(self, persona: str | None, capabilities: Iterable[str]) -> bool:
         """Whether an agent with this persona and these capabilities may take the task."""
@@ -137,6 +165,26 @@ class NewTask(BaseModel):
     max_attempts: int = 3
     timeout_seconds: int = 1800
     submitted_by: str = ""
+    isolation: Isolation = Isolation.AUTO
+    files: list[str] = Field(default_factory=list)
+    base_commit: str | None = None
+    target_branch: str | None = None
+
+    @property
+    def records_isolation(self) -> bool:
+        """Whether the task carries anything beyond the isolation defaults (written after the row)."""
+        return self.isolation is not Isolation.AUTO or bool(self.files) or self.base_commit is not None
+
+
+class IsolationUpdate(BaseModel):
+    """What an isolated attempt or the merge queue records on its task; None leaves a field as it is."""
+
+    branch: str | None = None
+    workspace: str | None = None
+    merge_state: MergeState | None = None
+    merge_detail: str | None = None
+    conflict_files: list[str] | None = None
+    diff_stat: str | None = None
 
 
 class Event(BaseModel):

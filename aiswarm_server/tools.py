@@ -23,7 +23,7 @@ from aiswarm_server import __version__
 from aiswarm_server.broker import Broker, TaskSpec
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS
 from aiswarm_server.errors import BrokerError
-from aiswarm_server.models import Identity, Role, TaskStatus
+from aiswarm_server.models import Identity, Isolation, IsolationUpdate, MergeState, Role, TaskStatus
 from aiswarm_server.replies import (
     AgentsReply,
     AgentStatusReply,
@@ -54,6 +54,14 @@ FenceToken = Annotated[
 
 
 _ASCII_ID = re.compile(r"-?[0-9]{1,19}")
+ISOLATION_HELP = (
+    "auto (default): in its own git worktree when the launch runs several agents and working_dir is in a git "
+    "checkout, merged back onto your branch when done; worktree: always isolated; none: work in working_dir."
+)
+FILES_HELP = (
+    "Paths or globs (relative to working_dir) the task will change, e.g. ['src/api/', 'tests/test_api.py']. "
+    "Tasks whose files overlap do not run at the same time: the later one waits."
+)
 
 
 @dataclass
@@ -126,6 +134,8 @@ class TaskInput(BaseModel):
         max_length=64,
         description="A name for this task that later tasks in the same batch can depend on.",
     )
+    isolation: Isolation = Field(default=Isolation.AUTO, description=ISOLATION_HELP)
+    files: list[str] = Field(default_factory=list, max_length=100, description=FILES_HELP)
 
     @field_validator("depends_on")
     @classmethod
@@ -155,6 +165,8 @@ class TaskInput(BaseModel):
             max_attempts=self.max_attempts,
             timeout_seconds=self.timeout_seconds,
             key=self.key,
+            isolation=self.isolation,
+            files=self.files,
         )
 
 
@@ -313,6 +325,8 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
         timeout_seconds: Annotated[
             int | None, Field(ge=1, le=604_800, description="Per-attempt time limit (default 1800).")
         ] = None,
+        isolation: Annotated[Isolation, Field(description=ISOLATION_HELP)] = Isolation.AUTO,
+        files: Annotated[list[str], Field(max_length=100, description=FILES_HELP)] = [],  # noqa: B006
     ) -> SubmitReply:
         """Give one task to the swarm of worker agents. Returns the task with its id.
 
@@ -329,6 +343,8 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
             working_dir=working_dir,
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
+            isolation=isolation,
+            files=files,
         ).to_spec()
         return await ref.get().submit_tasks(identity, [spec])
 
@@ -397,6 +413,22 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
 
     @server.tool()
     @_refusals
+    async def merge_task(
+        ctx: Context[Any, Any],
+        task_id: TaskId,
+        discard: Annotated[
+            bool, Field(description="Delete the task's branch instead of merging it (its work is dropped).")
+        ] = False,
+    ) -> TaskReply:
+        """Merge a completed task's branch onto the branch it was submitted from, when that did not happen by
+        itself: merge_state manual (the launch merges by hand) or conflict (after you resolved what was in the
+        way: commit or stash your own changes to the files named, or rebase the branch). Nothing is touched if
+        it would overwrite uncommitted work or conflict; the reply says why. discard=true drops the branch."""
+        _identity(ref, ctx)
+        return await ref.get().merge_task(task_id, discard)
+
+    @server.tool()
+    @_refusals
     async def list_agents(ctx: Context[Any, Any]) -> AgentsReply:
         """List the worker agents: name, CLI, persona, status (idle, busy, lost) and current task."""
         _identity(ref, ctx)
@@ -450,6 +482,36 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
         """Give a held task back to the queue without counting a failed attempt (graceful stop)."""
         _identity(ref, ctx)
         return await ref.get().release_task(agent, task_id, reason)
+
+    @server.tool()
+    @_refusals
+    async def record_isolation(
+        ctx: Context[Any, Any],
+        task_id: TaskId,
+        fence_token: Annotated[
+            int | None, Field(ge=0, description="The attempt's fence; omit only for the merge queue.")
+        ] = None,
+        branch: Annotated[str | None, Field(max_length=300)] = None,
+        workspace: Annotated[
+            str | None, Field(max_length=4096, description="The attempt's directory.")
+        ] = None,
+        merge_state: MergeState | None = None,
+        merge_detail: Annotated[str | None, Field(max_length=4000)] = None,
+        conflict_files: Annotated[list[str] | None, Field(max_length=1000)] = None,
+        diff_stat: Annotated[str | None, Field(max_length=500)] = None,
+    ) -> TaskReply:
+        """Record what an isolated attempt did (the launcher): its branch and worktree, then its merge state.
+        Refused when fence_token is not the task's current one: a stale attempt's work is never merged."""
+        _identity(ref, ctx)
+        update = IsolationUpdate(
+            branch=branch,
+            workspace=workspace,
+            merge_state=merge_state,
+            merge_detail=merge_detail,
+            conflict_files=conflict_files,
+            diff_stat=diff_stat,
+        )
+        return await ref.get().record_isolation(task_id, fence_token, update)
 
     @server.tool()
     @_refusals

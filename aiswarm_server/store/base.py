@@ -13,7 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiswarm_server.models import Agent, Claim, Event, Identity, NewTask, Task, TaskChange, TaskStatus
+from aiswarm_server.models import (
+    Agent,
+    Claim,
+    Event,
+    Identity,
+    IsolationUpdate,
+    NewTask,
+    Task,
+    TaskChange,
+    TaskStatus,
+)
 
 
 @dataclass(slots=True)
@@ -145,6 +155,13 @@ class Store(ABC):
 
     @abstractmethod
     async def cancel(self, task_id: int, reason: str, now: float) -> TaskChange: ...
+
+    @abstractmethod
+    async def update_isolation(
+        self, task_id: int, fence: int | None, update: IsolationUpdate, now: float
+    ) -> Task | None:
+        """Record ``update``'s set fields on the task; None when it does not exist or (``fence`` given) the
+        task's current fence token is another one."""
 
     @abstractmethod
     async def sweep(self, now: float, agent_lost_before: float, keep_alive: Sequence[str] = ()) -> TaskChange:

@@ -44,6 +44,7 @@ from aiswarm_server.models import (
     Event,
     EventKind,
     Identity,
+    IsolationUpdate,
     NewTask,
     Role,
     Task,
@@ -51,6 +52,7 @@ from aiswarm_server.models import (
     TaskStatus,
 )
 from aiswarm_server.store.base import AgentPoll, ClaimResult, Store, StoreStats
+from aiswarm_server.store.isolation import isolation_fields, submitted_values, update_assignments
 
 T = TypeVar("T")
 Connection = Any  # asyncpg.Connection (asyncpg ships no type information)
@@ -142,6 +144,7 @@ def _row_to_task(
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
         attempts=attempts or [],
+        **isolation_fields(row, list),
     )
 
 
@@ -578,6 +581,12 @@ class PostgresStore(Store):
     ) -> TaskChange:
         return await self._write(_release, agent, task_id, fence_token, reason, now)
 
+    async def update_isolation(
+        self, task_id: int, fence: int | None, update: IsolationUpdate, now: float
+    ) -> Task | None:
+        """Record an isolated attempt's or a merge's fields on the task (see :class:`Store`)."""
+        return await self._write(_update_isolation, task_id, fence, update, now)
+
     async def cancel(self, task_id: int, reason: str, now: float) -> TaskChange:
         return await self._write(_cancel, task_id, reason, now)
 
@@ -833,6 +842,13 @@ async def _create_tasks(con: Connection, tasks: list[NewTask], now: float) -> Ta
             now,
             now if broken else None,
         )
+        if spec.records_isolation:
+            row = await con.fetchrow(
+                "UPDATE tasks SET isolation = $1, files = $2::text[], base_commit = $3, target_branch = $4 "
+                "WHERE id = $5 RETURNING *",
+                *submitted_values(spec),
+                row["id"],
+            )
         if deps:
             await con.execute(
                 "INSERT INTO task_deps (task_id, depends_on) SELECT $1, unnest($2::bigint[])", row["id"], deps
@@ -1210,6 +1226,26 @@ async def _release(
     change = TaskChange()
     await _requeue_or_bury(con, held, AttemptOutcome.RELEASED, reason, now, change, count_failure=False)
     return change
+
+
+async def _update_isolation(
+    con: Connection, task_id: int, fence: int | None, update: IsolationUpdate, now: float
+) -> Task | None:
+    pairs = update_assignments(update)
+    # column names are IsolationUpdate's fields; list values are the text[] columns
+    sets = "".join(
+        f"{column} = ${i}{'::text[]' if isinstance(value, list) else ''}, "
+        for i, (column, value) in enumerate(pairs, start=4)
+    )
+    updated = await con.fetchval(
+        f"UPDATE tasks SET {sets}updated_at = $1 WHERE id = $2 AND ($3::bigint IS NULL OR fence_token = $3) "
+        "RETURNING id",
+        now,
+        task_id,
+        fence,
+        *(value for _, value in pairs),
+    )
+    return await _get_task(con, task_id, True) if updated is not None else None
 
 
 async def _cancel(con: Connection, task_id: int, reason: str, now: float) -> TaskChange:

@@ -33,6 +33,7 @@ from aiswarm_server.models import (
     Event,
     EventKind,
     Identity,
+    IsolationUpdate,
     NewTask,
     Role,
     Task,
@@ -40,6 +41,7 @@ from aiswarm_server.models import (
     TaskStatus,
 )
 from aiswarm_server.store.base import AgentPoll, ClaimResult, Store, StoreStats
+from aiswarm_server.store.isolation import isolation_fields, submitted_values, update_assignments
 
 T = TypeVar("T")
 SEEN_RESOLUTION_SECONDS = 2.0
@@ -113,6 +115,7 @@ def _row_to_task(
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
         attempts=attempts or [],
+        **isolation_fields(row, json.loads),
     )
 
 
@@ -401,6 +404,12 @@ class SqliteStore(Store):
     ) -> TaskChange:
         return await self._write(_release, agent, task_id, fence_token, reason, now)
 
+    async def update_isolation(
+        self, task_id: int, fence: int | None, update: IsolationUpdate, now: float
+    ) -> Task | None:
+        """Record an isolated attempt's or a merge's fields on the task (see :class:`Store`)."""
+        return await self._write(_update_isolation, task_id, fence, update, now)
+
     async def cancel(self, task_id: int, reason: str, now: float) -> TaskChange:
         return await self._write(_cancel, task_id, reason, now)
 
@@ -660,6 +669,13 @@ def _create_tasks(db: sqlite3.Connection, tasks: list[NewTask], now: float) -> T
                 now if broken else None,
             ),
         ).fetchone()
+        if spec.records_isolation:
+            isolation, files, base_commit, target_branch = submitted_values(spec)
+            row = db.execute(
+                "UPDATE tasks SET isolation = ?, files = ?, base_commit = ?, target_branch = ? WHERE id = ? "
+                "RETURNING *",
+                (isolation, _dumps(files), base_commit, target_branch, row["id"]),
+            ).fetchone()
         db.executemany(
             "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)", [(row["id"], d) for d in deps]
         )
@@ -1018,6 +1034,19 @@ def _release(
     change = TaskChange()
     _requeue_or_bury(db, row, AttemptOutcome.RELEASED, reason, now, change, count_failure=False)
     return change
+
+
+def _update_isolation(
+    db: sqlite3.Connection, task_id: int, fence: int | None, update: IsolationUpdate, now: float
+) -> Task | None:
+    pairs = update_assignments(update)
+    sets = "".join(f"{column} = ?, " for column, _ in pairs)  # column names are IsolationUpdate's fields
+    values = [_dumps(v) if isinstance(v, list) else v for _, v in pairs]
+    updated = db.execute(
+        f"UPDATE tasks SET {sets}updated_at = ? WHERE id = ? AND (? IS NULL OR fence_token = ?) RETURNING id",
+        (*values, now, task_id, fence, fence),
+    ).fetchone()
+    return _get_task(db, task_id, True) if updated else None
 
 
 def _cancel(db: sqlite3.Connection, task_id: int, reason: str, now: float) -> TaskChange:
