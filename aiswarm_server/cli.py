@@ -26,7 +26,7 @@ from aiswarm_server.broker_client import (
 )
 from aiswarm_server.config import DEFAULT_PORT, BrokerSettings
 from aiswarm_server.errors import BrokerError, SchemaTooNew
-from aiswarm_server.models import Task
+from aiswarm_server.models import MergeState, Task
 
 T = TypeVar("T")
 
@@ -203,6 +203,18 @@ def submit(
     ] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Tries before giving up.")] = None,
     timeout: Annotated[int | None, typer.Option(help="Per-attempt time limit in seconds.")] = None,
+    files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="A path or glob (relative to --dir) the task will change; tasks whose files overlap take turns.",
+        ),
+    ] = None,
+    isolation: Annotated[
+        str,
+        typer.Option(help="auto, worktree (its own git worktree, merged back) or none (in place)."),
+    ] = "auto",
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
     home: HomeOption = None,
     url: UrlOption = None,
@@ -211,6 +223,8 @@ def submit(
     """Submit a task to the swarm."""
     text = prompt if prompt is not None else sys.stdin.read()
     directory = str((working_dir or Path.cwd()).resolve())
+    if isolation not in ("auto", "worktree", "none"):
+        raise CliError(f"--isolation {isolation!r}: choose auto, worktree or none")
 
     async def action(broker: BrokerClient) -> None:
         reply = await broker.submit_task(
@@ -223,6 +237,8 @@ def submit(
             working_dir=directory,
             max_attempts=max_attempts,
             timeout_seconds=timeout,
+            isolation=isolation,
+            files=files or [],
         )
         task_id = reply.tasks[0].id
         if wait:
@@ -241,6 +257,63 @@ def submit(
                 console.print(task.result, highlight=False)
 
     run_async(with_broker(home, url, action))
+
+
+@app.command()
+def merge(
+    task_id: Annotated[int, typer.Argument(help="The completed task whose branch to merge.")],
+    discard: Annotated[bool, typer.Option("--discard", help="Delete the task's branch instead.")] = False,
+    home: HomeOption = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Merge a completed task's kept branch onto the branch it was submitted from (or discard it)."""
+
+    async def action(broker: BrokerClient) -> None:
+        reply = await broker.merge_task(task_id, discard=discard)
+        if as_json:
+            print_json(reply.task)
+        else:
+            console.print(reply.message, highlight=False)
+        if reply.task.merge_state is MergeState.CONFLICT:
+            raise typer.Exit(1)
+
+    run_async(with_broker(home, url, action))
+
+
+@app.command()
+def worktrees(
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Remove the worktrees no running task attempt owns.")
+    ] = False,
+    home: HomeOption = None,
+    url: UrlOption = None,
+) -> None:
+    """List the task worktrees under the aiswarm home and the task branches kept in their repositories."""
+    from launcher.isolation.attempt import prune_orphans
+    from launcher.isolation.worktrees import Worktrees, kept_branches
+
+    found = Worktrees(settings_for(home).home)
+    if prune:
+
+        async def pruned(broker: BrokerClient) -> list[Path]:
+            return await prune_orphans(found, broker)
+
+        removed = run_async(with_broker(home, url, pruned))
+        console.print(f"removed {len(removed)} orphaned worktree(s)", highlight=False)
+
+    async def listing() -> list[str]:
+        lines: list[str] = []
+        for common_dir in found.repositories():
+            for record in found.records(common_dir):
+                lines.append(
+                    f"task {record.task_id} (attempt {record.fence}): {record.path} on {record.branch}"
+                )
+            lines += [f"kept branch {b} in {common_dir}" for b in await kept_branches(common_dir)]
+        return lines
+
+    lines = run_async(listing())
+    console.print("\n".join(lines) if lines else "no task worktrees", highlight=False)
 
 
 @app.command("tasks")
@@ -290,6 +363,12 @@ def task_command(
             console.print(f"[bold]result[/bold]\n{task.result}", highlight=False)
         if task.error:
             console.print(f"[bold]error[/bold] {task.error}", highlight=False)
+        if task.merge_state is not None:
+            console.print(
+                f"[bold]branch[/bold] {task.branch} -> {task.target_branch or '(detached HEAD)'}: "
+                f"{task.merge_state.value}; {task.diff_stat or ''} {task.merge_detail or ''}",
+                highlight=False,
+            )
         for attempt in task.attempts:
             took = f"{attempt.finished_at - attempt.claimed_at:.1f}s" if attempt.finished_at else "running"
             console.print(

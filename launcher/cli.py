@@ -19,6 +19,7 @@ from rich.console import Console
 
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError
+from launcher.isolation.attempt import MergeMode
 from launcher.supervisor import LaunchConfig, Supervisor, plan_agents
 
 
@@ -110,6 +111,22 @@ def launch(
     no_ui: Annotated[
         bool, typer.Option("--no-ui", envvar="AISWARM_NO_UI", help="No live status table.")
     ] = False,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            envvar="AISWARM_ISOLATION",
+            help="Where tasks in a git checkout work: worktree (each attempt its own git worktree, merged back), "
+            "none (in place), auto (worktree when more than one agent). A task's own isolation wins.",
+        ),
+    ] = "auto",
+    merge: Annotated[
+        str,
+        typer.Option(
+            envvar="AISWARM_MERGE",
+            help="auto: merge each completed task's branch onto the submitter's branch; manual: keep it for "
+            "`aiswarm merge TASK`.",
+        ),
+    ] = "auto",
     home: HomeOption = None,
 ) -> None:
     """Start worker agent CLIs and supervise them until Ctrl-C (which drains them gracefully)."""
@@ -121,6 +138,10 @@ def launch(
 
     if mode not in ("per-task", "session"):
         raise LaunchError(f"--mode {mode!r}: choose per-task or session")
+    if isolation not in ("auto", "worktree", "none"):
+        raise LaunchError(f"--isolation {isolation!r}: choose auto, worktree or none")
+    if merge not in ("auto", "manual"):
+        raise LaunchError(f"--merge {merge!r}: choose auto or manual")
     settings = _settings(home)
     directory = (workdir or Path.cwd()).expanduser().resolve()
     if not directory.is_dir():
@@ -159,6 +180,8 @@ def launch(
         task_timeout=task_timeout,
         cool_down_seconds=cool_down,
         grace_seconds=grace,
+        isolation="worktree" if isolation == "worktree" else "none" if isolation == "none" else "auto",
+        merge_mode=MergeMode(merge),
     )
     errors = Console(stderr=True)
     supervisor = Supervisor(config)

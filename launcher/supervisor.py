@@ -35,11 +35,15 @@ from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUn
 from aiswarm_server.replies import ClaimedTask, ClaimReply, TokenReply
 from launcher.adapters import get_adapter
 from launcher.adapters.base import AgentSpec, CliAdapter, ModelEndpoint, OutcomeKind, RunOutcome, TokenUsage
+from launcher.isolation.attempt import MergeMode, TaskIsolation
+from launcher.isolation.git import GitError
+from launcher.isolation.worktrees import Worktrees
 from launcher.personas import Persona
 
 log = logging.getLogger("aiswarm.launcher")
 
 Mode = Literal["per-task", "session"]
+IsolationChoice = Literal["auto", "worktree", "none"]
 T = TypeVar("T")
 
 WAIT_SECONDS = 60
@@ -110,6 +114,13 @@ class LaunchConfig:
     grace_seconds: float = 10.0
     backoff_seconds: float = 2.0
     base_env: Mapping[str, str] | None = None
+    isolation: IsolationChoice = "auto"
+    merge_mode: MergeMode = MergeMode.AUTO
+
+    @property
+    def isolates_by_default(self) -> bool:
+        """Whether tasks without their own choice run in worktrees: ``worktree``, or ``auto`` with several agents."""
+        return self.isolation == "worktree" or (self.isolation == "auto" and len(self.agents) > 1)
 
     def endpoint_for(self, cli: str) -> ModelEndpoint | None:
         """The model endpoint as this CLI wants it: ``.../v1`` for OpenAI-style CLIs, the bare host for gemini."""
@@ -316,6 +327,13 @@ class Supervisor:
         self._running: dict[str, asyncio.subprocess.Process] = {}
         self._names = AgentNameLocks(self.config.home)
         self._reserved = False
+        self._in_flight: set[int] = set()
+        self.isolation = TaskIsolation(
+            Worktrees(self.config.home),
+            isolate_by_default=self.config.isolates_by_default,
+            merge_mode=self.config.merge_mode,
+            note=self._note,
+        )
         self.tokens: dict[str, str] = {}
         """The token issued to each agent by this launch (every earlier one is revoked)."""
         self._make_views()
@@ -368,6 +386,7 @@ class Supervisor:
             async with BrokerClient(self.config.broker_url, self.config.admin_token) as admin:
                 for plan in self.config.agents:
                     self.tokens[plan.name] = await self._fresh_token(admin, plan.name)
+                await self._clean_worktrees(admin)
                 loops = [
                     asyncio.create_task(self._agent(p, self.tokens[p.name], admin))
                     for p in self.config.agents
@@ -392,6 +411,17 @@ class Supervisor:
         revoked = await admin.call("revoke_agent_tokens", TokenReply, agent=name)
         self._note(name, f"{revoked.message} Issued this launch's token.")
         return (await admin.issue_agent_token(name)).token
+
+    async def _clean_worktrees(self, admin: BrokerClient) -> None:
+        """Land what a crashed launch of these agents left, and remove every orphaned worktree (never fatal)."""
+        names = {p.name for p in self.config.agents}
+        try:
+            removed = await self.isolation.recover(admin, names, busy=set(self._in_flight))
+        except (BrokerCallError, BrokerUnreachable, GitError, OSError) as error:
+            log.warning("cleaning up task worktrees failed: %s", error)
+            return
+        if removed:
+            log.info("removed %d orphaned task worktree(s)", len(removed))
 
     # --- one agent --------------------------------------------------------------------------
 
@@ -484,19 +514,54 @@ class Supervisor:
         return not self.stopping
 
     async def _run_task(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
+        self._in_flight.add(task.id)
+        try:
+            await self._run_isolated(agent, task, fence)
+        finally:
+            self._in_flight.discard(task.id)
+            agent.view.task_id = None
+        await self._clean_worktrees(agent.admin)
+
+    async def _run_isolated(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
+        """Prepare the attempt's workspace, run the CLI on the task there, then land or discard the work."""
         name, view = agent.name, agent.view
         view.state, view.task_id = AgentState.RUNNING, task.id
         self._note(name, f"task #{task.id} reserved (fence {fence}): {task.title}")
-        timeout = self.config.task_timeout or float(task.timeout_seconds)
-        workdir = _existing_dir(task.working_dir)
-        prompt = task_prompt(name, task.id, agent.plan.persona)
         beat = asyncio.create_task(self._heartbeats(agent.worker))
         try:
-            result = await self._run_cli(agent, prompt, workdir, timeout)
+            try:
+                workspace = await self.isolation.prepare(name, agent.admin, agent.worker, task.id, fence)
+            except (GitError, OSError) as error:
+                reason = f"{name}: could not create the task's worktree: {error}"
+                self._note(name, f"task #{task.id} reported failed: {reason}")
+                with contextlib.suppress(BrokerCallError):
+                    await agent.worker.report_task_completion(
+                        task.id, fence, success=False, error=reason, retryable=True
+                    )
+                return
+            if workspace is None:
+                self._note(
+                    name, f"task #{task.id} is no longer held by {name} (cancelled or expired while waiting)"
+                )
+                return
+            await self._run_in(agent, task, fence, workspace.directory or _existing_dir(task.working_dir))
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await beat
+        try:
+            await self.isolation.finish(name, agent.admin, workspace, fence)
+        except (BrokerCallError, BrokerUnreachable, GitError, OSError) as error:
+            self._note(
+                name, f"task #{task.id}: landing its work failed ({error}); retried at the next clean-up"
+            )
+
+    async def _run_in(self, agent: AgentRun, task: ClaimedTask, fence: int, workdir: Path | None) -> None:
+        """Run the CLI on the reserved task in ``workdir``; report it failed if the CLI left it unreported."""
+        name = agent.name
+        timeout = self.config.task_timeout or float(task.timeout_seconds)
+        prompt = task_prompt(name, task.id, agent.plan.persona)
+        result = await self._run_cli(agent, prompt, workdir, timeout)
         usage = result.usage
         tokens = f", {usage.total_tokens} tokens ({usage.requests or '?'} turns)" if usage else ""
         self._note(
@@ -519,7 +584,6 @@ class Supervisor:
                     )
                 self._note(name, f"task #{task.id} reported failed: {reason}")
         self._after_run(agent, result, still_held)
-        view.task_id = None
 
     async def _still_holds(self, worker: BrokerClient, task_id: int) -> bool:
         try:

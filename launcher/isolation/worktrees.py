@@ -22,7 +22,7 @@ from pathlib import Path
 
 from launcher.isolation.git import GitError, commit_identity, git
 from launcher.isolation.include import read_include, seed_worktree
-from launcher.isolation.repository import repository_key, task_branch
+from launcher.isolation.repository import TASK_BRANCH_PREFIX, repository_key, task_branch
 
 _ATTEMPT = re.compile(r"^task-(?P<task>\d+)-(?P<fence>\d+)$")
 
@@ -246,6 +246,16 @@ async def delete_task_branch(common_dir: Path, task_id: int) -> None:
     await git("branch", "-D", "--quiet", task_branch(task_id), cwd=common_dir, check=False)
 
 
+async def kept_branches(common_dir: Path) -> list[str]:
+    """The ``aiswarm/task-*`` branches in the repository (kept for a merge, or left by a conflict)."""
+    if not common_dir.is_dir():
+        return []
+    listed = await git(
+        "branch", "--list", "--format=%(refname:short)", f"{TASK_BRANCH_PREFIX}*", cwd=common_dir
+    )
+    return listed.lines()
+
+
 async def changes(cwd: Path, base: str, head: str) -> tuple[tuple[str, ...], str]:
     """The files changed from ``base`` to ``head`` and git's one-line summary (``2 files changed, ...``)."""
     names = await git("diff", "--name-only", "--no-renames", "-z", base, head, cwd=cwd)
@@ -261,5 +271,6 @@ __all__ = [
     "Worktrees",
     "changes",
     "delete_task_branch",
+    "kept_branches",
     "remove_worktree_dir",
 ]
