@@ -697,7 +697,7 @@ class Supervisor:
         async def watch() -> None:
             nonlocal stopped, timed_out
             deadline = None if limit_seconds is None else started + limit_seconds
-            while process.returncode is None:
+            while process.returncode is None:  # noqa: ASYNC110 - no event fires at the exit itself
                 stop_wait = asyncio.create_task(self._stopping.wait())
                 try:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -730,13 +730,22 @@ class Supervisor:
                 await asyncio.sleep(HEARTBEAT_SECONDS)
                 return_logins()
 
+        async def reap() -> None:
+            # qwen re-execs itself in a child that shares the pipes: once the CLI's own process is gone (killed,
+            # crashed) its group goes too, or the reads would wait for that child to finish its work. asyncio's
+            # wait() only returns once the pipes close, so the exit is seen by polling returncode.
+            while process.returncode is None:  # noqa: ASYNC110 - no event fires at the exit itself
+                await asyncio.sleep(0.5)
+            _kill_group(process)
+
         watcher = asyncio.create_task(watch())
         returner = asyncio.create_task(return_logins_while_running())
+        reaper = asyncio.create_task(reap())
         try:
             stdout, stderr, _ = await asyncio.gather(read_stdout(), read_stderr(), write_prompt())
             returncode = await process.wait()
         finally:
-            for helper in (watcher, returner):
+            for helper in (watcher, returner, reaper):
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper

@@ -102,7 +102,12 @@ class Swarm:
 
     def wait_parked(self, count: int = len(AGENTS), timeout: float = 120.0) -> None:
         """Wait until ``count`` agents are parked, ready for work."""
-        poll(lambda: self.call(lambda b: b.broker_status()).parked_waits >= count, timeout, "agents parked")
+
+        def parked() -> bool:
+            self.check_alive()
+            return self.call(lambda b: b.broker_status()).parked_waits >= count
+
+        poll(parked, timeout, "agents parked")
 
     def check_alive(self) -> None:
         """Fail with the launcher's output if it exited."""
@@ -198,6 +203,8 @@ def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 "-m",
                 "aiswarm_server",
                 "launch",
+                "--agents",
+                "4",
                 "--cli",
                 "qwen:2,gemini:2",
                 "--url",
