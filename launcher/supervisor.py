@@ -697,7 +697,7 @@ class Supervisor:
         async def watch() -> None:
             nonlocal stopped, timed_out
             deadline = None if limit_seconds is None else started + limit_seconds
-            while process.returncode is None:  # noqa: ASYNC110 - no event fires at the exit itself
+            while process.returncode is None:
                 stop_wait = asyncio.create_task(self._stopping.wait())
                 try:
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
