@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from aiswarm_server.errors import InvalidRequest
+from aiswarm_server.files import write_private
 from aiswarm_server.models import Identity, Role
 from aiswarm_server.store import Store
 
@@ -35,20 +34,6 @@ def validate_agent_name(name: str) -> str:
             "starting with a letter or digit (e.g. qwen-1)."
         )
     return name
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write a file readable by its owner only (0600), atomically: it never exists with wider permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_token_file(path: Path) -> str | None:
@@ -123,5 +108,5 @@ class TokenRegistry:
             if identity is not None and identity.role is role:
                 return token
         token = await self.issue(Identity(role=role, label=f"local {role.value}"))
-        write_secret(path, token + "\n")
+        write_private(path, token + "\n")
         return token

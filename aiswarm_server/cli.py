@@ -46,12 +46,14 @@ errors = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line i
 HomeOption = Annotated[
     Path | None,
     typer.Option(
-        "--home", envvar="AISWARM_HOME", help="aiswarm home: database, tokens, logs. [default: ~/.aiswarm]"
+        "--home", envvar="AISWARM_HOME", help="aiswarm home: database, tokens, logs. \\[default: ~/.aiswarm]"
     ),
 ]
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", envvar="AISWARM_URL", help="Broker MCP URL. [default: the broker serving --home]"),
+    typer.Option(
+        "--url", envvar="AISWARM_URL", help="Broker MCP URL. \\[default: the broker serving --home]"
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -1,0 +1,1 @@
+"""The launcher: starts worker agent CLIs against the aiswarm broker and supervises them; installs aiswarm into primary agents."""

@@ -1,7 +1,7 @@
 """Launcher commands added to the ``aiswarm`` app: launch, logs, doctor, install-cli.
 
 Every option has an ``AISWARM_*`` environment fallback (shown in ``--help``). Errors are raised as
-:class:`LaunchError` (a ``BrokerError``), which ``aiswarm_server.cli.main`` prints as one line.
+:class:`~launcher.errors.LaunchError`, which ``aiswarm_server.cli.main`` prints as one line.
 """
 
 from __future__ import annotations
@@ -17,22 +17,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from aiswarm_server.cli import HomeOption
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.errors import BrokerError
+from launcher.agents import plan_agents
+from launcher.errors import LaunchError
 from launcher.isolation.attempt import MergeMode
-from launcher.supervisor import LaunchConfig, Supervisor, plan_agents
-
-
-class LaunchError(BrokerError):
-    """A launcher command cannot go ahead; the message says what to do."""
-
-
-HomeOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--home", envvar="AISWARM_HOME", help="aiswarm home: database, tokens, logs. [default: ~/.aiswarm]"
-    ),
-]
+from launcher.supervisor import LaunchConfig, Supervisor
 
 
 def _settings(home: Path | None) -> BrokerSettings:
@@ -69,7 +59,9 @@ def launch(
     ] = None,
     workdir: Annotated[
         Path | None,
-        typer.Option("--dir", envvar="AISWARM_DIR", help="Working directory of the CLIs. [default: current]"),
+        typer.Option(
+            "--dir", envvar="AISWARM_DIR", help="Working directory of the CLIs. \\[default: current]"
+        ),
     ] = None,
     mode: Annotated[
         str,
@@ -82,14 +74,14 @@ def launch(
         str | None,
         typer.Option(
             envvar="AISWARM_URL",
-            help="Broker MCP URL. [default: the broker serving --home, started if needed]",
+            help="Broker MCP URL. \\[default: the broker serving --home, started if needed]",
         ),
     ] = None,
     task_timeout: Annotated[
         float | None,
         typer.Option(
             envvar="AISWARM_TASK_TIMEOUT",
-            help="Kill a CLI run after this many seconds. [default: the task's]",
+            help="Kill a CLI run after this many seconds. \\[default: the task's]",
         ),
     ] = None,
     model_endpoint: Annotated[
@@ -234,7 +226,7 @@ def logs(
 
 def doctor(
     cli: Annotated[
-        list[str] | None, typer.Option("--cli", help="Only this CLI (repeatable). [default: all]")
+        list[str] | None, typer.Option("--cli", help="Only this CLI (repeatable). \\[default: all]")
     ] = None,
     url: Annotated[str | None, typer.Option(envvar="AISWARM_URL", help="Broker MCP URL to check.")] = None,
     home: HomeOption = None,

@@ -36,8 +36,9 @@ from launcher.adapters.install import (
     node_major,
     node_path,
 )
+from launcher.agents import plan_agents
 from launcher.scripted_model import ScriptedModelServer
-from launcher.supervisor import LaunchConfig, Supervisor, plan_agents
+from launcher.supervisor import LaunchConfig, Supervisor
 
 SAMPLE_TASKS: list[dict[str, object]] = [
     {
@@ -79,6 +80,8 @@ class DemoError(Exception):
 
 @dataclass
 class DemoOutcome:
+    """What the demo did: its tasks, the files the workers wrote, how long and how many model requests it took."""
+
     tasks: list[Task]
     files: dict[str, str]
     seconds: float
@@ -89,6 +92,7 @@ class DemoOutcome:
 
     @property
     def ok(self) -> bool:
+        """Every task completed."""
         return bool(self.tasks) and all(t.status == "completed" for t in self.tasks)
 
 
@@ -246,6 +250,7 @@ async def run_demo(
 
 
 def render(outcome: DemoOutcome, console: Console) -> None:
+    """Print the demo's tasks, the files the workers wrote, the totals and where the files and logs are."""
     table = Table("task", "status", "agent", "result", box=None)
     for task in outcome.tasks:
         agent = task.attempts[-1].agent if task.attempts else ""

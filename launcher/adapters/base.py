@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
@@ -27,6 +26,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiswarm_server.auth import AGENT_NAME
+from aiswarm_server.files import read_json_object, write_private, write_private_json
 from launcher.adapters.install import PINNED_CLIS, CliPin, cli_prefix, runtime_env
 
 DEFAULT_TOOL_TIMEOUT_MS = 900_000
@@ -37,8 +38,6 @@ MCP_SERVER_NAME = "aiswarm"
 
 AGENT_HEADER = "X-Aiswarm-Agent"
 """Header on model requests naming the agent, so a (scripted) model server can tell agents apart."""
-
-_AGENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class ModelEndpoint(BaseModel):
@@ -57,7 +56,7 @@ class AgentSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str = Field(pattern=_AGENT_NAME)
+    name: str = Field(pattern=AGENT_NAME.pattern)
     cli: str
     token: str = Field(repr=False)
     """The agent's broker token, sent as ``Authorization: Bearer <token>``."""
@@ -395,7 +394,7 @@ class CliAdapter(ABC):
         self, path: Path, keys: Iterable[str], carried: list[CarriedCredential]
     ) -> dict[str, Any]:
         """The login and model choices (``keys``, dotted) of the user's settings file at ``path``."""
-        settings = pick(read_user_json(path), *keys)
+        settings = pick(read_json_object(path), *keys)
         if settings:
             carried.append(CarriedCredential(kind="settings", source=str(path), how="settings"))
         return settings
@@ -443,31 +442,6 @@ def no_usage_statistics() -> dict[str, Any]:
 # --- helpers shared by adapters ---------------------------------------------------------
 
 
-def write_private_json(path: Path, document: Mapping[str, Any]) -> None:
-    """Write JSON atomically with mode 0600 (it may hold tokens): temp file in the same dir, fsync, rename."""
-    _write_atomically(path, (json.dumps(document, indent=2, sort_keys=False) + "\n").encode("utf-8"))
-
-
-def _write_atomically(
-    path: Path, data: bytes, mode: int = stat.S_IRUSR | stat.S_IWUSR, mtime: float | None = None
-) -> None:
-    """``path`` replaced by ``data`` in one rename (temp file in the same directory, ``mode``, fsync)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mtime is not None:
-            os.utime(tmp, (mtime, mtime))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def link_user_file(source: Path, target: Path) -> bool:
     """Make ``target`` a symlink to the user's ``source`` file; never touches ``source``.
 
@@ -506,7 +480,7 @@ def copy_user_file(source: Path, target: Path) -> bool:
         target.unlink()
     elif target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
         return True
-    _write_atomically(target, source.read_bytes(), mtime=source.stat().st_mtime)
+    write_private(target, source.read_bytes(), mtime=source.stat().st_mtime)
     return True
 
 
@@ -537,47 +511,10 @@ def return_user_file(target: Path, source: Path, lock: Path) -> bool:
                     return False
             except ValueError:
                 return False
-            _write_atomically(user_file, data, mode=stat.S_IMODE(theirs.st_mode), mtime=ours.st_mtime)
+            write_private(user_file, data, mode=stat.S_IMODE(theirs.st_mode), mtime=ours.st_mtime)
             return True
     except OSError:
         return False  # an unwritable home or a vanished file: the user's login stays as it was
-
-
-def read_user_json(path: Path) -> dict[str, Any]:
-    """The user's JSON (or JSONC) settings file as a dict; {} when missing or unreadable. Read-only."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return {}
-    try:
-        data = json.loads(strip_json_comments(text))
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def strip_json_comments(text: str) -> str:
-    """Remove ``//`` and ``/* */`` comments and trailing commas outside strings (settings files are JSONC)."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == '"':
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            out.append(text[i : j + 1])
-            i = j + 1
-        elif text.startswith("//", i):
-            while i < n and text[i] != "\n":
-                i += 1
-        elif text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-        else:
-            out.append(ch)
-            i += 1
-    return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
 
 
 def deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from aiswarm_server.files import read_json_object
 from launcher.adapters.base import (
     AGENT_HEADER,
     AgentHome,
@@ -32,7 +33,6 @@ from launcher.adapters.base import (
     last_json_value,
     no_usage_statistics,
     pick,
-    read_user_json,
 )
 
 _CARRIED_SETTINGS = ("security.auth", "model.name", "billing")
@@ -126,7 +126,7 @@ class GeminiAdapter(CliAdapter):
     def _settings_credentials(self, user_home: Path, env: Mapping[str, str]) -> list[CredentialFinding]:
         path = self.user_config_dir(user_home, env) / "settings.json"
         selected = (
-            pick(read_user_json(path), "security.auth.selectedType").get("security", {}).get("auth", {})
+            pick(read_json_object(path), "security.auth.selectedType").get("security", {}).get("auth", {})
         )
         if isinstance(selected.get("selectedType"), str):
             return [

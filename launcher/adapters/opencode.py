@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from aiswarm_server.files import read_json_object
 from launcher.adapters.base import (
     AGENT_HEADER,
     MCP_SERVER_NAME,
@@ -31,7 +32,6 @@ from launcher.adapters.base import (
     bearer_headers,
     deep_merge,
     json_lines,
-    read_user_json,
 )
 
 ENDPOINT_PROVIDER = "aiswarm"
@@ -147,7 +147,7 @@ class OpencodeAdapter(CliAdapter):
 
     def _recent_model(self, user_home: Path, env: Mapping[str, str]) -> str | None:
         """The user's most recently used ``provider/model`` from opencode's state, if any."""
-        recent = read_user_json(self.user_state_dir(user_home, env) / "model.json").get("recent")
+        recent = read_json_object(self.user_state_dir(user_home, env) / "model.json").get("recent")
         if isinstance(recent, list) and recent and isinstance(recent[0], dict):
             provider, model = recent[0].get("providerID"), recent[0].get("modelID")
             if isinstance(provider, str) and isinstance(model, str):
@@ -185,7 +185,7 @@ class OpencodeAdapter(CliAdapter):
     def _settings_credentials(self, user_home: Path, env: Mapping[str, str]) -> list[CredentialFinding]:
         found: list[CredentialFinding] = []
         for path in self.user_config_files(user_home, env):
-            providers = read_user_json(path).get("provider")
+            providers = read_json_object(path).get("provider")
             if isinstance(providers, dict):
                 found += [
                     CredentialFinding(

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from aiswarm_server.files import read_json_object
 from launcher.adapters.base import (
     AGENT_HEADER,
     AgentHome,
@@ -36,7 +37,6 @@ from launcher.adapters.base import (
     last_json_value,
     no_usage_statistics,
     pick,
-    read_user_json,
 )
 
 SETTINGS_VERSION = 4
@@ -133,7 +133,7 @@ class QwenAdapter(CliAdapter):
 
     def _settings_credentials(self, user_home: Path, env: Mapping[str, str]) -> list[CredentialFinding]:
         path = self.user_config_dir(user_home, env) / "settings.json"
-        chosen = pick(read_user_json(path), "security.auth.selectedType", "security.auth.apiKey", "env")
+        chosen = pick(read_json_object(path), "security.auth.selectedType", "security.auth.apiKey", "env")
         found: list[CredentialFinding] = []
         selected = chosen.get("security", {}).get("auth", {}).get("selectedType")
         if isinstance(selected, str):

@@ -11,9 +11,7 @@ aiswarm's entry.
 from __future__ import annotations
 
 import difflib
-import os
 import stat
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -22,9 +20,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from aiswarm_server.errors import BrokerError
+from typing_extensions import override
+
+from aiswarm_server.files import write_private
+from aiswarm_server.jsonc import JsoncDocument, JsoncError
 from launcher.adapters.base import DEFAULT_TOOL_TIMEOUT_MS, MCP_SERVER_NAME
-from launcher.primaries.jsonc import JsoncDocument, JsoncError
+from launcher.errors import LaunchError
 
 SERVER_NAME = MCP_SERVER_NAME
 """The entry's name in every client's config."""
@@ -38,7 +39,7 @@ STDIO_STARTUP_SECONDS = 30
 DESCRIPTION = "aiswarm broker: hand tasks to worker agents and wait for their results"
 
 
-class ClientConfigError(BrokerError):
+class ClientConfigError(LaunchError):
     """The client's config cannot be changed as asked; the message says why and what to do."""
 
 
@@ -62,6 +63,7 @@ class AiswarmServer:
 
     @property
     def authorization(self) -> dict[str, str]:
+        """The token as an ``Authorization`` header."""
         return {"Authorization": f"Bearer {self.token}"}
 
     @property
@@ -81,6 +83,7 @@ class ConfigChange:
 
     @property
     def changed(self) -> bool:
+        """Whether the change changes anything."""
         return self.before != self.after
 
     def diff(self) -> str:
@@ -117,7 +120,7 @@ class ConfigChange:
         carries_secret = bool(self.secret) and self.secret in self.after
         keeps_mode = self.path.exists() and not carries_secret
         mode = stat.S_IMODE(self.path.stat().st_mode) if keeps_mode else 0o600
-        _write_atomically(self.path, self.after.encode("utf-8"), mode)
+        write_private(self.path, self.after, mode=mode)
         return backup
 
     def _backup(self) -> Path:
@@ -128,24 +131,8 @@ class ConfigChange:
             backup = self.path.with_name(f"{self.path.name}.{stamp}-{counter}.aiswarm-backup")
             counter += 1
         # The old file may hold tokens (ours or the user's): the backup is readable by its owner only.
-        _write_atomically(backup, self.path.read_bytes(), 0o600)
+        write_private(backup, self.path.read_bytes())
         return backup
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_config_text(path: Path) -> str | None:
@@ -196,10 +183,12 @@ class McpClient(ABC):
         return f"restart {self.title} to load it"
 
     @abstractmethod
-    def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path: ...
+    def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path:
+        """The user's own config file under ``home``, moved where the client's variables in ``environ`` say."""
 
     @abstractmethod
-    def project_config_path(self, directory: Path) -> Path: ...
+    def project_config_path(self, directory: Path) -> Path:
+        """The config file of the project in ``directory``."""
 
     @abstractmethod
     def server_entry(self, server: AiswarmServer) -> dict[str, Any]:
@@ -229,6 +218,7 @@ class JsonClient(McpClient):
                 f"{path}: not valid JSON, {error}; fix it first, nothing was changed"
             ) from None
 
+    @override
     def with_entry(self, path: Path, text: str | None, entry: dict[str, Any]) -> str:
         if text is None or not text.strip():
             text = JsoncDocument("").text if not self.scaffold else _scaffold_text(self.scaffold)
@@ -241,6 +231,7 @@ class JsonClient(McpClient):
             raise ClientConfigError(f"{path}: cannot add aiswarm's entry: {error}") from None
         return document.text
 
+    @override
     def without_entry(self, path: Path, text: str) -> str | None:
         if not text.strip():
             return text

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from launcher.primaries.base import AiswarmServer, JsonClient, Scope
 
 
@@ -20,13 +22,16 @@ class ClaudeCodeClient(JsonClient):
     name = "claude"
     title = "Claude Code"
 
+    @override
     def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path:
-        override = environ.get("CLAUDE_CONFIG_DIR")
-        return (Path(override).expanduser() if override else home) / ".claude.json"
+        moved_to = environ.get("CLAUDE_CONFIG_DIR")
+        return (Path(moved_to).expanduser() if moved_to else home) / ".claude.json"
 
+    @override
     def project_config_path(self, directory: Path) -> Path:
         return directory / ".mcp.json"
 
+    @override
     def server_entry(self, server: AiswarmServer) -> dict[str, Any]:
         if server.transport == "http":
             return {
@@ -45,6 +50,7 @@ class ClaudeCodeClient(JsonClient):
         entry["timeout"] = server.tool_timeout_ms
         return entry
 
+    @override
     def after_install_hint(self, scope: Scope) -> str | None:
         if scope is Scope.PROJECT:
             return "restart Claude Code in that directory and approve the project server when it asks"

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from launcher.primaries.base import (
     SERVER_NAME,
     STDIO_STARTUP_SECONDS,
@@ -31,13 +33,16 @@ class CodexClient(McpClient):
     name = "codex"
     title = "Codex"
 
+    @override
     def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path:
-        override = environ.get("CODEX_HOME")
-        return (Path(override).expanduser() if override else home / ".codex") / "config.toml"
+        moved_to = environ.get("CODEX_HOME")
+        return (Path(moved_to).expanduser() if moved_to else home / ".codex") / "config.toml"
 
+    @override
     def project_config_path(self, directory: Path) -> Path:
         return directory / ".codex" / "config.toml"
 
+    @override
     def server_entry(self, server: AiswarmServer) -> dict[str, Any]:
         seconds = server.tool_timeout_ms // 1000
         if server.transport == "http":
@@ -55,6 +60,7 @@ class CodexClient(McpClient):
                 f"{path}: not valid TOML, {error}; fix it first, nothing was changed"
             ) from None
 
+    @override
     def with_entry(self, path: Path, text: str | None, entry: dict[str, Any]) -> str:
         document = self._document(path, text or "")
         if document.get((SERVERS_TABLE, SERVER_NAME)) == entry:
@@ -65,6 +71,7 @@ class CodexClient(McpClient):
             raise ClientConfigError(f"{path}: cannot add aiswarm's entry: {error}") from None
         return document.text
 
+    @override
     def without_entry(self, path: Path, text: str) -> str | None:
         document = self._document(path, text)
         try:
@@ -75,6 +82,7 @@ class CodexClient(McpClient):
             return None
         return document.text
 
+    @override
     def after_install_hint(self, scope: Scope) -> str | None:
         if scope is Scope.PROJECT:
             return "restart Codex in that directory; it reads .codex/config.toml only in a trusted project"

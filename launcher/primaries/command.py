@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from aiswarm_server.cli import HomeOption
 from aiswarm_server.config import default_home
 from launcher.primaries.base import ClientConfigError, Scope
 
@@ -50,14 +51,7 @@ def install_client(
         bool, typer.Option("--dry-run", help="Print the change as a unified diff; write nothing.")
     ] = False,
     remove: Annotated[bool, typer.Option("--remove", help="Take aiswarm's entry out again.")] = False,
-    home: Annotated[
-        Path | None,
-        typer.Option(
-            "--home",
-            envvar="AISWARM_HOME",
-            help="aiswarm home: database, tokens, logs. \\[default: ~/.aiswarm]",
-        ),
-    ] = None,
+    home: HomeOption = None,
 ) -> None:
     """Add aiswarm to a coding agent's MCP config (user scope, or --project DIR), with the primary token.
 

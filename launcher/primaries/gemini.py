@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from launcher.primaries.base import DESCRIPTION, AiswarmServer, JsonClient, Scope
 
 
@@ -20,13 +22,16 @@ class GeminiClient(JsonClient):
     title = "gemini-cli"
     settings_dir = ".gemini"
 
+    @override
     def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path:
-        override = environ.get("GEMINI_CLI_HOME")
-        return (Path(override).expanduser() if override else home) / ".gemini" / "settings.json"
+        moved_to = environ.get("GEMINI_CLI_HOME")
+        return (Path(moved_to).expanduser() if moved_to else home) / ".gemini" / "settings.json"
 
+    @override
     def project_config_path(self, directory: Path) -> Path:
         return directory / self.settings_dir / "settings.json"
 
+    @override
     def server_entry(self, server: AiswarmServer) -> dict[str, Any]:
         if server.transport == "http":
             entry: dict[str, Any] = {"httpUrl": server.url, "headers": server.authorization}
@@ -37,6 +42,7 @@ class GeminiClient(JsonClient):
         entry |= {"timeout": server.tool_timeout_ms, "description": DESCRIPTION}
         return entry
 
+    @override
     def after_install_hint(self, scope: Scope) -> str | None:
         if scope is Scope.PROJECT:
             return (

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from typing_extensions import override
+
 from launcher.primaries.base import AiswarmServer, JsonClient
 
 SCHEMA_URL = "https://opencode.ai/config.json"
@@ -29,14 +31,17 @@ class OpencodeClient(JsonClient):
     servers_key = ("mcp",)
     scaffold: ClassVar[dict[str, Any]] = {"$schema": SCHEMA_URL}
 
+    @override
     def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path:
         config_home = environ.get("XDG_CONFIG_HOME")
         base = Path(config_home).expanduser() if config_home else home / ".config"
         return _json_or_jsonc(base / "opencode", "opencode")
 
+    @override
     def project_config_path(self, directory: Path) -> Path:
         return _json_or_jsonc(directory, "opencode")
 
+    @override
     def server_entry(self, server: AiswarmServer) -> dict[str, Any]:
         if server.transport == "http":
             return {

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from launcher.primaries.base import AiswarmServer
 from launcher.primaries.gemini import GeminiClient
 
@@ -21,9 +23,11 @@ class QwenClient(GeminiClient):
     title = "qwen-code"
     settings_dir = ".qwen"
 
+    @override
     def user_config_path(self, home: Path, environ: Mapping[str, str]) -> Path:
-        override = environ.get("QWEN_HOME")
-        return Path(override).expanduser() / "settings.json" if override else home / ".qwen" / "settings.json"
+        moved_to = environ.get("QWEN_HOME")
+        return Path(moved_to).expanduser() / "settings.json" if moved_to else home / ".qwen" / "settings.json"
 
+    @override
     def server_entry(self, server: AiswarmServer) -> dict[str, Any]:
         return super().server_entry(server) | {"alwaysLoadTools": True}

@@ -17,8 +17,8 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from aiswarm_server.jsonc import JsoncDocument
 from launcher.primaries import ClientConfigError, install_client_command
-from launcher.primaries.jsonc import JsoncDocument
 
 TOKEN = "asw_p_primary-token-for-tests"
 URL = "http://127.0.0.1:8765/mcp"
@@ -619,7 +619,7 @@ def test_jsonc_removes_a_first_member_and_keeps_comments_that_belong_to_others()
     ("text", "line"), [('{\n  "a": 1\n  "b": 2\n}', 3), ('{\n  "a": /* open', 2), ('{"a": "\n"}', 1)]
 )
 def test_jsonc_errors_name_the_line(text: str, line: int) -> None:
-    from launcher.primaries.jsonc import JsoncError
+    from aiswarm_server.jsonc import JsoncError
 
     with pytest.raises(JsoncError) as raised:
         JsoncDocument(text)
@@ -649,3 +649,17 @@ def test_toml_strings_that_need_escapes_survive() -> None:
     document = TomlDocument("")
     document.set_table(("mcp_servers", "aiswarm"), {"command": odd, "env": {"A KEY": odd}})
     assert tomllib.loads(document.text)["mcp_servers"]["aiswarm"] == {"command": odd, "env": {"A KEY": odd}}
+
+
+def test_toml_table_added_to_a_group_goes_after_it_and_leaves_the_next_tables_comment_with_it() -> None:
+    from launcher.primaries.toml_tables import TomlDocument
+
+    text = '[mcp_servers.a]\ncommand = "a"\n\n# the fast profile\n[profiles.fast]\nmodel = "m"\n'
+    document = TomlDocument(text)
+    document.set_table(("mcp_servers", "aiswarm"), {"url": "u", "http_headers": {"A": "B"}})
+    assert document.text == (
+        '[mcp_servers.a]\ncommand = "a"\n\n[mcp_servers.aiswarm]\nurl = "u"\nhttp_headers = {A = "B"}\n\n'
+        '# the fast profile\n[profiles.fast]\nmodel = "m"\n'
+    )
+    document.remove_table(("mcp_servers", "aiswarm"))
+    assert document.text == text

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from launcher.supervisor import AgentNameLocks, AgentPlan, AgentState, LaunchConfig, Supervisor, reserve_names
+from launcher.agents import AgentNameLocks, AgentPlan, reserve_names
+from launcher.supervisor import AgentState, LaunchConfig, Supervisor
 from tests.broker_harness import BrokerProcess
 
 pytestmark = pytest.mark.timeout(180)

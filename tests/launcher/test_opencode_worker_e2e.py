@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from aiswarm_server.broker_client import BrokerClient
+from launcher.agents import AgentPlan
 from launcher.personas import Persona
 from launcher.scripted_model import ScriptedModelServer
 from launcher.scripted_model.app import TRACE_ENV
-from launcher.supervisor import AgentPlan, AgentState, LaunchConfig, Supervisor
+from launcher.supervisor import AgentState, LaunchConfig, Supervisor
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis
 

@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from launcher.adapters import UnknownCliError
+from launcher.agents import AgentPlan, plan_agents
+from launcher.cli_run import RunResult
+from launcher.cool_downs import CoolDowns, backoff_delay
+from launcher.errors import LaunchError
 from launcher.personas import Persona
-from launcher.supervisor import (
-    AgentPlan,
-    AgentRun,
-    CoolDowns,
-    LaunchConfig,
-    LaunchError,
-    RunResult,
-    Supervisor,
-    backoff_delay,
-    plan_agents,
-    session_prompt,
-    task_prompt,
-)
+from launcher.prompts import session_prompt, task_prompt
+from launcher.supervisor import AgentRun, LaunchConfig, Supervisor
 
 REVIEWER = Persona(
     name="reviewer", description="reviews", instructions="Review carefully.", capabilities=["review"]
@@ -149,7 +144,7 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Pat
         def return_logins(self, home: object) -> list[Path]:
             return []
 
-    async def scenario() -> tuple[RunResult, list[int]]:
+    async def scenario() -> tuple[RunResult, list[psutil.Process]]:
         supervisor = Supervisor(config)
         view = supervisor.views["qwen-1"]
         run = asyncio.create_task(
@@ -160,17 +155,32 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Pat
                 None,
             )
         )
-        while view.pid is None or not psutil.Process(view.pid).children():  # noqa: ASYNC110 - polling another process
+        deadline = time.monotonic() + 60
+        while view.pid is None or not psutil.Process(view.pid).children():
+            assert time.monotonic() < deadline, "the CLI never started its child"
             await asyncio.sleep(0.05)
-        group = [view.pid, *(c.pid for c in psutil.Process(view.pid).children())]
+        cli = psutil.Process(view.pid)
+        group = [cli, *cli.children()]
         supervisor.stop()
-        return await asyncio.wait_for(run, 20), group
+        return await asyncio.wait_for(run, 60), group
 
     result, group = asyncio.run(scenario())
     assert result.stopped is True
-    alive = [p for p in group if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    # SIGKILL lands when the kernel next schedules each process: on a loaded machine that can be a moment after
+    # the run returned, so wait (generously) for the group to be gone rather than look once.
+    deadline = time.monotonic() + 30
+    while (alive := [p.pid for p in group if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert alive == []
     assert "run 1: starting qwen" in (tmp_path / "logs" / "qwen-1.log").read_text()
+
+
+def _running(process: psutil.Process) -> bool:
+    """Whether ``process`` (the very one: a reused pid is another process) still runs; a zombie does not."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_prompt_on_stdin_reaches_the_cli_whole(tmp_path: Path) -> None:
@@ -272,3 +282,24 @@ def test_refreshed_logins_are_returned_while_the_cli_runs_and_after(
     assert calls.count(True) >= 3, "returned while the CLI was running"
     assert calls[-1] is False, "and once more after it exited"
     assert "carried the CLI's refreshed login back to" in (tmp_path / "logs" / "qwen-1.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["launch", "--cli", "qwen:x"], "--cli 'qwen:x': write NAME:COUNT"),
+        (["launch", "--mode", "often"], "--mode 'often': choose per-task or session"),
+        (["logs", "nobody"], "no log for agent 'nobody'"),
+    ],
+)
+def test_a_refused_launcher_command_prints_one_line_and_no_error_class(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    env = {**os.environ, "AISWARM_HOME": str(tmp_path / "home"), "COLUMNS": "300"}
+    done = subprocess.run(
+        [sys.executable, "-m", "aiswarm_server", *args], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert says in done.stderr
+    assert "LaunchError" not in done.stderr and "BrokerError" not in done.stderr

@@ -185,6 +185,7 @@ class JsoncDocument:
 
     @property
     def has_comments(self) -> bool:
+        """Whether the text holds any ``//`` or ``/* */`` comment."""
         return bool(self._comments)
 
     def get(self, path: Sequence[str]) -> Any:
