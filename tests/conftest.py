@@ -2,16 +2,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from xdist.remote import Producer
 from xdist.scheduler import LoadFileScheduling
 
-from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import Identity, Role
-from aiswarm_server.store import open_store
+from aiswarm_server.store import Store, open_store
 from tests.broker_harness import BrokerProcess, FakeClock
+from tests.store.postgres_fixture import fresh_schema
 
 # The suite runs on two pytest-xdist workers (addopts in pyproject.toml): most of its time is spent waiting on
 # real processes (leases running out, busy timeouts, brokers starting), so two workers overlap the waiting even on
@@ -60,14 +61,34 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# --- stores: every backend, one fixture (tests/store, tests/broker) ------------------------------------------
 @pytest.fixture
-async def abroker(settings: BrokerSettings, clock: FakeClock) -> AsyncIterator[Broker]:
-    broker = Broker(open_store(settings.database_path), settings, clock=clock)
-    await broker.start(sweep=False)
+def sqlite_store(settings: BrokerSettings) -> Store:
+    """A SQLite store in the test's home, not opened yet."""
+    return open_store(settings.database_path)
+
+
+@pytest.fixture
+async def postgres_store() -> AsyncIterator[Store]:
+    """A PostgreSQL store in a fresh schema, not opened yet (skipped without a server; failed under CI)."""
+    async with fresh_schema() as url:
+        yield open_store(url)
+
+
+@pytest.fixture(params=["sqlite_store", "postgres_store"])
+def unopened_store(request: pytest.FixtureRequest) -> Store:
+    """Each store backend in turn, not opened yet (a Broker opens its store itself)."""
+    return cast("Store", request.getfixturevalue(request.param))
+
+
+@pytest.fixture
+async def store(unopened_store: Store) -> AsyncIterator[Store]:
+    """Each store backend in turn, opened, closed afterwards."""
+    await unopened_store.open()
     try:
-        yield broker
+        yield unopened_store
     finally:
-        await broker.stop()
+        await unopened_store.close()
 
 
 PRIMARY = Identity(role=Role.PRIMARY, label="test primary")

@@ -150,7 +150,7 @@ def _plain(path: Path, budget: float, max_count: int) -> dict[str, Any]:
     return _rate(count, elapsed)
 
 
-def _statements_per_lifecycle(store_path: Path, plain_path: Path) -> dict[str, int]:
+async def _statements_per_lifecycle(store_path: Path, plain_path: Path) -> dict[str, int]:
     """How many statements each variant sends for one lifecycle (BEGIN/COMMIT included)."""
     store = SqliteStore(store_path)
     counted: dict[str, int] = {}
@@ -158,15 +158,21 @@ def _statements_per_lifecycle(store_path: Path, plain_path: Path) -> dict[str, i
     db.row_factory = sqlite3.Row
     trace: list[str] = []
     db.set_trace_callback(trace.append)
-    store._db = db  # the store's functions on a traced connection of the same file
+    store._db = db  # the store's own methods (inline, as the broker runs them) on a traced connection
     now = time.time()
-    change = store._transaction(sqlite_store._create_tasks, True, ([NewTask(title="t", prompt="p")], now))
-    outcome = store._transaction(sqlite_store._claim, True, (AGENT, None, now, LEASE))
+    change = await store.create_tasks([NewTask(title="t", prompt="p")], now)
+    outcome = await store.claim(AGENT, None, now, LEASE)
     assert outcome.claim is not None
-    store._transaction(
-        sqlite_store._complete,
-        True,
-        (AGENT, change.created[0].id, outcome.claim.fence_token, True, True, "ok", None, None, now),
+    await store.complete(
+        AGENT,
+        change.created[0].id,
+        outcome.claim.fence_token,
+        success=True,
+        retryable=True,
+        result="ok",
+        data=None,
+        error=None,
+        now=now,
     )
     counted["store"] = len(trace)
     store._db = None
@@ -206,7 +212,7 @@ async def measure_store(workdir: Path, budget: float, max_count: int) -> dict[st
     check_store, check_plain = workdir / "trace-store.db", workdir / "trace-plain.db"
     await _prepare(check_store)
     await _prepare(check_plain)
-    best["statements_per_lifecycle"] = _statements_per_lifecycle(check_store, check_plain)
+    best["statements_per_lifecycle"] = await _statements_per_lifecycle(check_store, check_plain)
     best["store_vs_plain"] = round(best["store"]["lifecycles_per_s"] / best["plain"]["lifecycles_per_s"], 3)
     best["runs"] = runs
     return best

@@ -1,9 +1,17 @@
 """The store interface: domain-level operations, each one transaction.
 
-The broker service owns the rules' *decisions* about who may call what; a store applies a state
-transition atomically and reports what changed (a :class:`TaskChange`) so the service can wake the
-right waiters afterwards. A backend declares what it can do as attributes instead of callers
-checking its type.
+The broker service decides who may call what; a store applies a state transition atomically, following the rules
+in :mod:`aiswarm_server.store.rules`, and reports what changed (a :class:`TaskChange`) so the service can wake the
+right waiters afterwards. A backend declares what it can do as attributes instead of callers checking its type.
+
+What a :class:`TaskChange` carries, for every operation that returns one: ``task``, the task the operation was
+about as it is after the commit (None when nothing was about one task); ``created``, tasks inserted; ``claimable``,
+tasks that became pending (a waiting agent may be offered them); ``finished``, ids of tasks that ended (completed,
+failed, dead or cancelled: whoever waits on them wants to know); ``notified_agents``, agents given a new event.
+
+Every operation is atomic: it commits whole or changes nothing. A refusal (:class:`NotFound`,
+:class:`StaleClaim`, :class:`TaskCancelled`) carries a message for the agent that says what to do instead; a
+database that cannot be used raises :class:`StoreUnavailable` (nothing was changed).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from aiswarm_server.models import (
     TaskChange,
     TaskStatus,
 )
+from aiswarm_server.store.rules import Report
 
 
 @dataclass(slots=True)
@@ -38,29 +47,52 @@ class AgentPoll:
 
 @dataclass(slots=True)
 class ClaimResult:
+    """A claim, or why there is none (``reason``, written for the agent)."""
+
     claim: Claim | None
-    reason: str = ""  # why nothing was claimed, for the agent
+    reason: str = ""
 
 
 @dataclass(slots=True)
 class StoreStats:
+    """Counts for /metrics: tasks and agents by status, and the newest event id."""
+
     tasks: dict[str, int]
     agents: dict[str, int]
     events: int
 
 
+@dataclass(frozen=True, slots=True)
+class AgentProfile:
+    """What an agent says about itself when it registers (capabilities sorted, without repeats)."""
+
+    cli: str
+    persona: str | None
+    capabilities: list[str]
+    pid: int | None
+
+
 class Store(ABC):
-    """Durable state of the broker. One broker process owns a store."""
+    """Durable state of the broker. One broker process owns a store (several may share a PostgreSQL one).
+
+    Times (``now``, ``lease`` ...) are seconds, passed in by the service so tests can move a clock. ``fence`` is a
+    claim's fence token: it grows with every claim of a task, so a report from an earlier claim is refused.
+    """
 
     #: Several broker processes may share this store (and see each other's changes).
     shared_between_processes: bool = False
 
     @abstractmethod
     async def open(self) -> None:
-        """Create or migrate the schema. Refuses a database written by a newer aiswarm."""
+        """Connect, and create or migrate the schema (numbered migrations, applied once).
+
+        Raises :class:`SchemaTooNew` for a database written by a newer aiswarm and :class:`StoreUnavailable` when
+        the database cannot be reached or read.
+        """
 
     @abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop background work and close the connections. The store cannot be used afterwards."""
 
     async def watch_changes(self, apply: Callable[[TaskChange], None]) -> None:
         """Call ``apply`` with every change another broker process commits to this store.
@@ -70,8 +102,7 @@ class Store(ABC):
         """
         return None
 
-    # agents
-    @abstractmethod
+    # agents -----------------------------------------------------------------------------------------------
     async def register_agent(
         self,
         name: str,
@@ -80,64 +111,98 @@ class Store(ABC):
         capabilities: Sequence[str],
         pid: int | None,
         now: float,
-    ) -> Agent: ...
+    ) -> Agent:
+        """Create the agent, or update the one of that name (stable names: it keeps its cursor and task).
+
+        Marks it seen (a lost agent is back) and records its CLI, persona, capabilities and process id.
+        Returns the agent as stored.
+        """
+        profile = AgentProfile(cli=cli, persona=persona, capabilities=sorted(set(capabilities)), pid=pid)
+        return await self._register_agent(name, profile, now)
 
     @abstractmethod
-    async def get_agent(self, name: str) -> Agent | None: ...
+    async def _register_agent(self, name: str, profile: AgentProfile, now: float) -> Agent:
+        """:meth:`register_agent` with the profile gathered; one transaction."""
 
     @abstractmethod
-    async def list_agents(self) -> list[Agent]: ...
+    async def get_agent(self, name: str) -> Agent | None:
+        """The agent of that name, or None."""
+
+    @abstractmethod
+    async def list_agents(self) -> list[Agent]:
+        """Every agent, lost ones included, by name."""
 
     @abstractmethod
     async def poll_agent(
         self, name: str, ack_cursor: int | None, now: float, claimable_limit: int = 3
     ) -> AgentPoll:
-        """Mark the agent seen, acknowledge events up to ``ack_cursor``, read what is after it."""
+        """Mark the agent seen, acknowledge its events up to ``ack_cursor``, and read what is after the cursor.
+
+        The cursor only moves forward and is clamped to the newest event (a cursor past it would hide events to
+        come); None keeps the stored one. Returns up to 50 events after it and, if the agent holds no task, up to
+        ``claimable_limit`` pending tasks it fits in claim order. An agent never seen before is created.
+        """
 
     @abstractmethod
-    async def heartbeat(self, name: str, now: float, lease_seconds: float) -> tuple[Agent, Task | None]:
-        """Mark the agent seen and renew the lease of the task it holds, if any."""
+    async def heartbeat(self, name: str, now: float, lease: float) -> tuple[Agent, Task | None]:
+        """Mark the agent seen and renew the lease of the task it holds, if any, by ``lease`` seconds.
 
-    # tasks
+        A lease never runs past the task's deadline (claim time + its timeout). Returns the agent and the task
+        whose lease was renewed (None when it holds none, or the deadline has passed).
+        """
+
+    # tasks ------------------------------------------------------------------------------------------------
     @abstractmethod
     async def create_tasks(self, tasks: Sequence[NewTask], now: float) -> TaskChange:
-        """Insert tasks (dependencies already validated to exist). ``TaskChange.claimable`` lists the pending ones."""
+        """Insert tasks, all or none (their dependencies already checked to exist).
+
+        A task may depend on earlier ones of the same batch (``depends_on_batch``). Its status follows from its
+        dependencies (:func:`rules.status_from_dependencies`). ``created`` lists every new task, ``claimable``
+        the pending ones, ``finished`` those failed at once by a dependency that had already failed.
+        """
 
     @abstractmethod
-    async def get_task(self, task_id: int, with_attempts: bool = True) -> Task | None: ...
+    async def get_task(self, task_id: int, with_attempts: bool = True) -> Task | None:
+        """The task with its dependencies (and every attempt, unless ``with_attempts`` is false), or None."""
 
     @abstractmethod
-    async def get_tasks(self, task_ids: Sequence[int]) -> list[Task]: ...
+    async def get_tasks(self, task_ids: Sequence[int]) -> list[Task]:
+        """The tasks that exist among ``task_ids``, in that order, with their dependencies (not attempts)."""
 
     @abstractmethod
-    async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> list[Task]: ...
+    async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> list[Task]:
+        """Tasks newest first, optionally of one status; a page of ``limit`` after ``offset``."""
 
     @abstractmethod
     async def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
         """The ids among ``task_ids`` that do not exist."""
 
     @abstractmethod
-    async def claim(self, agent: str, task_id: int | None, now: float, lease_seconds: float) -> ClaimResult:
-        """Give the agent one task it fits, atomically; or the task it already holds."""
+    async def claim(self, agent: str, task_id: int | None, now: float, lease: float) -> ClaimResult:
+        """Give the agent one task it fits, atomically: the named one, or the next pending in priority order.
+
+        An agent that already holds a task gets that one back (``reclaimed``, lease renewed) and may not claim
+        another. A claim takes a new fence token, opens an attempt, marks the agent busy and sets the lease to
+        ``lease`` seconds (never past the task's timeout). No task, or one that cannot be claimed, returns a
+        ClaimResult whose ``reason`` tells the agent what to do; a named task that does not exist raises
+        :class:`NotFound`. An agent never seen before is created.
+        """
 
     @abstractmethod
     async def renew(
-        self,
-        agent: str,
-        task_id: int,
-        fence_token: int,
-        now: float,
-        lease_seconds: float,
-        progress: str | None,
+        self, agent: str, task_id: int, fence: int, now: float, lease: float, progress: str | None
     ) -> Task:
-        """Extend the lease of a held task (raises StaleClaim / TaskCancelled / NotFound)."""
+        """Extend the lease of a task the agent holds under ``fence`` and record its progress note, if any.
 
-    @abstractmethod
+        Returns the task. Raises :class:`NotFound`, or :class:`StaleClaim` / :class:`TaskCancelled` when the
+        claim is no longer the agent's (the message says why and what to do).
+        """
+
     async def complete(
         self,
         agent: str,
         task_id: int,
-        fence_token: int,
+        fence: int,
         *,
         success: bool,
         retryable: bool,
@@ -145,16 +210,38 @@ class Store(ABC):
         data: dict[str, Any] | None,
         error: str | None,
         now: float,
-    ) -> TaskChange: ...
+    ) -> TaskChange:
+        """Record the agent's report on the task it holds under ``fence``, and end its attempt.
+
+        Success completes the task (``finished``) and unblocks dependents whose dependencies are now all
+        completed (``claimable``). Failure sends it back to the queue, or fails it (``retryable`` false), or
+        dead-letters it when its attempts are used up (:func:`rules.after_attempt`); a task that ends fails its
+        dependents, transitively. The same report arriving again is answered with the task as it is; any other
+        report from an agent that does not hold the task raises :class:`StaleClaim` / :class:`TaskCancelled`.
+        """
+        report = Report(success=success, retryable=retryable, result=result, data=data, error=error)
+        return await self._complete(agent, task_id, fence, report, now)
+
+    @abstractmethod
+    async def _complete(self, agent: str, task_id: int, fence: int, report: Report, now: float) -> TaskChange:
+        """:meth:`complete` with the report gathered; one transaction."""
 
     @abstractmethod
     async def release(
-        self, agent: str, task_id: int, fence_token: int | None, reason: str, now: float
+        self, agent: str, task_id: int, fence: int | None, reason: str, now: float
     ) -> TaskChange:
-        """Hand a held task back to the queue without counting a failure (graceful stop)."""
+        """Hand a held task back to the queue without counting a failure (graceful stop).
+
+        ``fence`` None releases whatever claim the agent holds on the task. Raises as :meth:`renew` does.
+        """
 
     @abstractmethod
-    async def cancel(self, task_id: int, reason: str, now: float) -> TaskChange: ...
+    async def cancel(self, task_id: int, reason: str, now: float) -> TaskChange:
+        """Cancel a task that has not ended, and fail everything waiting on it, transitively.
+
+        Its holder, if any, gets a ``task_cancelled`` event (``notified_agents``). A task that has already ended
+        is returned unchanged. Raises :class:`NotFound`.
+        """
 
     @abstractmethod
     async def update_isolation(
@@ -165,29 +252,39 @@ class Store(ABC):
 
     @abstractmethod
     async def sweep(self, now: float, agent_lost_before: float, keep_alive: Sequence[str] = ()) -> TaskChange:
-        """Requeue (or dead-letter) expired leases; mark agents not seen since ``agent_lost_before`` lost."""
+        """Mark agents not seen since ``agent_lost_before`` lost and requeue (or dead-letter) expired leases.
+
+        ``keep_alive`` names agents known to be alive (parked in a wait on this broker). Each ended attempt gives
+        its agent a ``lease_lost`` event. Safe to run from several brokers at once: each lease is swept once.
+        """
 
     @abstractmethod
-    async def next_lease_expiry(self) -> float | None: ...
+    async def next_lease_expiry(self) -> float | None:
+        """When the earliest lease of a claimed task runs out, or None."""
 
     @abstractmethod
     async def pending_tasks(self, limit: int) -> list[Task]:
         """Claimable tasks in claim order (for re-offering to parked agents)."""
 
-    # tokens
+    # tokens -----------------------------------------------------------------------------------------------
     @abstractmethod
-    async def add_token(self, token_hash: str, identity: Identity, now: float) -> None: ...
+    async def add_token(self, token_hash: str, identity: Identity, now: float) -> None:
+        """Store a token's hash (never the token) and who it stands for."""
 
     @abstractmethod
-    async def find_token(self, token_hash: str) -> Identity | None: ...
+    async def find_token(self, token_hash: str) -> Identity | None:
+        """Who a token stands for, or None if it is unknown or revoked."""
 
     @abstractmethod
     async def revoke_tokens(
         self, *, agent: str | None = None, token_hash: str | None = None, now: float
-    ) -> int: ...
+    ) -> int:
+        """Revoke one token (by hash) or every token of an agent; returns how many were revoked."""
 
     @abstractmethod
-    async def list_tokens(self) -> list[tuple[str, Identity, float, float | None]]: ...
+    async def list_tokens(self) -> list[tuple[str, Identity, float, float | None]]:
+        """Every token as (hash, identity, created at, revoked at or None), oldest first."""
 
     @abstractmethod
-    async def stats(self) -> StoreStats: ...
+    async def stats(self) -> StoreStats:
+        """Counts of tasks and agents by status, and the newest event id."""

@@ -1,4 +1,4 @@
-"""The coordination rules, one behaviour per test, on a real SQLite file with the clock in the test's hands."""
+"""The coordination rules, one behaviour per test, on every store backend with the clock in the test's hands."""
 
 from __future__ import annotations
 

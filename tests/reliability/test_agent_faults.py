@@ -9,14 +9,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 from tests.broker_harness import BrokerProcess
-from tests.reliability.swarm import START_TIMEOUT
 
 pytestmark = pytest.mark.anyio
 
@@ -38,24 +36,13 @@ asyncio.run(main())
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    env = {
+def broker_env() -> dict[str, str]:
+    return {
         "AISWARM_LEASE_SECONDS": "2",
         "AISWARM_MAX_WAIT_SECONDS": "2",
         "AISWARM_AGENT_LOST_SECONDS": "4",  # above max_wait_seconds, so the broker keeps it
         "AISWARM_SWEEP_INTERVAL_SECONDS": "0.2",
     }
-    process = BrokerProcess(tmp_path_factory.mktemp("agents") / "home", env).start(START_TIMEOUT)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-async def admin(broker: BrokerProcess) -> AsyncIterator[BrokerClient]:
-    async with BrokerClient(broker.url, broker.admin_token) as client:
-        yield client
 
 
 async def test_sigkilled_agent_loses_its_task_to_another_agent_and_is_marked_lost(

@@ -7,7 +7,7 @@ import asyncio
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +27,9 @@ JSON_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type":
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+def broker_env() -> dict[str, str]:
     # Debug logging is the most talkative the broker gets: tokens must not appear even there.
-    process = BrokerProcess(
-        tmp_path_factory.mktemp("hostile") / "home", {"AISWARM_LOG_LEVEL": "debug"}
-    ).start(START_TIMEOUT)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-async def admin(broker: BrokerProcess) -> AsyncIterator[BrokerClient]:
-    async with BrokerClient(broker.url, broker.admin_token) as client:
-        yield client
+    return {"AISWARM_LOG_LEVEL": "debug"}
 
 
 async def test_no_wrong_or_revoked_token_gets_401_before_any_mcp(

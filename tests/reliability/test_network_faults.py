@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +16,6 @@ import pytest
 
 from aiswarm_server.broker_client import BrokerClient
 from tests.broker_harness import BrokerProcess
-from tests.reliability.swarm import START_TIMEOUT
 
 pytestmark = pytest.mark.anyio
 
@@ -120,19 +118,8 @@ def _result(reply: httpx.Response) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
-    env = {"AISWARM_SWEEP_INTERVAL_SECONDS": "0.2", "AISWARM_OFFER_SECONDS": "1"}
-    process = BrokerProcess(tmp_path_factory.mktemp("net") / "home", env).start(START_TIMEOUT)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-async def admin(broker: BrokerProcess) -> AsyncIterator[BrokerClient]:
-    async with BrokerClient(broker.url, broker.admin_token) as client:
-        yield client
+def broker_env() -> dict[str, str]:
+    return {"AISWARM_SWEEP_INTERVAL_SECONDS": "0.2", "AISWARM_OFFER_SECONDS": "1"}
 
 
 async def worker(admin: BrokerClient, broker: BrokerProcess, name: str, version: str) -> RawMcp:

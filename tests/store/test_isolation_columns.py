@@ -1,31 +1,15 @@
-"""Isolation fields on tasks (migration 0002), in every store: recorded at submit, updated under the fence."""
+"""Isolation fields on tasks (migration 0002), in every store (the ``store`` fixture): recorded at submit,
+updated under the fence."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from aiswarm_server.models import Isolation, IsolationUpdate, MergeState, NewTask, TaskStatus
-from aiswarm_server.store import Store, open_store
-from tests.store.postgres_fixture import fresh_schema
+from aiswarm_server.store import Store
 
 pytestmark = pytest.mark.anyio
 NOW = 1_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            backend = open_store(tmp_path / "isolation.db")
-        else:
-            backend = open_store(await stack.enter_async_context(fresh_schema()))
-        await backend.open()
-        stack.push_async_callback(backend.close)
-        yield backend
 
 
 async def test_a_submit_records_isolation_files_base_and_target(store: Store) -> None:

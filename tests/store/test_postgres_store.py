@@ -20,7 +20,8 @@ from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import SchemaTooNew
 from aiswarm_server.models import NewTask, Task, TaskChange, TaskStatus
 from aiswarm_server.store import open_store
-from aiswarm_server.store.postgres import PostgresStore, change_payloads, migrations
+from aiswarm_server.store.postgres import PostgresStore, migrations
+from aiswarm_server.store.postgres_notify import change_payloads
 from aiswarm_server.store.sqlite import SqliteStore
 from tests.store.postgres_fixture import fresh_schema
 

@@ -1,0 +1,1 @@
+"""PostgreSQL migrations: table ``aiswarm_schema_version`` records those applied."""

@@ -1,0 +1,1 @@
+"""SQLite migrations: ``PRAGMA user_version`` records the last one applied."""

@@ -1,0 +1,256 @@
+"""The rules every store applies inside its transactions, as pure functions: decisions, and the texts agents read.
+
+A store reads the rows a transition depends on, asks a rule here what follows, and writes the answer in its own
+dialect and lock order (as each saq queue backend asks ``Job.retryable``). A change to the retry rule or to the
+wording of a refusal is made here, once, for every store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiswarm_server.errors import NotFound, StaleClaim, TaskCancelled
+from aiswarm_server.models import AttemptOutcome, Claim, Task, TaskChange, TaskStatus
+
+#: ``last_seen_at`` is kept to this resolution: an agent that calls again sooner is not rewritten, so a wait that
+#: finds nothing new commits no write at all (liveness is judged in minutes).
+SEEN_RESOLUTION_SECONDS = 2.0
+
+#: A dependency that ended in one of these fails every task waiting on it.
+BROKEN = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.DEAD})
+
+
+# --- decisions -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What an agent reported about its attempt: success (with a result) or failure (retryable or not)."""
+
+    success: bool
+    retryable: bool
+    result: str | None
+    data: dict[str, Any] | None
+    error: str | None
+
+    @property
+    def outcome(self) -> AttemptOutcome:
+        """How the attempt ends when this report is recorded."""
+        return AttemptOutcome.COMPLETED if self.success else AttemptOutcome.FAILED
+
+    @property
+    def failure(self) -> str:
+        """The error recorded for a failure report."""
+        return self.error or "the agent reported failure"
+
+
+def is_repeated(report: Report, attempt_outcome: str | None) -> bool:
+    """Whether ``report`` repeats one already recorded for the attempt (a retry after a lost response).
+
+    A repeated report is answered with the task as it is, not refused.
+    """
+    return attempt_outcome == report.outcome.value
+
+
+@dataclass(frozen=True, slots=True)
+class AfterAttempt:
+    """Where a task goes after an attempt that did not succeed, and what is recorded with it."""
+
+    status: TaskStatus
+    failures: int
+    error: str
+
+
+def after_attempt(
+    ended_as: AttemptOutcome, failures: int, max_attempts: int, error: str, *, retryable: bool = True
+) -> AfterAttempt:
+    """Retry or dead-letter: back to the queue while attempts remain, dead once they are used up.
+
+    A released attempt is not counted as a failure (a graceful stop is not the task's fault); a report that is not
+    ``retryable`` fails the task at once.
+    """
+    failures += 0 if ended_as is AttemptOutcome.RELEASED else 1
+    if not retryable:
+        return AfterAttempt(TaskStatus.FAILED, failures, error)
+    if failures >= max_attempts:
+        return AfterAttempt(
+            TaskStatus.DEAD, failures, f"{error} (gave up after {failures} failed attempt(s))"
+        )
+    return AfterAttempt(TaskStatus.PENDING, failures, error)
+
+
+def status_from_dependencies(dependencies: Sequence[tuple[int, str]]) -> tuple[TaskStatus, str | None]:
+    """A new task's status (and error) from its dependencies' ``(id, status)``.
+
+    Failed at once if one of them already ended badly, blocked while any is not completed, pending otherwise.
+    """
+    for dependency_id, status in dependencies:
+        if status in BROKEN:
+            return TaskStatus.FAILED, dependency_ended(dependency_id, status)
+    if any(status != TaskStatus.COMPLETED for _, status in dependencies):
+        return TaskStatus.BLOCKED, None
+    return TaskStatus.PENDING, None
+
+
+def dependency_ended(dependency_id: int, status: str) -> str:
+    """The error of a task failed by the dependency cascade."""
+    return f"dependency #{dependency_id} ended as {status}"
+
+
+def record_created(change: TaskChange, task: Task) -> None:
+    """Note a new task: claimable when pending, finished when a dependency had already failed it."""
+    change.created.append(task)
+    if task.status is TaskStatus.PENDING:
+        change.claimable.append(task)
+    elif task.status.is_terminal:
+        change.finished.append(task.id)
+
+
+def record_requeue_or_end(change: TaskChange, task: Task) -> None:
+    """Note a task that left its attempt: claimable again if it went back to the queue, finished otherwise."""
+    change.task = task
+    if task.status is TaskStatus.PENDING:
+        change.claimable.append(task)
+    else:
+        change.finished.append(task.id)
+
+
+# --- claim messages --------------------------------------------------------------------------------------------
+NOTHING_TO_CLAIM = "No task is available for you right now. Call wait_for_next_event to wait for one."
+
+
+def already_holding(task_id: int, title: str) -> str:
+    """Why a claim of another task is refused while the agent still holds one."""
+    return (
+        f"You already hold task #{task_id} ({title!r}). Finish it and call "
+        f"report_task_completion(task_id={task_id}, ...) before claiming another task."
+    )
+
+
+def why_not_claimable(
+    task_id: int,
+    status: str,
+    claimed_by: str | None,
+    *,
+    fits: bool,
+    persona: str | None,
+    capabilities: list[str],
+) -> str | None:
+    """Why the agent may not claim the task it named (taken, blocked, over, or not for it); None if it may."""
+    if status == TaskStatus.CLAIMED:
+        return (
+            f"Task #{task_id} was already claimed by {claimed_by}. Do not work on it; "
+            "call wait_for_next_event (or claim_task without task_id) for other work."
+        )
+    if status == TaskStatus.BLOCKED:
+        return f"Task #{task_id} is waiting for its dependencies to complete; it cannot be claimed yet."
+    if status != TaskStatus.PENDING:
+        return (
+            f"Task #{task_id} is already {status}; there is nothing to do for it. Call wait_for_next_event."
+        )
+    if not fits:
+        return (
+            f"Task #{task_id} needs persona {persona!r} and capabilities {capabilities}, which you do not have. "
+            "Call claim_task without task_id."
+        )
+    return None
+
+
+def claim_of(task: Task, now: float, *, reclaimed: bool = False) -> Claim:
+    """The claim an agent is given for a task it now holds (its lease never unset: ``now`` if it were)."""
+    return Claim(
+        task=task,
+        fence_token=task.fence_token,
+        lease_expires_at=task.lease_expires_at or now,
+        reclaimed=reclaimed,
+    )
+
+
+def agent_lost(name: str) -> str:
+    """What an attempt ends with when its agent was marked lost."""
+    return f"agent {name} was lost (not heard from since before the cut-off)"
+
+
+def lease_lost(holder: str, timeout_seconds: int, deadline_at: float | None, now: float) -> str:
+    """What an attempt ends with when the sweep finds its lease run out: the task's timeout, or silence."""
+    if deadline_at is not None and deadline_at <= now:
+        return f"timed out: not completed within its {timeout_seconds} s timeout"
+    return f"lease expired: {holder} sent no progress report or heartbeat in time"
+
+
+# --- refusals --------------------------------------------------------------------------------------------------
+def unknown_task_to_claim(task_id: int) -> NotFound:
+    """A claim named a task that does not exist."""
+    return NotFound(
+        f"Task #{task_id} does not exist. Call claim_task without task_id to take any task you fit."
+    )
+
+
+def unknown_task_reported(task_id: int) -> NotFound:
+    """A report or renewal named a task that does not exist."""
+    return NotFound(f"Task #{task_id} does not exist. Check the task_id you received from claim_task.")
+
+
+def unknown_task_released(task_id: int) -> NotFound:
+    """A release named a task that does not exist."""
+    return NotFound(f"Task #{task_id} does not exist.")
+
+
+def unknown_task_cancelled(task_id: int) -> NotFound:
+    """A cancellation named a task that does not exist."""
+    return NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
+
+
+def holds(agent: str, fence: int, *, status: str, claimed_by: str | None, fence_token: int) -> bool:
+    """Whether ``agent`` holds the task under ``fence`` now (its report or renewal may be recorded)."""
+    return status == TaskStatus.CLAIMED and claimed_by == agent and fence_token == fence
+
+
+_ATTEMPT_ENDED: dict[str, str] = {
+    AttemptOutcome.EXPIRED: "your lease expired (no progress report or heartbeat in time, or the task's timeout passed)",
+    AttemptOutcome.AGENT_LOST: "you were marked lost after a long silence",
+    AttemptOutcome.RELEASED: "it was released back to the queue",
+    AttemptOutcome.FAILED: "you already reported it as failed",
+    AttemptOutcome.COMPLETED: "you already reported it as completed",
+}
+
+
+def stale_report(
+    agent: str,
+    task_id: int,
+    fence: int,
+    *,
+    status: str,
+    claimed_by: str | None,
+    fence_token: int,
+    error: str | None,
+    attempt_outcome: str | None,
+) -> StaleClaim | TaskCancelled:
+    """The refusal of a report or renewal from an agent that does not hold the task under ``fence``.
+
+    ``status``, ``claimed_by``, ``fence_token`` and ``error`` are the task's now; ``attempt_outcome`` is how the
+    agent's attempt under ``fence`` ended (None: the agent never had one).
+    """
+    if attempt_outcome is None:
+        if claimed_by == agent and status == TaskStatus.CLAIMED:
+            return StaleClaim(
+                f"fence_token {fence} is not your current claim on task #{task_id} (it is {fence_token}). "
+                "Use the fence_token returned by your latest claim_task."
+            )
+        return StaleClaim(
+            f"You do not hold task #{task_id}: it was never claimed by you with fence_token {fence}. "
+            "Only report tasks that claim_task gave you."
+        )
+    if status == TaskStatus.CANCELLED:
+        return TaskCancelled(
+            f"Task #{task_id} was cancelled ({error or 'no reason given'}). Stop working on it, "
+            "discard its changes if they are unwanted, and call wait_for_next_event for new work."
+        )
+    why = _ATTEMPT_ENDED.get(attempt_outcome, f"your attempt ended as {attempt_outcome}")
+    now_with = f"; it is now {status}" + (
+        f" and held by {claimed_by}" if status == TaskStatus.CLAIMED else ""
+    )
+    return StaleClaim(
+        f"Your claim on task #{task_id} (fence_token {fence}) is no longer valid: {why}{now_with}. "
+        "Your report was not recorded. Discard this work and call wait_for_next_event."
+    )
