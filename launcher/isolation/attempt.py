@@ -17,6 +17,7 @@ it the worktree's directory as the task's ``working_dir``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,9 @@ class TaskIsolation:
             task_id, fence, branch=worktree.branch, workspace=str(directory), merge_state=MergeState.PENDING
         )
         self.note(agent, f"task #{task_id}: worktree {worktree.path} on {worktree.branch} from {base[:10]}")
+        if waited:
+            with contextlib.suppress(BrokerCallError):
+                await worker.report_progress(task_id, fence, f"started on {worktree.branch} from {base[:10]}")
         return Workspace(directory, worktree)
 
     async def finish(self, agent: str, admin: BrokerClient, workspace: Workspace, fence: int) -> None:
