@@ -5,8 +5,9 @@
 The repository has ``--files`` tracked files (100 per directory, a few hundred bytes each) and a gitignored
 ``node_modules`` of 5,000 files that ``.worktreeinclude`` links into every worktree. Each run creates a worktree
 for a new task attempt (``git worktree add`` plus seeding, as the launcher does) and discards it; the medians are
-printed, with the CPU time git used (user + system, which a busy machine does not inflate the way it inflates
-wall time) and the load average. Everything lives in a temporary directory, removed at the end.
+printed, with the CPU time git used and the load average, next to the floor: a plain ``git worktree add`` of the
+same commit (no branch reset, no seeding, no record) measured alternately in the same run, so the ratio holds on a
+busy machine where the absolute figures do not. Everything lives in a temporary directory, removed at the end.
 """
 
 from __future__ import annotations
@@ -55,15 +56,32 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def measure(root: Path, home: Path, runs: int) -> tuple[list[float], list[float], list[float]]:
-    """Wall seconds per create and per discard, and git's CPU seconds per create; one task attempt per run."""
+async def plain_add(root: Path, scratch: Path) -> float:
+    """Wall seconds of a bare ``git worktree add --detach`` (the floor), removed again afterwards."""
+    started = time.perf_counter()
+    await asyncio.to_thread(
+        subprocess.run, ["git", "worktree", "add", "-q", "--detach", str(scratch)], cwd=root, check=True
+    )
+    seconds = time.perf_counter() - started
+    await asyncio.to_thread(
+        subprocess.run, ["git", "worktree", "remove", "--force", str(scratch)], cwd=root, check=True
+    )
+    return seconds
+
+
+async def measure(
+    root: Path, home: Path, runs: int
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Wall seconds per create, per discard and per plain ``git worktree add``, and git's CPU seconds per create."""
     context = await git_context(root)
     assert context is not None
     worktrees = Worktrees(home)
     creates: list[float] = []
     discards: list[float] = []
     cpu: list[float] = []
+    floor: list[float] = []
     for task_id in range(1, runs + 1):
+        floor.append(await plain_add(root, home / "plain"))
         cpu_before = children_cpu()
         started = time.perf_counter()
         worktree, _ = await worktrees.create(
@@ -79,7 +97,7 @@ async def measure(root: Path, home: Path, runs: int) -> tuple[list[float], list[
         started = time.perf_counter()
         await worktrees.discard(worktree, delete_branch=True)
         discards.append(time.perf_counter() - started)
-    return creates, discards, cpu
+    return creates, discards, cpu, floor
 
 
 def main() -> None:
@@ -91,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "repository"
         make_repository(root, args.files)
-        creates, discards, cpu = asyncio.run(measure(root, Path(scratch) / "home", args.runs))
+        creates, discards, cpu, floor = asyncio.run(measure(root, Path(scratch) / "home", args.runs))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"{args.files} tracked files, node_modules of 5,000 files linked, {args.runs} runs, load average {load}"
@@ -100,6 +118,10 @@ def main() -> None:
         f"create: median {statistics.median(creates) * 1000:.0f} ms "
         f"(min {min(creates) * 1000:.0f}, max {max(creates) * 1000:.0f}); "
         f"git CPU time median {statistics.median(cpu) * 1000:.0f} ms"
+    )
+    print(
+        f"plain git worktree add: median {statistics.median(floor) * 1000:.0f} ms "
+        f"(min {min(floor) * 1000:.0f}); create / plain: {statistics.median(creates) / statistics.median(floor):.2f}"
     )
     print(
         f"discard: median {statistics.median(discards) * 1000:.0f} ms "
