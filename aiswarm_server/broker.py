@@ -106,6 +106,8 @@ class TaskSpec:
         "persona",
         "priority",
         "prompt",
+        "retry_backoff",
+        "retry_delay_seconds",
         "timeout_seconds",
         "title",
         "working_dir",
@@ -124,6 +126,8 @@ class TaskSpec:
         max_attempts: int | None = None,
         timeout_seconds: int | None = None,
         key: str | None = None,
+        retry_delay_seconds: float | None = None,
+        retry_backoff: float | None = None,
         isolation: Isolation = Isolation.AUTO,
         files: Sequence[str] = (),
     ) -> None:
@@ -137,6 +141,8 @@ class TaskSpec:
         self.max_attempts = max_attempts
         self.timeout_seconds = timeout_seconds
         self.key = key
+        self.retry_delay_seconds = retry_delay_seconds
+        self.retry_backoff = retry_backoff
         self.isolation = isolation
         self.files = list(files)
 
@@ -521,6 +527,14 @@ class Broker:
         timeout = spec.timeout_seconds or self.settings.default_task_timeout_seconds
         if not 1 <= timeout <= 7 * 86_400:
             raise InvalidRequest("timeout_seconds must be between 1 and 604800 (7 days).")
+        retry_delay = spec.retry_delay_seconds or 0.0
+        if not 0 <= retry_delay <= 86_400:
+            raise InvalidRequest("retry_delay_seconds must be between 0 and 86400 (one day).")
+        retry_backoff = spec.retry_backoff or 1.0
+        if not 1 <= retry_backoff <= 10:
+            raise InvalidRequest(
+                "retry_backoff must be between 1 and 10 (each retry waits that many times longer)."
+            )
         return NewTask(
             title=title,
             prompt=spec.prompt,
@@ -531,6 +545,8 @@ class Broker:
             working_dir=spec.working_dir,
             max_attempts=max_attempts,
             timeout_seconds=timeout,
+            retry_delay_seconds=retry_delay,
+            retry_backoff=retry_backoff,
             submitted_by=submitter,
             isolation=spec.isolation,
             files=check_declared_files(spec.files),

@@ -546,6 +546,9 @@ def token_path(
 
 
 def _register_launcher_commands() -> None:
+    from aiswarm_server.workflow.cli import register as register_workflow_commands
+
+    register_workflow_commands(app)
     try:
         from launcher.cli import register
         from launcher.primaries import install_client_command
@@ -571,7 +574,9 @@ def main() -> None:
     if not _broker_command(sys.argv[1:]):
         _register_launcher_commands()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click answers a raised typer.Exit with its code here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except (CliError, BrokerError, BrokerUnreachable, SchemaTooNew) as error:
         errors.print(f"error: {error}", highlight=False, markup=False)
         sys.exit(1)

@@ -12,9 +12,11 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
 from aiswarm_server import __version__
+from aiswarm_server.a2a_agent import A2AEndpoint, is_a2a_path
 from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.models import Role
+from aiswarm_server.gateway.gateway import Gateway
+from aiswarm_server.models import Identity, Role
 from aiswarm_server.store import open_store
 from aiswarm_server.tools import BrokerRef, build_servers
 
@@ -99,6 +101,13 @@ async def _read_bounded(receive: Receive, limit: int) -> Receive | None:
     return replay
 
 
+def _caller(broker: Broker, request: Any) -> Identity | None:
+    """Who an MCP request comes from, by its bearer token (the HTTP layer has already checked it)."""
+    value = request.headers.get("authorization", "") if request is not None else ""
+    token = value[7:].strip() if value.lower().startswith("bearer ") else None
+    return broker.tokens.authenticate_cached(token)
+
+
 class BrokerApp:
     """The whole HTTP surface as one small ASGI callable (no framework routing on the hot path)."""
 
@@ -114,6 +123,11 @@ class BrokerApp:
             for role, server in self.servers.items()
         }
         self.broker: Broker | None = None
+        self.a2a: A2AEndpoint | None = None
+        self.gateway = Gateway.from_home(settings.home)
+        if self.gateway.upstreams:  # no upstreams: no middleware on the hot path
+            for server in self.servers.values():
+                server.middleware.append(self.gateway.middleware(lambda: self.broker, _caller))
         self.on_ready: list[Callable[[Broker], None]] = []
         self.on_stop: list[Callable[[], None]] = []
 
@@ -129,6 +143,8 @@ class BrokerApp:
             self.broker = broker
             self.ref.broker = broker
             async with contextlib.AsyncExitStack() as stack:
+                self.gateway.start()
+                stack.push_async_callback(self.gateway.stop)
                 for server in self.servers.values():
                     await stack.enter_async_context(server.session_manager.run())
                 for callback in self.on_ready:
@@ -155,6 +171,8 @@ class BrokerApp:
             await _send_json(send, 200, {"status": "ok", "service": "aiswarm", "version": __version__})
         elif path == "/metrics":
             await self._metrics(send)
+        elif is_a2a_path(path):
+            await self._a2a(scope, receive, send)
         else:
             await _send_json(send, 404, {"error": f"no such endpoint {path}; MCP is served at /mcp"})
 
@@ -197,6 +215,27 @@ class BrokerApp:
             )
             return
         await self.role_apps[identity.role](scope, receive, send)
+
+    async def _a2a(self, scope: Scope, receive: Receive, send: Send) -> None:
+        broker = self.broker
+        if broker is None:
+            await _send_json(send, 503, {"error": "the broker is starting or stopping; retry shortly"})
+            return
+        token = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                text = value.decode("latin-1")
+                if text[:7].lower() == "bearer ":
+                    token = text[7:].strip()
+            elif name == b"content-length" and (
+                not value.isdigit() or int(value) > self.settings.max_request_bytes
+            ):
+                await _too_large(send, self.settings.max_request_bytes)
+                return
+        if self.a2a is None:
+            self.a2a = A2AEndpoint(lambda: self.broker, self.settings.home)
+        identity = await broker.tokens.authenticate(token) if token else None
+        await self.a2a(scope, receive, send, identity)
 
     async def _metrics(self, send: Send) -> None:
         broker = self.broker

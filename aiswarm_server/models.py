@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class TaskStatus(StrEnum):
-    BLOCKED = "blocked"  # waiting for its dependencies to complete
+    BLOCKED = "blocked"  # waiting for its dependencies to complete, or for its retry delay (retry_at)
     PENDING = "pending"  # claimable
     CLAIMED = "claimed"  # held by one agent under a lease
     COMPLETED = "completed"
@@ -118,6 +118,9 @@ class Task(BaseModel):
     working_dir: str | None = None
     max_attempts: int = 3
     timeout_seconds: int = 1800
+    retry_delay_seconds: float = 0.0  # wait before the next attempt after a failure (0: at once)
+    retry_backoff: float = 1.0  # each further retry waits this many times longer
+    retry_at: float | None = None  # set while a failed task waits for its next attempt (status blocked)
     status: TaskStatus = TaskStatus.PENDING
     claimed_by: str | None = None
     fence_token: int = 0
@@ -164,6 +167,8 @@ class NewTask(BaseModel):
     working_dir: str | None = None
     max_attempts: int = 3
     timeout_seconds: int = 1800
+    retry_delay_seconds: float = 0.0
+    retry_backoff: float = 1.0
     submitted_by: str = ""
     isolation: Isolation = Isolation.AUTO
     files: list[str] = Field(default_factory=list)

@@ -134,6 +134,15 @@ class TaskInput(BaseModel):
         max_length=64,
         description="A name for this task that later tasks in the same batch can depend on.",
     )
+    retry_delay_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="After a failed attempt, wait this long before the next one (default 0: at once).",
+    )
+    retry_backoff: float | None = Field(
+        default=None, ge=1, le=10, description="Each further retry waits this many times longer (default 1)."
+    )
     isolation: Isolation = Field(default=Isolation.AUTO, description=ISOLATION_HELP)
     files: list[str] = Field(default_factory=list, max_length=100, description=FILES_HELP)
 
@@ -165,6 +174,8 @@ class TaskInput(BaseModel):
             max_attempts=self.max_attempts,
             timeout_seconds=self.timeout_seconds,
             key=self.key,
+            retry_delay_seconds=self.retry_delay_seconds,
+            retry_backoff=self.retry_backoff,
             isolation=self.isolation,
             files=self.files,
         )

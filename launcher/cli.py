@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from launcher.agents import plan_agents
 from launcher.errors import LaunchError
 from launcher.isolation.attempt import MergeMode
 from launcher.supervisor import LaunchConfig, Supervisor
+
+if TYPE_CHECKING:
+    from launcher.a2a_worker import A2AWorker
 
 
 def _settings(home: Path | None) -> BrokerSettings:
@@ -182,21 +185,35 @@ def launch(
     errors.print(
         f"aiswarm launch: {names} on {broker_url} ({mode}); logs in {settings.home / 'logs'}", highlight=False
     )
+    from launcher.a2a_worker import A2AWorker, load_remote_agents
+
+    remote = [A2AWorker(spec, broker_url, admin_token) for spec in load_remote_agents(settings.home)]
+    if remote:
+        errors.print(
+            "aiswarm launch: remote A2A agents "
+            + ", ".join(f"{w.spec.agent_name} ({w.spec.persona})" for w in remote),
+            highlight=False,
+        )
     show_ui = not no_ui and sys.stdout.isatty()
-    asyncio.run(_supervise(supervisor, show_ui))
+    asyncio.run(_supervise(supervisor, show_ui, remote))
     errors.print("aiswarm launch: stopped", highlight=False)
 
 
-async def _supervise(supervisor: Supervisor, show_ui: bool) -> None:
+async def _supervise(supervisor: Supervisor, show_ui: bool, remote: list[A2AWorker] | None = None) -> None:
     from launcher.status_view import show_live
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.stop)
     ui = asyncio.create_task(show_live(supervisor)) if show_ui else None
+    forwarders = [asyncio.create_task(worker.run(), name=worker.spec.agent_name) for worker in remote or []]
     try:
         await supervisor.run()
     finally:
+        for forwarder in forwarders:
+            forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await forwarder
         if ui is not None:
             ui.cancel()
             with contextlib.suppress(asyncio.CancelledError):

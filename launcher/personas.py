@@ -13,6 +13,7 @@ A file looks like::
     capabilities: [review, python]
     preferred_cli: qwen
     preferred_model: null
+    deny_tools: ["github__create_*"]   # MCP gateway tools it must not see (allow_tools: only these)
     ---
     Instructions for the agent...
 """
@@ -43,6 +44,10 @@ class Persona(BaseModel):
     capabilities: list[str] = Field(default_factory=list)
     preferred_cli: str | None = None
     preferred_model: str | None = None
+    allow_tools: list[str] = Field(default_factory=list)
+    """Gateway tools (``<server>__<tool>``, globs) this persona may use; empty: all that are not denied."""
+    deny_tools: list[str] = Field(default_factory=list)
+    """Gateway tools this persona never sees, e.g. ``["github__create_*", "github__delete_*"]``."""
     instructions: str = Field(min_length=1)
     source: Path | None = None
 

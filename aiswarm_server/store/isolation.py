@@ -1,4 +1,4 @@
-"""The tasks' isolation columns (migration 0002), mapped the same way by every store."""
+"""The tasks' isolation columns (migration 0004), mapped the same way by every store."""
 
 from __future__ import annotations
 

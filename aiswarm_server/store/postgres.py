@@ -74,8 +74,8 @@ _CLAIM_ONE = _claim_and_start("id = $4::bigint AND status = 'pending'")
 
 _INSERT_TASK = """
 INSERT INTO tasks (title, prompt, priority, persona, capabilities, working_dir, max_attempts, timeout_seconds,
-                   status, error, submitted_by, created_at, updated_at, finished_at)
-VALUES ($1, $2, $3, $4, $5::text[], $6, $7, $8, $9, $10, $11, $12, $12, $13)
+                   status, error, submitted_by, created_at, updated_at, finished_at, retry_delay_seconds, retry_backoff)
+VALUES ($1, $2, $3, $4, $5::text[], $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15)
 RETURNING *
 """
 
@@ -192,7 +192,7 @@ class PostgresStore(PostgresDatabase, Store):
             values = (
                 spec.title, spec.prompt, spec.priority, spec.persona, sorted(set(spec.capabilities)),
                 spec.working_dir, spec.max_attempts, spec.timeout_seconds, status.value, error, spec.submitted_by,
-                now, now if status.is_terminal else None,
+                now, now if status.is_terminal else None, spec.retry_delay_seconds, spec.retry_backoff,
             )  # fmt: skip
             row = await db.fetchrow(_INSERT_TASK, *values)
             if spec.records_isolation:
@@ -485,6 +485,13 @@ class PostgresStore(PostgresDatabase, Store):
             await _append_event(db, holder, EventKind.LEASE_LOST, row["id"], message, now)
             change.notified_agents.append(holder)
             await _requeue_or_bury(db, row, AttemptOutcome.EXPIRED, message, now, change)
+        # A concurrent sweep waits on these rows, re-checks the status, and leaves them to this one.
+        due = await db.fetch(
+            """UPDATE tasks SET status = 'pending', retry_at = NULL, updated_at = $1::float8
+               WHERE retry_at <= $1::float8 AND status = 'blocked' RETURNING *""",
+            now,
+        )
+        change.claimable.extend(task_from_row(r) for r in due)
         return change
 
     @override
@@ -731,13 +738,16 @@ async def _requeue_or_bury(
     await _end_attempt(db, task_id, row["fence_token"], ended, why, now)
     if agent:
         await _free_agent(db, agent, task_id)
-    after = rules.after_attempt(ended, row["failures"], row["max_attempts"], why, retryable=retryable)
+    delay = rules.RetryDelay(row["retry_delay_seconds"], row["retry_backoff"])
+    after = rules.after_attempt(
+        ended, row["failures"], row["max_attempts"], why, retryable=retryable, delay=delay, now=now
+    )
     ended_at = now if after.status.is_terminal else None
     updated = await db.fetchrow(
         """UPDATE tasks SET status = $1, failures = $2, error = $3, claimed_by = NULL, lease_expires_at = NULL,
-               claimed_at = NULL, deadline_at = NULL, updated_at = $4, finished_at = $5
+               claimed_at = NULL, deadline_at = NULL, updated_at = $4, finished_at = $5, retry_at = $7
            WHERE id = $6 RETURNING *""",
-        *(after.status.value, after.failures, after.error, now, ended_at, task_id),
+        *(after.status.value, after.failures, after.error, now, ended_at, task_id, after.retry_at),
     )
     rules.record_requeue_or_end(change, task_from_row(updated))
     if after.status.is_terminal:

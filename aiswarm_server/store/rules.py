@@ -59,24 +59,57 @@ class AfterAttempt:
     status: TaskStatus
     failures: int
     error: str
+    retry_at: float | None = None  # set when the task waits (blocked) for its retry delay
+
+
+#: The longest a failed task waits for its next attempt, however the backoff grows.
+MAX_RETRY_DELAY_SECONDS = 7 * 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDelay:
+    """A task's retry policy: wait ``seconds * backoff ** (failures - 1)`` before the next attempt."""
+
+    seconds: float = 0.0
+    backoff: float = 1.0
+
+    def retry_at(self, now: float, failures: int) -> float | None:
+        """When a task that has now failed ``failures`` times may be claimed again; ``None`` for at once."""
+        if self.seconds <= 0 or failures < 1:
+            return None
+        try:
+            wait = self.seconds * self.backoff ** (failures - 1)
+        except OverflowError:
+            wait = MAX_RETRY_DELAY_SECONDS
+        return now + min(wait, MAX_RETRY_DELAY_SECONDS)
 
 
 def after_attempt(
-    ended_as: AttemptOutcome, failures: int, max_attempts: int, error: str, *, retryable: bool = True
+    ended_as: AttemptOutcome,
+    failures: int,
+    max_attempts: int,
+    error: str,
+    *,
+    retryable: bool = True,
+    delay: RetryDelay = RetryDelay(),
+    now: float = 0.0,
 ) -> AfterAttempt:
     """Retry or dead-letter: back to the queue while attempts remain, dead once they are used up.
 
-    A released attempt is not counted as a failure (a graceful stop is not the task's fault); a report that is not
-    ``retryable`` fails the task at once.
+    A released attempt is not counted as a failure (a graceful stop is not the task's fault) and is requeued at
+    once; a failed one waits its retry ``delay`` (``blocked`` until ``retry_at``) when it has one; a report that is
+    not ``retryable`` fails the task at once.
     """
-    failures += 0 if ended_as is AttemptOutcome.RELEASED else 1
+    released = ended_as is AttemptOutcome.RELEASED
+    failures += 0 if released else 1
     if not retryable:
         return AfterAttempt(TaskStatus.FAILED, failures, error)
     if failures >= max_attempts:
         return AfterAttempt(
             TaskStatus.DEAD, failures, f"{error} (gave up after {failures} failed attempt(s))"
         )
-    return AfterAttempt(TaskStatus.PENDING, failures, error)
+    later = None if released else delay.retry_at(now, failures)
+    return AfterAttempt(TaskStatus.PENDING if later is None else TaskStatus.BLOCKED, failures, error, later)
 
 
 def status_from_dependencies(dependencies: Sequence[tuple[int, str]]) -> tuple[TaskStatus, str | None]:
@@ -107,11 +140,12 @@ def record_created(change: TaskChange, task: Task) -> None:
 
 
 def record_requeue_or_end(change: TaskChange, task: Task) -> None:
-    """Note a task that left its attempt: claimable again if it went back to the queue, finished otherwise."""
+    """Note a task that left its attempt: claimable again if it went back to the queue, finished if it ended
+    (neither while it waits for its retry delay)."""
     change.task = task
     if task.status is TaskStatus.PENDING:
         change.claimable.append(task)
-    else:
+    elif task.status.is_terminal:
         change.finished.append(task.id)
 
 

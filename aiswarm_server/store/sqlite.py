@@ -63,9 +63,9 @@ _CLAIM_ONE = f"UPDATE tasks SET {_CLAIM_SET} WHERE id = :task_id AND status = 'p
 
 _INSERT_TASK = """
 INSERT INTO tasks (title, prompt, priority, persona, capabilities, working_dir, max_attempts, timeout_seconds,
-                   status, error, submitted_by, created_at, updated_at, finished_at)
+                   status, error, submitted_by, created_at, updated_at, finished_at, retry_delay_seconds, retry_backoff)
 VALUES (:title, :prompt, :priority, :persona, :capabilities, :working_dir, :max_attempts, :timeout_seconds,
-        :status, :error, :submitted_by, :now, :now, :finished_at)
+        :status, :error, :submitted_by, :now, :now, :finished_at, :retry_delay_seconds, :retry_backoff)
 RETURNING *
 """
 
@@ -162,6 +162,7 @@ class SqliteStore(SqliteDatabase, Store):
                 "max_attempts": spec.max_attempts, "timeout_seconds": spec.timeout_seconds,
                 "status": status.value, "error": error, "submitted_by": spec.submitted_by, "now": now,
                 "finished_at": now if status.is_terminal else None,
+                "retry_delay_seconds": spec.retry_delay_seconds, "retry_backoff": spec.retry_backoff,
             }  # fmt: skip
             row = db.execute(_INSERT_TASK, values).fetchone()
             if spec.records_isolation:
@@ -401,6 +402,12 @@ class SqliteStore(SqliteDatabase, Store):
             _append_event(db, holder, EventKind.LEASE_LOST, row["id"], message, now)
             change.notified_agents.append(holder)
             _requeue_or_bury(db, row, AttemptOutcome.EXPIRED, message, now, change)
+        due = db.execute(
+            """UPDATE tasks SET status = 'pending', retry_at = NULL, updated_at = :now
+               WHERE retry_at <= :now AND status = 'blocked' RETURNING *""",
+            {"now": now},
+        ).fetchall()
+        change.claimable.extend(task_from_row(r) for r in due)
         return change
 
     @override
@@ -609,14 +616,18 @@ def _requeue_or_bury(
     _end_attempt(db, task_id, row["fence_token"], ended, why, now)
     if agent:
         _free_agent(db, agent, task_id)
-    after = rules.after_attempt(ended, row["failures"], row["max_attempts"], why, retryable=retryable)
+    delay = rules.RetryDelay(row["retry_delay_seconds"], row["retry_backoff"])
+    after = rules.after_attempt(
+        ended, row["failures"], row["max_attempts"], why, retryable=retryable, delay=delay, now=now
+    )
     ended_at = now if after.status.is_terminal else None
     values = {"status": after.status.value, "failures": after.failures, "error": after.error}
     updated = db.execute(
         """UPDATE tasks SET status = :status, failures = :failures, error = :error, claimed_by = NULL,
-               lease_expires_at = NULL, claimed_at = NULL, deadline_at = NULL, updated_at = :now, finished_at = :ended
+               lease_expires_at = NULL, claimed_at = NULL, deadline_at = NULL, updated_at = :now, finished_at = :ended,
+               retry_at = :retry_at
            WHERE id = :id RETURNING *""",
-        {**values, "now": now, "ended": ended_at, "id": task_id},
+        {**values, "now": now, "ended": ended_at, "id": task_id, "retry_at": after.retry_at},
     ).fetchone()
     rules.record_requeue_or_end(change, task_from_row(updated))
     if after.status.is_terminal:

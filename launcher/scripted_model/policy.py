@@ -45,8 +45,10 @@ from typing import Any
 
 from launcher.scripted_model.conversation import Conversation, ToolDeclaration, ToolResult, result_payload
 from launcher.scripted_model.task_grammar import (
+    CallMcpTool,
     Fail,
     ReportProgress,
+    ReportResult,
     TaskPromptError,
     WriteFile,
     parse_task_prompt,
@@ -108,8 +110,13 @@ DEFAULT_IDLE_WAITS = 3
 MAX_RESULT_WAITS = 4  # stays under the CLIs' loop guards (5 identical calls in a row)
 
 
+PLANNER_MARKER = "You are the aiswarm planner"
+
+
 def decide(conversation: Conversation) -> Step:
     """The next step for this conversation."""
+    if PLANNER_MARKER in conversation.system:
+        return Answer(plan_for(conversation.prompt), StepKind.SIDE)
     if conversation.response_schema is not None:
         return Answer(json.dumps(minimal_instance(conversation.response_schema)), StepKind.SIDE)
     if not conversation.tools:
@@ -177,13 +184,13 @@ class Toolbox:
     def call(self, logical: str, arguments: dict[str, Any]) -> CallTool:
         """A call to broker tool ``logical``; the caller has checked it is declared."""
         name = self.broker(logical) or logical
-        return CallTool(name, self._complete(name, arguments), StepKind.COORDINATION)
+        return CallTool(name, self.complete(name, arguments), StepKind.COORDINATION)
 
     def work(self, tool: ToolDeclaration, arguments: dict[str, Any]) -> CallTool:
         """A call to one of the CLI's own tools."""
-        return CallTool(tool.name, self._complete(tool.name, arguments), StepKind.WORK)
+        return CallTool(tool.name, self.complete(tool.name, arguments), StepKind.WORK)
 
-    def _complete(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    def complete(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         # gemini adds a required-looking `wait_for_previous` to every tool; fill such
         # booleans with false rather than leave a required parameter out.
         declared = next((t for t in self.declared if t.name == name), None)
@@ -291,6 +298,7 @@ class _Outcome:
     written: list[str] = field(default_factory=list)
     error: str | None = None
     cancelled: bool = False
+    result: str | None = None
 
 
 def _handle_claim(
@@ -311,7 +319,9 @@ def _handle_claim(
         return f"Task {task_id}: cannot report, report_task_completion is not declared."
     arguments: dict[str, Any] = {"task_id": task_id, "fence_token": fence_token, "success": outcome.success}
     if outcome.success:
-        arguments["result"] = f"Wrote {', '.join(outcome.written)}" if outcome.written else "Done."
+        arguments["result"] = outcome.result or (
+            f"Wrote {', '.join(outcome.written)}" if outcome.written else "Done."
+        )
     else:
         arguments["result"] = f"Failed: {outcome.error}"
         arguments["error"] = outcome.error
@@ -330,9 +340,23 @@ def _perform(
         return _Outcome(False, error=f"cannot do this task: {exc}")
     working_dir = task.get("working_dir") or cli_working_dir(conversation)
     written: list[str] = []
+    reported: str | None = None
+    called: list[str] = []
     for op in operations:
         if isinstance(op, Fail):
             return _Outcome(False, written, op.reason)
+        if isinstance(op, ReportResult):
+            reported = op.text
+            continue
+        if isinstance(op, CallMcpTool):
+            name = tools.broker(op.tool)
+            if name is None:
+                return _Outcome(False, written, f"the tool {op.tool} is not declared")
+            answer = yield CallTool(name, tools.complete(name, dict(op.arguments)), StepKind.WORK)
+            if answer.is_error:
+                return _Outcome(False, written, f"{op.tool} failed: {_first_line(answer.text)}")
+            called.append(f"{op.tool}: {_first_line(answer.text)}")
+            continue
         if isinstance(op, ReportProgress):
             if tools.broker("report_progress") is None:
                 return _Outcome(False, written, "report_progress is not declared")
@@ -362,7 +386,7 @@ def _perform(
         if _failed(result):
             return _Outcome(False, written, f"writing {op.path} failed: {_first_line(result.text)}")
         written.append(op.path)
-    return _Outcome(True, written)
+    return _Outcome(True, written, result=reported or ("; ".join(called) if called else None))
 
 
 def cli_working_dir(conversation: Conversation) -> str | None:
@@ -463,3 +487,29 @@ def minimal_instance(schema: Any, name: str = "") -> Any:
     if kind == "null":
         return None
     return ""
+
+
+_FENCED = re.compile(r"```[a-zA-Z]*\n(?P<body>.*?)\n```", re.DOTALL)
+
+
+def plan_for(request: str) -> str:
+    """The scripted planner's answer: a fenced block in the request verbatim (so tests can hand it any answer,
+    malformed ones included), else a two-step plan: do the request, then review it."""
+    fenced = _FENCED.search(request)
+    if fenced is not None:
+        return fenced["body"]
+    text = " ".join(request.split()) or "the request"
+    plan = {
+        "name": "plan",
+        "tasks": [
+            {"key": "work", "title": text[:60], "persona": "implementer", "prompt": request},
+            {
+                "key": "review",
+                "title": f"Review: {text[:50]}",
+                "persona": "reviewer",
+                "depends_on": ["work"],
+                "prompt": f"Review the work done for: {text}",
+            },
+        ],
+    }
+    return "```json\n" + json.dumps(plan, indent=2) + "\n```"

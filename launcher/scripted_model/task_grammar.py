@@ -26,6 +26,14 @@ ignored; every other line must be one of these directives (keywords are case-ins
 ``FAIL <reason>``
     Stop and report the task as failed with this reason (for tests of failure handling).
 
+``CALL <tool> <json object>``
+    Call the MCP tool ``<tool>`` (under whatever prefix the CLI gives MCP tools) with these arguments, e.g.
+    ``CALL files__echo {"text": "hi"}``; the task's result then says what it answered. A tool error fails the task.
+
+``RESULT <text>``
+    Report the task done with ``<text>`` as its result (e.g. a reviewer's verdict) instead of the list of files
+    written.
+
 Paths must be relative and stay inside the task's working directory. Anything else (an
 unknown line, a ``WRITE`` without a block, an unterminated block, an absolute path, ``..``)
 makes the whole prompt invalid: the agent reports the task failed with a message naming
@@ -34,6 +42,7 @@ the offending line, instead of pretending it did the work.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 from dataclasses import dataclass
@@ -44,6 +53,8 @@ _CREATE = re.compile(
 )
 _PROGRESS = re.compile(r"^PROGRESS\s+(?P<message>\S.*?)\s*$", re.IGNORECASE)
 _FAIL = re.compile(r"^FAIL\s+(?P<reason>\S.*?)\s*$", re.IGNORECASE)
+_CALL = re.compile(r"^CALL\s+(?P<tool>[A-Za-z0-9_.-]+)(?:\s+(?P<arguments>\{.*\}))?\s*$", re.IGNORECASE)
+_RESULT = re.compile(r"^RESULT\s+(?P<text>\S.*?)\s*$", re.IGNORECASE)
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[^`]*$")
 
 
@@ -69,7 +80,22 @@ class Fail:
     reason: str
 
 
-Operation = WriteFile | ReportProgress | Fail
+@dataclass(frozen=True)
+class ReportResult:
+    """Report the task done with ``text`` as its result."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class CallMcpTool:
+    """Call the MCP tool ``tool`` with ``arguments``."""
+
+    tool: str
+    arguments: dict[str, object]
+
+
+Operation = WriteFile | ReportProgress | Fail | ReportResult | CallMcpTool
 
 
 class TaskPromptError(ValueError):
@@ -113,14 +139,26 @@ def parse_task_prompt(prompt: str) -> list[Operation]:
             operations.append(ReportProgress(m["message"]))
         elif m := _FAIL.match(line):
             operations.append(Fail(m["reason"]))
+        elif m := _CALL.match(line):
+            try:
+                arguments = json.loads(m["arguments"] or "{}")
+            except json.JSONDecodeError as exc:
+                raise TaskPromptError(
+                    f"line {number}: CALL arguments are not a JSON object: {exc.msg}"
+                ) from None
+            operations.append(CallMcpTool(m["tool"], arguments))
+        elif m := _RESULT.match(line):
+            operations.append(ReportResult(m["text"]))
         else:
             raise TaskPromptError(
                 f"line {number}: cannot understand {line[:80]!r} "
                 "(expected WRITE <path> + fenced block, 'Create the file <path> containing exactly: <text>', "
-                "PROGRESS <message> or FAIL <reason>)"
+                "PROGRESS <message>, FAIL <reason>, CALL <tool> <json> or RESULT <text>)"
             )
     if not operations:
-        raise TaskPromptError("the task prompt asks for nothing (no WRITE, Create, PROGRESS or FAIL line)")
+        raise TaskPromptError(
+            "the task prompt asks for nothing (no WRITE, Create, PROGRESS, FAIL, CALL or RESULT line)"
+        )
     return operations
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from launcher.scripted_model.task_grammar import (
+    CallMcpTool,
     Fail,
     ReportProgress,
+    ReportResult,
     TaskPromptError,
     WriteFile,
     parse_task_prompt,
@@ -47,3 +49,15 @@ def test_progress_and_fail_directives_keep_their_order() -> None:
 def test_anything_outside_the_grammar_is_an_error_naming_the_problem(prompt: str, complaint: str) -> None:
     with pytest.raises(TaskPromptError, match=complaint):
         parse_task_prompt(prompt)
+
+
+def test_result_sets_the_reported_text() -> None:
+    ops = parse_task_prompt("RESULT CHANGES: the parser has no tests\nPROGRESS reviewed")
+    assert ops == [ReportResult("CHANGES: the parser has no tests"), ReportProgress("reviewed")]
+
+
+def test_call_names_an_mcp_tool_with_json_arguments() -> None:
+    ops = parse_task_prompt('CALL files__echo {"text": "hi"}\nCALL files__pid')
+    assert ops == [CallMcpTool("files__echo", {"text": "hi"}), CallMcpTool("files__pid", {})]
+    with pytest.raises(TaskPromptError, match="line 1: CALL arguments are not a JSON object"):
+        parse_task_prompt("CALL files__echo {text}")

@@ -1,4 +1,4 @@
-"""Isolation fields on tasks (migration 0002), in every store (the ``store`` fixture): recorded at submit,
+"""Isolation fields on tasks (migration 0004), in every store (the ``store`` fixture): recorded at submit,
 updated under the fence."""
 
 from __future__ import annotations

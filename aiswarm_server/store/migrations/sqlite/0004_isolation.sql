@@ -1,4 +1,4 @@
--- 0002: isolation. A task submitted from a git checkout records the submitter's HEAD and branch; an attempt in a
+-- 0004: isolation. A task submitted from a git checkout records the submitter's HEAD and branch; an attempt in a
 -- worktree records its branch and directory; the merge queue records how the work came back.
 ALTER TABLE tasks ADD COLUMN isolation TEXT NOT NULL DEFAULT 'auto';    -- none | worktree | auto
 ALTER TABLE tasks ADD COLUMN files TEXT NOT NULL DEFAULT '[]';          -- JSON array: declared paths or globs
