@@ -27,8 +27,7 @@ from pathlib import Path
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 from aiswarm_server.models import Isolation, MergeState, Task, TaskStatus
 from launcher.isolation.files import first_overlap, normalize_declared
-from launcher.isolation.git import git
-from launcher.isolation.repository import GitContext, git_context
+from launcher.isolation.repository import GitContext, branch_tip, git_context
 from launcher.isolation.worktrees import Worktree, Worktrees
 
 log = logging.getLogger("aiswarm.launcher")
@@ -73,7 +72,7 @@ class TaskIsolation:
         """Wait for what the task must follow, then give the attempt a fresh worktree.
 
         Returns the workspace (the task's own directory when it is not isolated), or None when the task was
-        lost while waiting (its lease passed to another attempt, or it was cancelled).
+        lost meanwhile (its lease passed to another attempt, or it was cancelled).
         """
         task = (await admin.get_task(task_id)).task
         if not self.wants_worktree(task) or task.working_dir is None:
@@ -89,15 +88,7 @@ class TaskIsolation:
             return None
         base = task.base_commit or context.head
         if waited and task.target_branch:
-            tip = await git(
-                "rev-parse",
-                "--verify",
-                "-q",
-                f"refs/heads/{task.target_branch}",
-                cwd=context.common_dir,
-                check=False,
-            )
-            base = tip.stdout.strip() if tip.ok else base
+            base = await branch_tip(context.common_dir, task.target_branch) or base
         worktree, problems = await self.worktrees.create(
             checkout=context.checkout, common_dir=context.common_dir, task_id=task_id, fence=fence, base=base
         )
@@ -105,9 +96,17 @@ class TaskIsolation:
             self.note(agent, problem)
         directory = worktree.directory(context.subdir)
         directory.mkdir(parents=True, exist_ok=True)
-        await admin.record_isolation(
-            task_id, fence, branch=worktree.branch, workspace=str(directory), merge_state=MergeState.PENDING
-        )
+        try:
+            await admin.record_isolation(
+                task_id,
+                fence,
+                branch=worktree.branch,
+                workspace=str(directory),
+                merge_state=MergeState.PENDING,
+            )
+        except BrokerCallError:  # the fence moved on while the worktree was made: this attempt is stale
+            await self.worktrees.discard(worktree)
+            return None
         self.note(agent, f"task #{task_id}: worktree {worktree.path} on {worktree.branch} from {base[:10]}")
         if waited:
             with contextlib.suppress(BrokerCallError):

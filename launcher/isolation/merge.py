@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from launcher.isolation.git import commit_identity, git, last_line
-from launcher.isolation.repository import task_branch
+from launcher.isolation.repository import branch_tip, task_branch
 from launcher.isolation.worktrees import Worktrees, changes, delete_task_branch, remove_worktree_dir
 
 _IN_PROGRESS = {
@@ -104,17 +104,17 @@ async def merge_task(worktrees: Worktrees, *, common_dir: Path, task_id: int, ta
 async def _merge_once(
     worktrees: Worktrees, common_dir: Path, task_id: int, branch: str, target: str
 ) -> MergeResult:
-    target_tip = await _tip(common_dir, f"refs/heads/{target}")
+    target_tip = await branch_tip(common_dir, target)
     if target_tip is None:
         raise _Conflict(f"the target branch {target} does not exist any more; merge {branch} by hand")
-    branch_tip = await _tip(common_dir, f"refs/heads/{branch}")
-    if branch_tip is None:
+    task_tip = await branch_tip(common_dir, branch)
+    if task_tip is None:
         raise _Conflict(f"{branch} does not exist (discarded or merged already): nothing to merge")
     checkouts = await _checkouts(common_dir)
     if any(c.branch == branch for c in checkouts):
         raise _Conflict(f"{branch} is checked out in a worktree; remove it, then aiswarm merge {task_id}")
-    fork = (await git("merge-base", target_tip, branch_tip, cwd=common_dir)).stdout.strip()
-    if fork == branch_tip:
+    fork = (await git("merge-base", target_tip, task_tip, cwd=common_dir)).stdout.strip()
+    if fork == task_tip:
         await delete_task_branch(common_dir, task_id)
         return MergeResult(
             MergeOutcome.MERGED,
@@ -125,10 +125,10 @@ async def _merge_once(
             (),
             target_tip,
         )
-    new_tip = branch_tip
+    new_tip = task_tip
     if fork != target_tip:
-        new_tip = await _rebase(worktrees, common_dir, task_id, branch_tip, target, target_tip)
-        await git("update-ref", f"refs/heads/{branch}", new_tip, branch_tip, cwd=common_dir)
+        new_tip = await _rebase(worktrees, common_dir, task_id, task_tip, target, target_tip)
+        await git("update-ref", f"refs/heads/{branch}", new_tip, task_tip, cwd=common_dir)
     files, stat = await changes(common_dir, target_tip, new_tip)
     on_target = [c for c in checkouts if c.branch == target and c.path.is_dir()]
     if len(on_target) > 1:
@@ -158,12 +158,12 @@ async def _merge_once(
 
 
 async def _rebase(
-    worktrees: Worktrees, common_dir: Path, task_id: int, branch_tip: str, target: str, target_tip: str
+    worktrees: Worktrees, common_dir: Path, task_id: int, task_tip: str, target: str, target_tip: str
 ) -> str:
     """The task's commits replayed onto ``target_tip`` in a scratch worktree; raises a conflict naming the files."""
     scratch = worktrees.repository_dir(common_dir) / f"merge-{task_id}"
     await remove_worktree_dir(common_dir, scratch)
-    await git("worktree", "add", "--quiet", "--detach", str(scratch), branch_tip, cwd=common_dir)
+    await git("worktree", "add", "--quiet", "--detach", str(scratch), task_tip, cwd=common_dir)
     try:
         identity = await commit_identity(scratch)
         rebased = await git(*identity, "rebase", "--quiet", target_tip, cwd=scratch, check=False)
@@ -213,7 +213,7 @@ async def _fast_forward_checkout(
     merged = await git("merge", "--ff-only", "--quiet", new_tip, cwd=checkout, check=False)
     if merged.ok:
         return
-    if await _tip(checkout, f"refs/heads/{target}") != target_tip:
+    if await branch_tip(checkout, target) != target_tip:
         raise _TargetMoved
     raise _Conflict(f"git refused to fast-forward {checkout}: {last_line(merged.stderr)}")
 
@@ -233,11 +233,6 @@ def _status_paths(porcelain_z: str) -> set[str]:
                     paths.add(entries[i])
         i += 1
     return paths
-
-
-async def _tip(cwd: Path, ref: str) -> str | None:
-    found = await git("rev-parse", "--verify", "-q", f"{ref}^{{commit}}", cwd=cwd, check=False)
-    return found.stdout.strip() if found.ok else None
 
 
 async def _checkouts(common_dir: Path) -> list[_Checkout]:

@@ -64,6 +64,12 @@ async def git_context(directory: Path) -> GitContext | None:
     )
 
 
+async def branch_tip(cwd: Path, branch: str) -> str | None:
+    """The commit ``branch`` points at, or None when there is no such branch."""
+    found = await git("rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}", cwd=cwd, check=False)
+    return found.stdout.strip() if found.ok else None
+
+
 def repository_key(common_dir: Path) -> str:
     """A directory name for a repository: its name and a hash of where it is (``app-3f2a9c01d2``)."""
     path = common_dir.resolve()
