@@ -128,7 +128,7 @@ def launch(
     from aiswarm_server.auth import ADMIN_TOKEN_FILE, read_token_file
     from aiswarm_server.bridge import broker_is_up, start_broker
     from aiswarm_server.broker_client import local_broker_url
-    from launcher.adapters import UnknownCliError
+    from launcher.adapters import GenericCliError, UnknownCliError, register_configured_clis
     from launcher.personas import PersonaError, get_persona
 
     if mode not in ("per-task", "session"):
@@ -138,6 +138,10 @@ def launch(
     if merge not in ("auto", "manual"):
         raise LaunchError(f"--merge {merge!r}: choose auto or manual")
     settings = _settings(home)
+    try:
+        register_configured_clis(settings.home / "config.toml")
+    except GenericCliError as error:
+        raise LaunchError(str(error)) from None
     directory = (workdir or Path.cwd()).expanduser().resolve()
     if not directory.is_dir():
         raise LaunchError(f"--dir {directory} is not a directory")
@@ -250,13 +254,14 @@ def doctor(
 ) -> None:
     """Check the CLIs (installed, version, Node, logins) and the broker."""
     from aiswarm_server.broker_client import local_broker_url
-    from launcher.adapters import UnknownCliError
+    from launcher.adapters import GenericCliError, UnknownCliError, register_configured_clis
     from launcher.doctor import render_doctor, run_doctor
 
     settings = _settings(home)
     try:
+        register_configured_clis(settings.home / "config.toml")
         report = run_doctor(settings.home, broker_url=url or local_broker_url(settings), names=cli or None)
-    except UnknownCliError as error:
+    except (GenericCliError, UnknownCliError) as error:
         raise LaunchError(str(error)) from None
     render_doctor(report)
 

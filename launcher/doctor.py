@@ -93,7 +93,7 @@ def check_cli(
             problems.append(
                 f"`{binary.name} --version` failed: reinstall with `aiswarm install-cli {adapter.name}`"
             )
-        elif version != adapter.version:
+        elif adapter.version and version != adapter.version:
             problems.append(f"version {version} differs from the tested {adapter.version}")
     if adapter.min_node_major is not None and (major or 0) < adapter.min_node_major:
         found = f"Node {major}" if major else "no Node"

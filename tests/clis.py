@@ -32,7 +32,7 @@ CLI_PACKAGES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class InstalledClis:
-    """Where the CLIs live: ``bin`` holds qwen, gemini, opencode; ``node_bin`` holds Node 22."""
+    """Where the CLIs live: ``bin`` holds every pinned CLI (qwen, gemini, opencode, codex, claude); ``node_bin`` Node 22."""
 
     prefix: Path
     bin: Path
@@ -59,12 +59,7 @@ def clis() -> InstalledClis:
     installed = InstalledClis(
         prefix, prefix / "node_modules" / ".bin", prefix / "node_modules" / node_package_name() / "bin"
     )
-    wanted = [
-        installed.bin / "qwen",
-        installed.bin / "gemini",
-        installed.bin / "opencode",
-        installed.node_bin / "node",
-    ]
+    wanted = [*(installed.bin / pin.binary for pin in PINNED_CLIS.values()), installed.node_bin / "node"]
     if all(p.exists() for p in wanted) and _versions_match(prefix):
         return installed
     npm = shutil.which("npm")

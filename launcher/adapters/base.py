@@ -222,7 +222,7 @@ class CliAdapter(ABC):
         carried: list[CarriedCredential] = []
         settings = self._build_settings(agent, root, env, carried)
         settings_path = self._settings_path(root)
-        write_private_json(settings_path, settings)
+        self._write_settings(settings_path, settings)
         return AgentHome(
             spec=agent,
             root=root,
@@ -354,6 +354,10 @@ class CliAdapter(ABC):
     @abstractmethod
     def _credential_files(self, user_home: Path, env: Mapping[str, str]) -> Iterable[tuple[str, Path]]:
         """``(kind, path)`` of the user's credential files for this CLI."""
+
+    def _write_settings(self, path: Path, settings: dict[str, Any]) -> None:
+        """Write the settings document at ``path`` (0600, atomically): JSON unless the CLI reads another format."""
+        write_private_json(path, settings)
 
     def _settings_credentials(self, user_home: Path, env: Mapping[str, str]) -> list[CredentialFinding]:
         """Logins chosen in the user's settings file (an auth type, a provider with a key)."""

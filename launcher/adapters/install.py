@@ -44,6 +44,12 @@ PINNED_CLIS: dict[str, CliPin] = {
     "qwen": CliPin(package="@qwen-code/qwen-code", version="0.24.4", binary="qwen", min_node_major=22),
     "gemini": CliPin(package="@google/gemini-cli", version="0.61.0", binary="gemini", min_node_major=20),
     "opencode": CliPin(package="opencode-ai", version="1.18.33", binary="opencode", min_node_major=None),
+    # codex's JavaScript launcher runs the native binary from the npm-hosted @openai/codex-linux-x64 (etc.).
+    "codex": CliPin(package="@openai/codex", version="0.171.0", binary="codex", min_node_major=16),
+    # A native binary copied from the npm-hosted @anthropic-ai/claude-code-linux-x64 (etc.) at install: no Node at run time.
+    "claude": CliPin(
+        package="@anthropic-ai/claude-code", version="2.1.332", binary="claude", min_node_major=None
+    ),
 }
 
 NODE_MAJOR = 22

@@ -4,13 +4,17 @@ Routes:
 
 * ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models``: OpenAI.
 * ``POST /v1beta/models/{model}:streamGenerateContent`` / ``:generateContent`` / ``:countTokens``: Gemini.
+* ``POST /v1/messages``, ``POST /v1/messages/count_tokens``: Anthropic (Claude Code); ``HEAD /api/hello``
+  answers the connectivity probe Claude Code sends first.
+* ``POST /v1/responses``: the OpenAI Responses API (codex).
 * ``GET /_stats``: request counts (see :meth:`ModelState.snapshot`).
 * ``POST /_control``: ``{"op": "fault", ...FaultSpec}`` returns ``{"fault_id": n}``;
   ``{"op": "clear", "fault_id"?, "agent"?, "cli"?}``; ``{"op": "reset_stats"}``.
 
 The agent is the ``X-Aiswarm-Agent`` header. The CLI kind is ``X-Aiswarm-Cli`` if sent,
-else inferred: the Gemini endpoints are gemini-cli; on the OpenAI endpoint qwen names MCP
-tools ``mcp__...`` and opencode declares its ``bash``/``write`` tools.
+else inferred: the Gemini endpoints are gemini-cli, the Messages API Claude Code, the Responses
+API codex; on the chat completions endpoint qwen names MCP tools ``mcp__...`` and opencode
+declares its ``bash``/``write`` tools.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from launcher.scripted_model import gemini_protocol, openai_protocol
+from launcher.scripted_model import anthropic_protocol, gemini_protocol, openai_protocol, responses_protocol
 from launcher.scripted_model.conversation import Conversation
 from launcher.scripted_model.policy import Answer, Step, decide
 from launcher.scripted_model.state import REJECTED, UNKNOWN_AGENT, FaultSpec, ModelState, RequestRecord
@@ -124,6 +128,38 @@ def create_app(state: ModelState | None = None) -> Starlette:
             return StreamingResponse(events(), media_type="text/event-stream")
         return JSONResponse(response)
 
+    async def messages(request: Request) -> Response:
+        body = await _json(request)
+        agent = request.headers.get(AGENT_HEADER, UNKNOWN_AGENT)
+        cli = request.headers.get(CLI_HEADER) or "claude"
+        if (refusal := await rejected(agent, cli, anthropic_protocol.error_body)) is not None:
+            return refusal
+        step = answer(agent, cli, anthropic_protocol.conversation_from_request(body))
+        trace(request, body, step)
+        call_id = f"call_{next(call_ids)}"
+        if body.get("stream"):
+            return _event_stream(anthropic_protocol.message_events(body, step, call_id))
+        return JSONResponse(anthropic_protocol.message(body, step, call_id))
+
+    async def count_message_tokens(request: Request) -> Response:
+        return JSONResponse(anthropic_protocol.count_tokens(await _json(request)))
+
+    async def hello(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def responses(request: Request) -> Response:
+        body = await _json(request)
+        agent = request.headers.get(AGENT_HEADER, UNKNOWN_AGENT)
+        cli = request.headers.get(CLI_HEADER) or "codex"
+        if (refusal := await rejected(agent, cli, responses_protocol.error_body)) is not None:
+            return refusal
+        step = answer(agent, cli, responses_protocol.conversation_from_request(body))
+        trace(request, body, step)
+        call_id = f"call_{next(call_ids)}"
+        if body.get("stream"):
+            return _event_stream(responses_protocol.response_events(body, step, call_id))
+        return JSONResponse(responses_protocol.response(body, step, call_id))
+
     async def stats(request: Request) -> Response:
         return JSONResponse(model_state.snapshot())
 
@@ -150,6 +186,10 @@ def create_app(state: ModelState | None = None) -> Starlette:
             Route("/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1beta/models/{target:path}", gemini, methods=["POST"]),
+            Route("/v1/messages", messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", count_message_tokens, methods=["POST"]),
+            Route("/api/hello", hello, methods=["GET", "HEAD"]),
+            Route("/v1/responses", responses, methods=["POST"]),
             Route("/_stats", stats, methods=["GET"]),
             Route("/_control", control, methods=["POST"]),
         ]
@@ -162,6 +202,14 @@ async def _json(request: Request) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _event_stream(events: Iterator[str]) -> StreamingResponse:
+    async def chunks() -> AsyncIterator[str]:
+        for event in events:
+            yield event
+
+    return StreamingResponse(chunks(), media_type="text/event-stream")
 
 
 def _openai_cli(request: Request, conversation: Conversation) -> str:

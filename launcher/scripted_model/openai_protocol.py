@@ -138,5 +138,6 @@ def completion_chunks(body: dict[str, Any], step: Step, call_id: str) -> Iterato
 
 def error_body(status: int, message: str) -> dict[str, Any]:
     """An OpenAI-style error object."""
-    code = "rate_limit_exceeded" if status == 429 else "server_error"
-    return {"error": {"message": message, "type": code, "code": code}}
+    code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status, "server_error")
+    kind = "invalid_request_error" if status == 401 else code
+    return {"error": {"message": message, "type": kind, "code": code}}

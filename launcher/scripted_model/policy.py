@@ -22,9 +22,10 @@ Which script runs depends on the user prompt (the text the launcher or the user 
 
 "Doing the task" means following the task's own ``prompt``, written in the grammar of
 :mod:`launcher.scripted_model.task_grammar`, with the CLI's own file tools (``write_file`` /
-``read_file`` in qwen and gemini, ``write`` / ``read`` in opencode), using absolute paths under
-the task's ``working_dir``. If a write is refused because the file was not read first (qwen,
-opencode), the agent reads it and writes again. A prompt outside the grammar, a missing
+``read_file`` in qwen and gemini, ``write`` / ``read`` in opencode, ``Write`` / ``Read`` in Claude
+Code), using absolute paths under the task's ``working_dir``; a CLI without a file-writing tool
+(codex) writes through its shell tool (``exec_command``). If a write is refused because the file
+was not read first (qwen, opencode, Claude Code), the agent reads it and writes again. A prompt outside the grammar, a missing
 tool or a failed write ends in ``success: false`` with the reason, never a fake success.
 
 Broker tools are found by suffix, since each CLI prefixes MCP tool names differently
@@ -38,6 +39,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import shlex
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -105,6 +107,11 @@ BROKER_TOOLS = frozenset(
         "broker_status",
     }
 )
+
+WRITE_TOOLS = ("write_file", "write", "Write")
+READ_TOOLS = ("read_file", "read", "Read")
+SHELL_TOOLS = ("exec_command", "shell", "Bash", "run_shell_command", "bash")
+"""The CLIs' own tools, by the names each CLI gives them (a shell writes only when no write tool exists)."""
 
 DEFAULT_IDLE_WAITS = 3
 MAX_RESULT_WAITS = 4  # stays under the CLIs' loop guards (5 identical calls in a row)
@@ -368,15 +375,25 @@ def _perform(
                 return _Outcome(False, written, "cancelled", cancelled=True)
             continue
         assert isinstance(op, WriteFile)
-        write = tools.own("write_file", "write")
-        if write is None:
-            return _Outcome(False, written, "this CLI declares no file-writing tool (write_file or write)")
+        write = tools.own(*WRITE_TOOLS)
+        shell = tools.own(*SHELL_TOOLS) if write is None else None
+        if write is None and shell is None:
+            return _Outcome(
+                False, written, "this CLI declares no file-writing tool (write_file or write) and no shell"
+            )
         if not working_dir:
             return _Outcome(False, written, "no working directory: the task has none and the CLI states none")
         path = posixpath.join(str(working_dir), op.path)
+        if shell is not None:
+            result = yield tools.work(shell, _shell_write(shell, path, op.content))
+            if _failed(result):
+                return _Outcome(False, written, f"writing {op.path} failed: {_first_line(result.text)}")
+            written.append(op.path)
+            continue
+        assert write is not None
         result = yield tools.work(write, {_path_param(write): path, "content": op.content})
         if _needs_read_first(result):
-            read = tools.own("read_file", "read")
+            read = tools.own(*READ_TOOLS)
             if read is None:
                 return _Outcome(
                     False, written, f"writing {op.path} needs a read first, but no read tool is declared"
@@ -393,6 +410,8 @@ def cli_working_dir(conversation: Conversation) -> str | None:
     """The working directory the CLI states in its system prompt or context, if any."""
     text = f"{conversation.system}\n{conversation.prompt}"
     for pattern in (
+        r"<cwd>(/[^<]+)</cwd>",
+        r"Primary working directory:\s*(/\S+)",
         r"I'm currently working in the directory:\s*(/\S+)",
         r"Working directory:\s*(/\S+)",
         r"Workspace Directories:\s*\n\s*-\s*(/\S+)",
@@ -401,6 +420,20 @@ def cli_working_dir(conversation: Conversation) -> str | None:
         if m := re.search(pattern, text, re.IGNORECASE):
             return m.group(1).rstrip(".,`'\"")
     return None
+
+
+def _shell_write(shell: ToolDeclaration, path: str, content: str) -> dict[str, Any]:
+    """Arguments for a shell tool that writes ``content`` to ``path`` exactly (creating its directory)."""
+    script = (
+        f"mkdir -p {shlex.quote(posixpath.dirname(path))} && "
+        f"printf '%s' {shlex.quote(content)} > {shlex.quote(path)}"
+    )
+    if "cmd" in shell.properties:
+        return {"cmd": script}
+    command = shell.properties.get("command")
+    if isinstance(command, dict) and command.get("type") == "array":
+        return {"command": ["bash", "-c", script]}
+    return {"command": script}
 
 
 def _path_param(tool: ToolDeclaration) -> str:
@@ -419,8 +452,14 @@ def _needs_read_first(result: ToolResult) -> bool:
     return bool(_READ_FIRST.search(result.text))
 
 
+_EXIT_CODE = re.compile(r"(?:exit(?:ed with)? code|exit status)[: ]*(-?\d+)", re.IGNORECASE)
+
+
 def _failed(result: ToolResult) -> bool:
-    return result.is_error or bool(re.match(r"\s*(?:error|failed)\b", result.text, re.IGNORECASE))
+    if result.is_error or re.match(r"\s*(?:error|failed)\b", result.text, re.IGNORECASE):
+        return True
+    exit_code = _EXIT_CODE.search(result.text)
+    return exit_code is not None and int(exit_code.group(1)) != 0
 
 
 def _first_line(text: str) -> str:

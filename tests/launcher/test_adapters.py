@@ -90,11 +90,11 @@ def read_settings(path: Path) -> dict:
 # --- registry ---------------------------------------------------------------------------
 
 
-def test_registry_knows_the_three_clis_and_names_them_on_error() -> None:
-    assert known_adapters() == ["gemini", "opencode", "qwen"]
+def test_registry_knows_the_five_clis_and_names_them_on_error() -> None:
+    assert known_adapters() == ["claude", "codex", "gemini", "opencode", "qwen"]
     assert all(isinstance(get_adapter(n), CliAdapter) for n in known_adapters())
-    with pytest.raises(UnknownCliError, match="known CLIs are gemini, opencode, qwen"):
-        get_adapter("claude")
+    with pytest.raises(UnknownCliError, match="known CLIs are claude, codex, gemini, opencode, qwen"):
+        get_adapter("agy")
 
 
 def test_adapter_reads_its_pin_from_the_install_table() -> None:

@@ -95,7 +95,7 @@ def test_report_renders_every_cli_and_the_broker(tmp_path: Path, health_server: 
         user_home=tmp_path,
         env={"PATH": str(tmp_path), "GEMINI_API_KEY": "k"},
     )
-    assert [c.name for c in report.clis] == ["gemini", "opencode", "qwen"]
+    assert [c.name for c in report.clis] == ["claude", "codex", "gemini", "opencode", "qwen"]
     assert report.broker is not None and report.broker.ok
     assert not report.ok
     console = Console(record=True, width=200)

@@ -41,6 +41,8 @@ def test_pins_are_the_measured_versions() -> None:
         "qwen": "@qwen-code/qwen-code@0.24.4",
         "gemini": "@google/gemini-cli@0.61.0",
         "opencode": "opencode-ai@1.18.33",
+        "codex": "@openai/codex@0.171.0",
+        "claude": "@anthropic-ai/claude-code@2.1.332",
     }
 
 
@@ -57,8 +59,8 @@ def test_install_runs_npm_into_the_private_prefix_once(tmp_path: Path) -> None:
 
 
 def test_unknown_cli_is_refused_with_the_known_names(tmp_path: Path) -> None:
-    with pytest.raises(InstallError, match="known CLIs are gemini, opencode, qwen"):
-        install_cli("codex", tmp_path)
+    with pytest.raises(InstallError, match="known CLIs are claude, codex, gemini, opencode, qwen"):
+        install_cli("agy", tmp_path)
 
 
 def test_missing_npm_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,12 +3,14 @@
 ``play`` is the loop a CLI runs: ask the policy, execute the tool it names, append the call
 and its result to the conversation, repeat until a text answer. Each CLI's tool naming
 (qwen ``mcp__aiswarm__x`` + ``write_file``, gemini ``mcp_aiswarm_x``, opencode ``aiswarm_x`` +
-``write``) is covered.
+``write``, Claude Code ``mcp__aiswarm__x`` + ``Write``, codex ``mcp__aiswarm__x`` + its shell ``exec_command``)
+is covered.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,17 @@ CLI_TOOLS = {
     ),
     "gemini": ("mcp_aiswarm_", [ToolDeclaration("write_file", _s)]),
     "opencode": ("aiswarm_", [ToolDeclaration("write", {"properties": {"filePath": {}, "content": {}}})]),
+    "claude": (
+        "mcp__aiswarm__",
+        [
+            ToolDeclaration("Write", {"properties": {"file_path": {}, "content": {}}}),
+            ToolDeclaration("Bash", {"properties": {"command": {"type": "string"}}}),
+        ],
+    ),
+    "codex": (
+        "mcp__aiswarm__",
+        [ToolDeclaration("exec_command", {"properties": {"cmd": {"type": "string"}}})],
+    ),
 }
 
 
@@ -85,7 +98,10 @@ class FakeWorld:
         if name.endswith("report_task_completion"):
             self.reports.append(args)
             return '{"task_id": 1, "status": "completed", "message": "Recorded."}'
-        if name in ("write_file", "write"):
+        if name == "exec_command":
+            done = subprocess.run(["bash", "-c", args["cmd"]], capture_output=True, text=True, check=False)
+            return f"Chunk ID: 1\nProcess exited with code {done.returncode}\nOutput:\n{done.stdout}{done.stderr}"
+        if name in ("write_file", "write", "Write"):
             path = Path(args.get("file_path") or args["filePath"])
             if self.refuse_unread and path.exists() and str(path) not in self.read:
                 return f"Error: file {path} has not been read in this session; use the read_file tool first."
@@ -101,7 +117,7 @@ class FakeWorld:
 WRITE_TASK = "WRITE out/hello.txt\n```\nhi\n```"
 
 
-@pytest.mark.parametrize("cli", ["qwen", "gemini", "opencode"])
+@pytest.mark.parametrize("cli", ["qwen", "gemini", "opencode", "claude", "codex"])
 def test_worker_claims_named_task_writes_with_own_tool_and_reports(cli: str, tmp_path: Path) -> None:
     world = FakeWorld(tmp_path, WRITE_TASK)
     answer, calls = play(conversation(cli, "Call claim_task with task_id 12, do it, report."), world)
@@ -144,6 +160,23 @@ def test_qwen_refusing_an_unread_overwrite_makes_the_agent_read_then_write(tmp_p
     assert [c.name for c in calls][1:4] == ["write_file", "read_file", "write_file"]
     assert (tmp_path / "out" / "hello.txt").read_text() == "hi\n"
     assert world.reports[0]["success"] is True
+
+
+def test_a_cli_with_only_a_shell_writes_exact_bytes_through_it(tmp_path: Path) -> None:
+    content = 'it\'s $HOME `here`\\n "quoted"\n%s 100% $(rm -rf x)\n'
+    world = FakeWorld(tmp_path, f"WRITE deep/dir/x.txt\n```\n{content}```")
+    _, calls = play(conversation("codex", "Call claim_task with task_id 1."), world)
+    assert calls[1].name == "exec_command" and calls[1].kind is StepKind.WORK
+    assert (tmp_path / "deep" / "dir" / "x.txt").read_text() == content
+    assert world.reports[0]["success"] is True
+
+
+def test_a_shell_write_that_exits_nonzero_is_reported_as_failure(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("a file where a directory must go")
+    world = FakeWorld(tmp_path, WRITE_TASK)
+    play(conversation("codex", "Call claim_task with task_id 1."), world)
+    [report] = world.reports
+    assert report["success"] is False and "writing out/hello.txt failed" in report["error"]
 
 
 def test_a_failed_write_is_reported_as_failure(tmp_path: Path) -> None:
