@@ -9,6 +9,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
@@ -93,6 +94,48 @@ def normalize_labels(values: Sequence[str], what: str) -> list[str]:
     return sorted(set(labels))
 
 
+NewsKind = Literal[
+    "submitted",
+    "claimed",
+    "progress",
+    "completed",
+    "released",
+    "cancelled",
+    "swept",
+    "offline",
+    "model_usage",
+    "remote",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """Model requests and tokens one CLI run used, as its launcher reports them."""
+
+    provider: str
+    task_id: int | None
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerNews:
+    """One state change this broker made or heard of, for observers (the dashboard's live board, the metrics).
+
+    ``remote`` is a change another broker process committed to a shared store. ``agent`` and ``cli`` name the
+    agent that acted, when one did; ``offered_at`` is when the broker woke that agent for the task it claimed.
+    """
+
+    kind: NewsKind
+    change: TaskChange
+    agent: str | None = None
+    cli: str | None = None
+    offered_at: float | None = None
+    at: float = 0.0
+    usage: ModelUsage | None = None
+
+
 class TaskSpec:
     """A task as a caller asks for it, before defaults and limits are applied."""
 
@@ -163,6 +206,8 @@ class Broker:
         self._offered_to: dict[str, int] = {}  # agent -> the task it was last woken for
         self._sweeper: asyncio.Task[None] | None = None
         self._started_at = clock()
+        self.observers: list[Callable[[BrokerNews], None]] = []
+        self._cli_of: dict[str, str] = {}  # agent -> its CLI, for observers
 
     # lifecycle -----------------------------------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> None:
@@ -195,7 +240,7 @@ class Broker:
         change = await self.store.sweep(
             now, now - self.settings.agent_lost_seconds, keep_alive=self.agent_waiters.parked_agents()
         )
-        self._apply(change)
+        self._apply(change, "swept")
         await self._reoffer(now)
         return change
 
@@ -213,9 +258,9 @@ class Broker:
             if agent is not None:
                 self._record_offer(task.id, agent, now)
 
-    def _apply(self, change: TaskChange) -> None:
+    def _apply(self, change: TaskChange, kind: NewsKind = "remote", actor: str | None = None) -> None:
         """Wake exactly who a change concerns: one fitting agent per claimable task, the agents with new events,
-        and the primaries watching finished tasks."""
+        and the primaries watching finished tasks; then tell the observers."""
         now = self.clock()
         for task in change.claimable:
             agent = self.agent_waiters.offer(task)
@@ -233,6 +278,15 @@ class Broker:
         if len(self._offers) > 10_000:
             self._offers.clear()
             self._offered_to.clear()
+        if change.task or change.created or change.claimable or change.finished or change.notified_agents:
+            self._tell(BrokerNews(kind, change, actor, self._cli_of.get(actor or ""), at=now))
+
+    def _tell(self, news: BrokerNews) -> None:
+        for observer in self.observers:
+            try:
+                observer(news)
+            except Exception:  # an observer's bug must not fail the call that changed the state
+                log.exception("observer %r failed on %s", observer, news.kind)
 
     def _record_offer(self, task_id: int, agent: str, now: float) -> None:
         self._offers[task_id] = (agent, now)
@@ -293,6 +347,7 @@ class Broker:
         caps = normalize_labels(capabilities, "capability")
         cli = cli.strip()[:64] or "unknown"
         agent = await self.store.register_agent(name, cli, persona, caps, pid, self.clock())
+        self._cli_of[name] = agent.cli
         self.agent_waiters.remember(name, agent.persona, agent.capabilities)
         held = (
             f" You still hold task #{agent.current_task_id}: finish and report it."
@@ -318,6 +373,7 @@ class Broker:
             with self.agent_waiters.park(name) as woken:
                 poll = await self.store.poll_agent(name, ack, self.clock())
                 self.agent_waiters.remember(name, poll.agent.persona, poll.agent.capabilities)
+                self._cli_of[name] = poll.agent.cli
                 ack = poll.cursor
                 claimable = self._not_offered_elsewhere(poll.claimable, name)
                 if not claimable and poll.agent.current_task_id is None:
@@ -384,7 +440,11 @@ class Broker:
         if outcome.claim is None:
             return ClaimReply(claimed=False, message=outcome.reason)
         claim = outcome.claim
-        self._offers.pop(claim.task.id, None)
+        offered = self._offers.pop(claim.task.id, None)
+        if self.observers and not claim.reclaimed:
+            woken_at = offered[1] if offered is not None and offered[0] == name else None
+            cli = self._cli_of.get(name)
+            self._tell(BrokerNews("claimed", TaskChange(task=claim.task), name, cli, woken_at, self.clock()))
         again = " (you already held it; same fence_token)" if claim.reclaimed else ""
         where = f" Work in {claim.task.working_dir}." if claim.task.working_dir else ""
         return ClaimReply(
@@ -409,6 +469,9 @@ class Broker:
         task = await self.store.renew(
             name, task_id, fence_token, self.clock(), self.settings.lease_seconds, note or None
         )
+        if self.observers and note:
+            cli = self._cli_of.get(name)
+            self._tell(BrokerNews("progress", TaskChange(task=task), name, cli, at=self.clock()))
         return ProgressReply(
             task_id=task_id,
             lease_expires_at=task.lease_expires_at,
@@ -443,7 +506,7 @@ class Broker:
             error=error,
             now=self.clock(),
         )
-        self._apply(change)
+        self._apply(change, "completed", name)
         task = change.task
         status = task.status if task is not None else TaskStatus.COMPLETED
         if success:
@@ -482,11 +545,35 @@ class Broker:
     async def release_task(self, agent: str, task_id: int, reason: str) -> CompletionReply:
         """Hand a task back to the queue without counting a failure (the launcher's graceful stop)."""
         change = await self.store.release(agent, task_id, None, reason, self.clock())
-        self._apply(change)
+        self._apply(change, "released", agent)
         status = change.task.status if change.task else TaskStatus.PENDING
         return CompletionReply(
             task_id=task_id, status=status, message=f"Task #{task_id} released: {status.value}."
         )
+
+    def record_model_usage(self, agent: str, cli: str, usage: ModelUsage) -> None:
+        """Take note of one CLI run's model usage (for the metrics and the task log; nothing is stored)."""
+        validate_agent_name(agent)
+        self._tell(
+            BrokerNews(
+                "model_usage",
+                TaskChange(),
+                agent,
+                cli.strip()[:64] or "unknown",
+                at=self.clock(),
+                usage=usage,
+            )
+        )
+
+    async def mark_agents_offline(self, names: Sequence[str]) -> AgentsReply:
+        """Mark agents offline at once: their launcher stopped them (after releasing what they held)."""
+        for name in names:
+            validate_agent_name(name)
+        agents = await self.store.mark_agents_offline(list(dict.fromkeys(names)))
+        self._tell(BrokerNews("offline", TaskChange(), at=self.clock()))
+        unknown = sorted(set(names) - {a.name for a in agents})
+        note = f" Unknown: {', '.join(unknown)}." if unknown else ""
+        return AgentsReply(agents=agents, message=f"{len(agents)} agent(s) marked offline.{note}")
 
     # primary side --------------------------------------------------------------------------------
     def _check_size(self, what: str, value: str | None, limit: int) -> None:
@@ -596,7 +683,7 @@ class Broker:
             new.base_commit, new.target_branch = await submitter_git(new.working_dir, new.isolation)
         change = await self.store.create_tasks([new for new, _ in new_tasks], self.clock())
         created = change.created
-        self._apply(change)
+        self._apply(change, "submitted")
         await self.agent_waiters.let_woken_reply_first()
         ids = ", ".join(f"#{t.id}" for t in created)
         return SubmitReply(
@@ -612,7 +699,7 @@ class Broker:
             return (
                 ""  # a parked agent is a live one and fits any task without requirements: no O(agents) read
             )
-        agents = [a for a in await self.store.list_agents() if a.status.value != "lost"]
+        agents = [a for a in await self.store.list_agents() if a.status.is_live]
         unfit = [t.id for t in tasks if not any(t.fits(a.persona, a.capabilities) for a in agents)]
         if not unfit:
             return ""
@@ -690,7 +777,7 @@ class Broker:
     async def cancel_task(self, task_id: int, reason: str | None) -> TaskReply:
         reason = (reason or "cancelled by the primary agent").strip()[:500]
         change = await self.store.cancel(task_id, reason, self.clock())
-        self._apply(change)
+        self._apply(change, "cancelled")
         assert change.task is not None
         task = change.task
         if task.status is not TaskStatus.CANCELLED:
@@ -704,10 +791,37 @@ class Broker:
             message = f"Task #{task_id} cancelled.{extra}"
         return TaskReply(task=task, message=message)
 
+    async def requeue_task(self, identity: Identity, task_id: int) -> SubmitReply:
+        """Give a dead or failed task another round: a new task with the same title, prompt, persona,
+        capabilities, working directory and limits (its dependencies completed already). The old task keeps its
+        history; the new one starts with fresh attempts."""
+        task = await self.store.get_task(task_id, with_attempts=False)
+        if task is None:
+            raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
+        if task.status not in (TaskStatus.DEAD, TaskStatus.FAILED):
+            raise InvalidRequest(
+                f"Task #{task_id} is {task.status.value}; only a dead or failed task can be requeued "
+                "(cancel a running one first, or submit a new task)."
+            )
+        spec = TaskSpec(
+            task.title,
+            task.prompt,
+            priority=task.priority,
+            persona=task.persona,
+            capabilities=task.capabilities,
+            working_dir=task.working_dir,
+            max_attempts=task.max_attempts,
+            timeout_seconds=task.timeout_seconds,
+        )
+        reply = await self.submit_tasks(identity, [spec])
+        new_id = reply.tasks[0].id
+        reply.message = f"Task #{task_id} requeued as #{new_id}. " + reply.message
+        return reply
+
     async def list_agents(self) -> AgentsReply:
         agents = await self.store.list_agents()
         parked = set(self.agent_waiters.parked_agents())
-        live = sum(1 for a in agents if a.status.value != "lost")
+        live = sum(1 for a in agents if a.status.is_live)
         return AgentsReply(
             agents=agents,
             message=f"{len(agents)} agent(s), {live} live, {len(parked & {a.name for a in agents})} waiting for work.",

@@ -33,6 +33,7 @@ from aiswarm_server.replies import (
     TasksReply,
     TokenListReply,
     TokenReply,
+    UsageReply,
     WaitReply,
     WaitTasksReply,
 )
@@ -204,6 +205,13 @@ class BrokerClient:
 
     async def list_tokens(self, agent: str | None = None, include_revoked: bool = False) -> TokenListReply:
         return await self.call("list_tokens", TokenListReply, agent=agent, include_revoked=include_revoked)
+
+    async def record_model_usage(self, **arguments: Any) -> UsageReply:
+        """Report one CLI run's model usage (agent, cli, provider, requests, input_tokens, output_tokens, task_id)."""
+        return await self.call("record_model_usage", UsageReply, **arguments)
+
+    async def mark_agents_offline(self, agents: list[str]) -> AgentsReply:
+        return await self.call("mark_agents_offline", AgentsReply, agents=agents)
 
     async def release_task(
         self, agent: str, task_id: int, reason: str = "released by the launcher"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -422,6 +423,39 @@ def status(home: HomeOption = None, url: UrlOption = None, as_json: JsonOption =
         console.print(f"parked waits: {reply.parked_waits}")
 
     run_async(with_broker(home, url, action))
+
+
+@app.command()
+def ui(
+    home: HomeOption = None,
+    url: UrlOption = None,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Only print the address.")] = False,
+) -> None:
+    """Open the dashboard (task board, agents, task pages) in a browser; log in with the primary token."""
+    settings = settings_for(home)
+    base = (url or local_broker_url(settings)).removesuffix("/").removesuffix("/mcp")
+    address = f"{base}/ui"
+    import httpx  # here, not at the top: every other command starts faster without it
+
+    try:
+        httpx.get(f"{base}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError:
+        raise CliError(
+            f"no broker answers at {base}: start it with `aiswarm serve` (or pass --url)."
+        ) from None
+    console.print(f"dashboard: {address}", highlight=False, soft_wrap=True)
+    console.print(
+        f"log in with the token in {settings.home / 'primary.token'}", highlight=False, soft_wrap=True
+    )
+    # Without a display, webbrowser would start a text browser (lynx, w3m) in this terminal.
+    graphical = sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if graphical and not no_browser:
+        import webbrowser
+
+        with contextlib.suppress(webbrowser.Error):
+            webbrowser.open(address)
 
 
 @app.command()

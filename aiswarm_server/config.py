@@ -68,6 +68,11 @@ class BrokerSettings(BaseSettings):
         le=600,
         description="A woken agent that does not claim its task within this is passed over.",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="json: also write a JSON line per task change to $AISWARM_HOME/logs/broker.jsonl "
+        "(`aiswarm logs --task N` merges them with the agents').",
+    )
     max_wait_seconds: int = Field(default=MAX_WAIT_SECONDS, ge=1, le=590)
     max_prompt_chars: int = Field(default=200_000, ge=1)
     max_result_chars: int = Field(default=1_000_000, ge=1)

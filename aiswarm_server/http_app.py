@@ -1,4 +1,5 @@
-"""The ASGI app: streamable HTTP MCP at ``/mcp`` (one MCP server per role, chosen by token), ``/health``, ``/metrics``."""
+"""The ASGI app: streamable HTTP MCP at ``/mcp`` (one MCP server per role, chosen by token), ``/health``, ``/metrics``,
+the dashboard at ``/ui``."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from aiswarm_server import __version__
 from aiswarm_server.a2a_agent import A2AEndpoint, is_a2a_path
 from aiswarm_server.broker import Broker
 from aiswarm_server.config import BrokerSettings
+from aiswarm_server.dashboard import Dashboard
 from aiswarm_server.gateway.gateway import Gateway
+from aiswarm_server.metrics import CONTENT_TYPE, BrokerMetrics
 from aiswarm_server.models import Identity, Role
 from aiswarm_server.store import open_store
+from aiswarm_server.tasklog import BrokerTaskLog
 from aiswarm_server.tools import BrokerRef, build_servers
 
 log = logging.getLogger("aiswarm.http")
@@ -130,6 +134,14 @@ class BrokerApp:
                 server.middleware.append(self.gateway.middleware(lambda: self.broker, _caller))
         self.on_ready: list[Callable[[Broker], None]] = []
         self.on_stop: list[Callable[[], None]] = []
+        self.dashboard = Dashboard(lambda: self.broker, security.allowed_hosts)
+        self.on_ready.append(lambda broker: broker.observers.append(self.dashboard.observe))
+        self.metrics = BrokerMetrics()
+        self.on_ready.append(self.metrics.attach)
+        if settings.log_format == "json":
+            task_log = BrokerTaskLog(settings.home / "logs")
+            self.on_ready.append(task_log.attach)
+            self.on_stop.append(task_log.close)
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -171,6 +183,8 @@ class BrokerApp:
             await _send_json(send, 200, {"status": "ok", "service": "aiswarm", "version": __version__})
         elif path == "/metrics":
             await self._metrics(send)
+        elif path == "/ui" or path.startswith("/ui/"):
+            await self.dashboard(scope, receive, send)
         elif is_a2a_path(path):
             await self._a2a(scope, receive, send)
         else:
@@ -238,23 +252,13 @@ class BrokerApp:
         await self.a2a(scope, receive, send, identity)
 
     async def _metrics(self, send: Send) -> None:
-        broker = self.broker
-        lines = [f'aiswarm_info{{version="{__version__}"}} 1']
-        if broker is not None:
-            status = await broker.status()
-            lines += [f'aiswarm_tasks{{status="{k}"}} {v}' for k, v in sorted(status.tasks.items())]
-            lines += [f'aiswarm_agents{{status="{k}"}} {v}' for k, v in sorted(status.agents.items())]
-            lines += [
-                f"aiswarm_parked_waits {status.parked_waits}",
-                f"aiswarm_watched_tasks {status.watched_tasks}",
-            ]
-        body = ("\n".join(lines) + "\n").encode()
+        body = await self.metrics.render()
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"content-type", b"text/plain; version=0.0.4"),
+                    (b"content-type", CONTENT_TYPE.encode()),
                     (b"content-length", str(len(body)).encode()),
                 ],
             }

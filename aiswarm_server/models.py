@@ -49,7 +49,16 @@ class MergeState(StrEnum):
 class AgentStatus(StrEnum):
     IDLE = "idle"
     BUSY = "busy"
-    LOST = "lost"
+    LOST = "lost"  # not heard from for agent_lost_seconds
+    OFFLINE = "offline"  # its launcher stopped it
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the agent may still call (a lost or offline agent that calls again is live again)."""
+        return self.value not in GONE_AGENT_STATUSES
+
+
+GONE_AGENT_STATUSES = frozenset({"lost", "offline"})
 
 
 class Role(StrEnum):

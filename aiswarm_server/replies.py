@@ -196,3 +196,7 @@ class StatusReply(BaseModel):
     watched_tasks: int
     uptime_seconds: float
     message: str
+
+
+class UsageReply(BaseModel):
+    message: str

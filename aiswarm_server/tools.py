@@ -20,7 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aiswarm_server import __version__
-from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker import Broker, ModelUsage, TaskSpec
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS
 from aiswarm_server.errors import BrokerError
 from aiswarm_server.models import Identity, Isolation, IsolationUpdate, MergeState, Role, TaskStatus
@@ -38,6 +38,7 @@ from aiswarm_server.replies import (
     TasksReply,
     TokenListReply,
     TokenReply,
+    UsageReply,
     WaitReply,
     WaitTasksReply,
 )
@@ -523,6 +524,47 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
             diff_stat=diff_stat,
         )
         return await ref.get().record_isolation(task_id, fence_token, update)
+
+    @server.tool()
+    @_refusals
+    async def record_model_usage(
+        ctx: Context[Any, Any],
+        agent: Annotated[str, Field(min_length=1, max_length=64, description="The agent whose CLI ran.")],
+        cli: Annotated[str, Field(min_length=1, max_length=64, description="qwen, gemini, opencode ...")],
+        provider: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=200,
+                description="Who served the model: an endpoint's host, or 'login'.",
+            ),
+        ],
+        requests: Annotated[int, Field(ge=0, le=10**9, description="Model requests the run made.")],
+        input_tokens: Annotated[int, Field(ge=0, le=10**12)] = 0,
+        output_tokens: Annotated[int, Field(ge=0, le=10**12)] = 0,
+        task_id: Annotated[int | None, Field(ge=1, le=2**62, description="The task the run was for.")] = None,
+    ) -> UsageReply:
+        """Record one CLI run's model usage (the launcher calls this after each run) for /metrics and the logs."""
+        _identity(ref, ctx)
+        usage = ModelUsage(provider.strip(), task_id, requests, input_tokens, output_tokens)
+        ref.get().record_model_usage(agent, cli, usage)
+        return UsageReply(
+            message=f"Recorded {requests} request(s), {input_tokens + output_tokens} token(s) for {agent}."
+        )
+
+    @server.tool()
+    @_refusals
+    async def mark_agents_offline(
+        ctx: Context[Any, Any],
+        agents: Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=64)]],
+            Field(min_length=1, max_length=1000, description="The names of the agents that stopped."),
+        ],
+    ) -> AgentsReply:
+        """Mark agents offline at once because their launcher stopped them (release their tasks first). An agent
+        that calls the broker again is live again."""
+        _identity(ref, ctx)
+        return await ref.get().mark_agents_offline(agents)
 
     @server.tool()
     @_refusals

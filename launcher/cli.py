@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import sys
 import time
@@ -19,6 +21,7 @@ from rich.console import Console
 
 from aiswarm_server.cli import HomeOption
 from aiswarm_server.config import BrokerSettings
+from aiswarm_server.tasklog import format_task_line, task_lines
 from launcher.agents import plan_agents
 from launcher.errors import LaunchError
 from launcher.isolation.attempt import MergeMode
@@ -122,6 +125,15 @@ def launch(
             "`aiswarm merge TASK`.",
         ),
     ] = "auto",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="AISWARM_LOG_FORMAT",
+            help="json: also write JSON lines (task, attempt, fence, agent, CLI) to logs/*.jsonl, for "
+            "`aiswarm logs --task N` (a broker this starts does the same).",
+        ),
+    ] = "text",
     home: HomeOption = None,
 ) -> None:
     """Start worker agent CLIs and supervise them until Ctrl-C (which drains them gracefully)."""
@@ -137,6 +149,9 @@ def launch(
         raise LaunchError(f"--isolation {isolation!r}: choose auto, worktree or none")
     if merge not in ("auto", "manual"):
         raise LaunchError(f"--merge {merge!r}: choose auto or manual")
+    if log_format not in ("text", "json"):
+        raise LaunchError(f"--log-format {log_format!r}: choose text or json")
+    os.environ["AISWARM_LOG_FORMAT"] = log_format  # the broker started below, if any, logs the same way
     settings = _settings(home)
     try:
         register_configured_clis(settings.home / "config.toml")
@@ -181,6 +196,7 @@ def launch(
         grace_seconds=grace,
         isolation="worktree" if isolation == "worktree" else "none" if isolation == "none" else "auto",
         merge_mode=MergeMode(merge),
+        log_format="json" if log_format == "json" else "text",
     )
     errors = Console(stderr=True)
     supervisor = Supervisor(config)
@@ -225,12 +241,35 @@ async def _supervise(supervisor: Supervisor, show_ui: bool, remote: list[A2AWork
 
 
 def logs(
-    agent: Annotated[str, typer.Argument(help="The agent's name, e.g. qwen-1.")],
+    agent: Annotated[str | None, typer.Argument(help="The agent's name, e.g. qwen-1.")] = None,
+    task: Annotated[
+        int | None,
+        typer.Option(
+            "--task",
+            help="Every line about this task, from the broker and each agent that tried it, in time order.",
+        ),
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --task: print the JSON lines as they are.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
-    """Print an agent's log ($AISWARM_HOME/logs/<agent>.log)."""
-    path = _settings(home).home / "logs" / f"{agent}.log"
+    """Print an agent's log ($AISWARM_HOME/logs/<agent>.log), or with --task the story of one task."""
+    logs_dir = _settings(home).home / "logs"
+    if task is not None:
+        lines = task_lines(logs_dir, task) if logs_dir.is_dir() else []
+        if not lines:
+            raise LaunchError(
+                f"no JSON log lines about task {task} in {logs_dir}: run `aiswarm serve` and `aiswarm launch` "
+                "with AISWARM_LOG_FORMAT=json to record them."
+            )
+        for line in lines:
+            sys.stdout.write((json.dumps(line) if as_json else format_task_line(line)) + "\n")
+        return
+    if agent is None:
+        raise LaunchError("name an agent (`aiswarm logs qwen-1`) or a task (`aiswarm logs --task 12`).")
+    path = logs_dir / f"{agent}.log"
     if not path.exists():
         raise LaunchError(f"no log for agent {agent!r} at {path}: has it been launched with this --home?")
     with open(path, encoding="utf-8", errors="replace") as fh:

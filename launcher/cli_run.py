@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiswarm_server.tasklog import JSON_LOG_SUFFIX, json_log_line
 from launcher.adapters.base import AgentHome, CliAdapter, OutcomeKind, RunOutcome, TokenUsage
 
 
@@ -39,15 +40,33 @@ class Drain:
 
 @dataclass(frozen=True)
 class AgentLog:
-    """``$AISWARM_HOME/logs/<agent>.log``: the launcher's notes about the agent, and its ``cli``'s stderr."""
+    """``$AISWARM_HOME/logs/<agent>.log``: the launcher's notes about the agent, and its ``cli``'s stderr.
+
+    With ``json_lines`` each note also goes to ``<agent>.jsonl`` with the task and fence the agent is running.
+    """
 
     path: Path
     cli: str
+    json_lines: bool = False
+    task_id: int | None = None
+    fence: int | None = None
 
     def note(self, message: str) -> None:
-        """Append ``message`` as one timestamped line."""
+        """Append ``message`` as one timestamped line (and one JSON line)."""
+        now = time.time()
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))} {message}\n")
+        if self.json_lines:
+            agent = self.path.stem
+            fields = {
+                "task_id": self.task_id,
+                "attempt": self.fence,
+                "fence": self.fence,
+                "agent": agent,
+                "cli": self.cli,
+            }
+            with open(self.path.with_suffix(JSON_LOG_SUFFIX), "a", encoding="utf-8") as fh:
+                fh.write(json_log_line(now, "info", agent, message, fields) + "\n")
 
 
 @dataclass

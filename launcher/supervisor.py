@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.replies import ClaimedTask, ClaimReply, TokenReply
@@ -104,6 +105,15 @@ class LaunchConfig:
     base_env: Mapping[str, str] | None = None
     isolation: IsolationChoice = "auto"
     merge_mode: MergeMode = MergeMode.AUTO
+    log_format: Literal["text", "json"] = "text"
+    """json: each agent's log lines also go to logs/<agent>.jsonl with the task, attempt, fence and CLI."""
+
+    @property
+    def provider(self) -> str:
+        """Who serves the model, for the broker's usage metrics: the endpoint's host, or the CLIs' own login."""
+        if not self.endpoint_url:
+            return "login"
+        return urlsplit(self.endpoint_url).netloc or "endpoint"
 
     @property
     def isolates_by_default(self) -> bool:
@@ -159,6 +169,7 @@ class Supervisor:
             note=self._note,
         )
         self.tokens: dict[str, str] = {}
+        self._task_of: dict[str, tuple[int, int]] = {}  # agent -> (task id, fence) of the task it runs
         """The token issued to each agent by this launch (every earlier one is revoked)."""
         self._make_views()
         (self.config.home / "logs").mkdir(parents=True, exist_ok=True)
@@ -223,6 +234,8 @@ class Supervisor:
                     await asyncio.gather(*loops, return_exceptions=True)
                     for cli_run in list(self._running.values()):
                         cli_run.kill()
+                    with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
+                        await admin.mark_agents_offline([p.name for p in self.config.agents])
         finally:
             self._names.release()
             self._reserved = False
@@ -254,7 +267,9 @@ class Supervisor:
         return self.config.home / "logs" / f"{name}.log"
 
     def _log(self, name: str) -> AgentLog:
-        return AgentLog(self.agent_log(name), self.views[name].cli)
+        task_id, fence = self._task_of.get(name, (None, None))
+        json_lines = self.config.log_format == "json"
+        return AgentLog(self.agent_log(name), self.views[name].cli, json_lines, task_id, fence)
 
     def _note(self, name: str, message: str) -> None:
         self._log(name).note(message)
@@ -348,9 +363,18 @@ class Supervisor:
         await self._clean_worktrees(agent.admin)
 
     async def _run_isolated(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
-        """Prepare the attempt's workspace, run the CLI on the task there, then land or discard the work."""
+        """Run the reserved task, every note of the agent's meanwhile tagged with it."""
         name, view = agent.name, agent.view
         view.state, view.task_id = AgentState.RUNNING, task.id
+        self._task_of[name] = (task.id, fence)  # every note until the end of this run is about the task
+        try:
+            await self._run_task_held(agent, task, fence)
+        finally:
+            self._task_of.pop(name, None)
+
+    async def _run_task_held(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
+        """Prepare the attempt's workspace, run the CLI on the task there, then land or discard the work."""
+        name = agent.name
         self._note(name, f"task #{task.id} reserved (fence {fence}): {task.title}")
         beat = asyncio.create_task(self._heartbeats(agent.worker))
         try:
@@ -389,6 +413,12 @@ class Supervisor:
         result = await self._run_cli(agent, prompt, workdir, timeout)
         usage = result.usage
         tokens = f", {usage.total_tokens} tokens ({usage.requests or '?'} turns)" if usage else ""
+        if usage is not None:
+            with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
+                await agent.admin.record_model_usage(
+                    agent=name, cli=agent.plan.cli, provider=self.config.provider, task_id=task.id,
+                    requests=usage.requests or 0, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                )  # fmt: skip
         self._note(
             name,
             f"task #{task.id} run ended: {result.outcome.kind.value} ({result.outcome.reason}) "

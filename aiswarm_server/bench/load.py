@@ -52,7 +52,7 @@ async def parked_waits(port: int) -> int:
         writer.close()
     for line in text.splitlines():
         if line.startswith("aiswarm_parked_waits "):
-            return int(line.split()[1])
+            return int(float(line.split()[1]))  # prometheus_client writes gauges as floats (50.0)
     raise RuntimeError("no aiswarm_parked_waits in /metrics")
 
 

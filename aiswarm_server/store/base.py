@@ -133,6 +133,13 @@ class Store(ABC):
         """Every agent, lost ones included, by name."""
 
     @abstractmethod
+    async def mark_agents_offline(self, names: Sequence[str]) -> list[Agent]:
+        """Mark these agents offline (their launcher stopped them); the ones that exist, as they are now.
+
+        An offline agent that calls again is live again, as a lost one is.
+        """
+
+    @abstractmethod
     async def poll_agent(
         self, name: str, ack_cursor: int | None, now: float, claimable_limit: int = 3
     ) -> AgentPoll:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from typing_extensions import override
 
 from aiswarm_server.errors import StaleClaim, StoreUnavailable
-from aiswarm_server.models import AttemptOutcome, EventKind, TaskChange, TaskStatus
+from aiswarm_server.models import GONE_AGENT_STATUSES, AttemptOutcome, EventKind, TaskChange, TaskStatus
 from aiswarm_server.store import rows, rules
 from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
 from aiswarm_server.store.isolation import submitted_values, update_assignments
@@ -143,6 +143,14 @@ class PostgresStore(PostgresDatabase, Store):
     @reads
     async def list_agents(self, db: Db) -> list[Agent]:
         return [agent_from_row(r) for r in await db.fetch("SELECT * FROM agents ORDER BY name")]
+
+    @override
+    @writes
+    async def mark_agents_offline(self, db: Db, names: Sequence[str]) -> list[Agent]:
+        rows = await db.fetch(
+            "UPDATE agents SET status = 'offline' WHERE name = ANY($1::text[]) RETURNING *", list(names)
+        )
+        return sorted((agent_from_row(r) for r in rows), key=lambda a: a.name)
 
     @override
     @writes
@@ -340,7 +348,7 @@ class PostgresStore(PostgresDatabase, Store):
                        WHERE task_id = $4 AND fence_token = $5),
                    freed AS (
                        UPDATE agents SET current_task_id = NULL,
-                           status = CASE WHEN status = 'lost' THEN 'lost' ELSE 'idle' END
+                           status = CASE WHEN status IN ('lost', 'offline') THEN status ELSE 'idle' END
                        WHERE name = $6 AND current_task_id = $4)
                    UPDATE tasks SET status = 'completed', result = $1, data = $2::json, error = NULL,
                        lease_expires_at = NULL, updated_at = $3::float8, finished_at = $3::float8
@@ -449,15 +457,15 @@ class PostgresStore(PostgresDatabase, Store):
             # they are halfway to the cut-off (one write per agent per half period, not one per sweep).
             await db.execute(
                 """UPDATE agents SET last_seen_at = $1::float8
-                   WHERE name = ANY($2::text[]) AND status != 'lost' AND last_seen_at < $3::float8""",
+                   WHERE name = ANY($2::text[]) AND status NOT IN ('lost', 'offline') AND last_seen_at < $3::float8""",
                 now,
                 alive,
                 (now + agent_lost_before) / 2,
             )
-        # A concurrent sweep waits on these rows, re-checks status != 'lost', and leaves them to this one.
+        # A concurrent sweep waits on these rows, re-checks their status, and leaves them to this one.
         lost = await db.fetch(
             """UPDATE agents SET status = 'lost'
-               WHERE status != 'lost' AND last_seen_at < $1::float8 AND NOT (name = ANY($2::text[]))
+               WHERE status NOT IN ('lost', 'offline') AND last_seen_at < $1::float8 AND NOT (name = ANY($2::text[]))
                RETURNING name""",
             agent_lost_before,
             alive,
@@ -573,7 +581,7 @@ async def _touch_agent(db: Db, name: str, now: float) -> Row:
     row = await db.fetchrow("SELECT * FROM agents WHERE name = $1 FOR UPDATE", name)
     if (
         row is not None
-        and row["status"] != "lost"
+        and row["status"] not in GONE_AGENT_STATUSES
         and now - row["last_seen_at"] < rules.SEEN_RESOLUTION_SECONDS
     ):
         return row
@@ -589,7 +597,7 @@ async def _touch_agent(db: Db, name: str, now: float) -> Row:
         # Another broker created it a moment ago: update that row instead (the UPDATE waits for its lock).
     return await db.fetchrow(
         """UPDATE agents SET last_seen_at = $2::float8,
-               status = CASE WHEN status = 'lost' THEN
+               status = CASE WHEN status IN ('lost', 'offline') THEN
                    (CASE WHEN current_task_id IS NULL THEN 'idle' ELSE 'busy' END) ELSE status END
            WHERE name = $1 RETURNING *""",
         name,
@@ -667,7 +675,7 @@ async def _end_attempt(
 
 async def _free_agent(db: Db, agent: str, task_id: int) -> None:
     await db.execute(
-        """UPDATE agents SET current_task_id = NULL, status = CASE WHEN status = 'lost' THEN 'lost' ELSE 'idle' END
+        """UPDATE agents SET current_task_id = NULL, status = CASE WHEN status IN ('lost', 'offline') THEN status ELSE 'idle' END
            WHERE name = $1 AND current_task_id = $2""",
         agent,
         task_id,

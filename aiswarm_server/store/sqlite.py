@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from typing_extensions import override
 
 from aiswarm_server.errors import StaleClaim
-from aiswarm_server.models import AttemptOutcome, EventKind, TaskChange, TaskStatus
+from aiswarm_server.models import GONE_AGENT_STATUSES, AttemptOutcome, EventKind, TaskChange, TaskStatus
 from aiswarm_server.store import rows, rules
 from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
 from aiswarm_server.store.isolation import submitted_values, update_assignments
@@ -103,6 +103,15 @@ class SqliteStore(SqliteDatabase, Store):
     @reads
     def list_agents(self, db: Db) -> list[Agent]:
         return [agent_from_row(r) for r in db.execute("SELECT * FROM agents ORDER BY name")]
+
+    @override
+    @writes
+    def mark_agents_offline(self, db: Db, names: Sequence[str]) -> list[Agent]:
+        rows = db.execute(
+            "UPDATE agents SET status = 'offline' WHERE name IN (SELECT value FROM json_each(?)) RETURNING *",
+            (dumps(list(names)),),
+        ).fetchall()
+        return sorted((agent_from_row(r) for r in rows), key=lambda a: a.name)
 
     @override
     @writes
@@ -377,7 +386,8 @@ class SqliteStore(SqliteDatabase, Store):
         # Agents parked in a wait are alive without being written to every second (1,000 parked agents made
         # that a 1,000-row write per sweep); only the silent ones are looked at.
         silent = db.execute(
-            "SELECT name FROM agents WHERE status != 'lost' AND last_seen_at < ?", (agent_lost_before,)
+            "SELECT name FROM agents WHERE status NOT IN ('lost', 'offline') AND last_seen_at < ?",
+            (agent_lost_before,),
         ).fetchall()
         alive = set(keep_alive)
         lost_names = [r["name"] for r in silent if r["name"] not in alive]
@@ -486,13 +496,13 @@ def _touch_agent(db: Db, name: str, now: float) -> sqlite3.Row:
     row = db.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
     if (
         row is not None
-        and row["status"] != "lost"
+        and row["status"] not in GONE_AGENT_STATUSES
         and now - row["last_seen_at"] < rules.SEEN_RESOLUTION_SECONDS
     ):
         return row
     row = db.execute(
         """UPDATE agents SET last_seen_at = :now,
-               status = CASE WHEN status = 'lost' THEN
+               status = CASE WHEN status IN ('lost', 'offline') THEN
                    (CASE WHEN current_task_id IS NULL THEN 'idle' ELSE 'busy' END) ELSE status END
            WHERE name = :name RETURNING *""",
         {"now": now, "name": name},
@@ -559,7 +569,7 @@ def _end_attempt(
 
 def _free_agent(db: Db, agent: str, task_id: int) -> None:
     db.execute(
-        """UPDATE agents SET current_task_id = NULL, status = CASE WHEN status = 'lost' THEN 'lost' ELSE 'idle' END
+        """UPDATE agents SET current_task_id = NULL, status = CASE WHEN status IN ('lost', 'offline') THEN status ELSE 'idle' END
            WHERE name = ? AND current_task_id = ?""",
         (agent, task_id),
     )

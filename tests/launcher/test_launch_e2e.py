@@ -8,6 +8,7 @@ in the scripted model's task grammar, so the files the CLIs write can be checked
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -142,7 +143,7 @@ def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iter
     home, workdir, user_home = root / "home", root / "work", root / "user"
     for d in (workdir, user_home):
         d.mkdir()
-    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120"}).start()
+    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120", "AISWARM_LOG_FORMAT": "json"}).start()
     model = ScriptedModelServer().start()
     env = {
         **os.environ,
@@ -150,6 +151,7 @@ def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "HOME": str(user_home),  # no user logins are carried into the agents' homes
         "AISWARM_HOME": str(home),
         "NO_COLOR": "1",
+        "AISWARM_LOG_FORMAT": "json",
     }
     env.pop("AISWARM_TOKEN", None)
     launcher_log = root / "launcher.log"
@@ -258,6 +260,21 @@ def test_cli_killed_mid_task_is_retried_elsewhere_once_and_the_stale_fence_is_re
             lambda b: b.report_task_completion(task_id, first_fence, success=True, result="late"), token=token
         )
     assert swarm.call(lambda b: b.get_task(task_id)).task.result != "late"
+
+    # The JSON logs follow the task: the broker's lines and both agents', both attempts, in time order.
+    merged = subprocess.run(
+        [sys.executable, "-m", "aiswarm_server", "logs", "--task", str(task_id), "--json"],
+        env=swarm.env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    lines = [json.loads(text) for text in merged.stdout.splitlines()]
+    assert [line["ts"] for line in lines] == sorted(line["ts"] for line in lines)
+    winner = task.attempts[-1].agent
+    assert {line["source"] for line in lines} == {"broker", holder, winner}
+    claims = [(line["agent"], line["attempt"]) for line in lines if "claimed by" in line["message"]]
+    assert claims == [(holder, 1), (winner, 2)]
+    assert {line.get("attempt") for line in lines if line["source"] == holder} >= {1}
+    assert {line.get("attempt") for line in lines if line["source"] == winner} >= {2}
+    assert all(line.get("task_id") == task_id for line in lines)
 
 
 def test_rate_limited_cli_cools_down_and_the_other_cli_completes_its_task(swarm: Swarm) -> None:

@@ -54,6 +54,8 @@ REPLIES: dict[str, type[BaseModel]] = {
     "issue_agent_token": replies.TokenReply,
     "revoke_agent_tokens": replies.TokenReply,
     "release_task": replies.CompletionReply,
+    "mark_agents_offline": replies.AgentsReply,
+    "record_model_usage": replies.UsageReply,
     "broker_status": replies.StatusReply,
 }
 WORKER_TOOLS = [

@@ -15,7 +15,7 @@ from typing import TypeVar, cast
 import pytest
 
 from aiswarm_server.errors import NotFound, SchemaTooNew, StaleClaim, StoreUnavailable
-from aiswarm_server.models import AttemptOutcome, EventKind, Identity, NewTask, Role, TaskStatus
+from aiswarm_server.models import AgentStatus, AttemptOutcome, EventKind, Identity, NewTask, Role, TaskStatus
 from aiswarm_server.store import Store, open_store
 from aiswarm_server.store.postgres import PostgresStore
 from aiswarm_server.store.sqlite import SqliteStore, migrations
@@ -97,6 +97,25 @@ async def test_poll_acknowledges_events_durably(store: Store) -> None:
     assert huge.cursor == first.events[-1].id
 
 
+async def test_stopped_agents_are_offline_until_they_call_again(store: Store) -> None:
+    for name in ("stopped-1", "stopped-2", "running-1"):
+        await store.register_agent(name, "qwen", None, [], None, NOW)
+    marked = await store.mark_agents_offline(["stopped-1", "stopped-2", "never-seen"])
+    assert [(a.name, a.status) for a in marked] == [
+        ("stopped-1", AgentStatus.OFFLINE),
+        ("stopped-2", AgentStatus.OFFLINE),
+    ]
+    await store.sweep(NOW + 10_000, NOW + 5_000)  # every agent silent past the cut-off
+    statuses = {a.name: a.status for a in await store.list_agents()}
+    assert statuses == {
+        "stopped-1": AgentStatus.OFFLINE,  # an offline agent stays offline, not lost
+        "stopped-2": AgentStatus.OFFLINE,
+        "running-1": AgentStatus.LOST,
+    }
+    poll = await store.poll_agent("stopped-1", None, NOW + 10_001)
+    assert poll.agent.status is AgentStatus.IDLE  # it called: live again
+
+
 async def test_tokens_are_stored_as_hashes_and_can_be_revoked(store: Store) -> None:
     await store.add_token("h1", Identity(role=Role.WORKER, agent="a"), NOW)
     assert (await store.find_token("h1")) == Identity(role=Role.WORKER, agent="a")
@@ -141,7 +160,7 @@ def _claim_all(where: str, agent: str, results: multiprocessing.Queue) -> None: 
     async def retried(call: Callable[[], Awaitable[T]]) -> T:
         # Four processes share one SQLite file, which the store does not expect (one broker owns it): a write may
         # find the lock held past the store's 250 ms wait on a loaded machine, and is refused with nothing changed.
-        # A caller retries such a refusal, as an agent would.
+        # A caller retries such a refusal, as an agent would; so does opening, which reads the schema version.
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -153,7 +172,7 @@ def _claim_all(where: str, agent: str, results: multiprocessing.Queue) -> None: 
 
     async def run() -> list[int]:
         store = open_store(Path(where) if where.endswith(".db") else where)
-        await store.open()
+        await retried(store.open)
         got = []
         try:
             while True:
