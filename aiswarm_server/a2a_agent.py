@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiswarm_server import __version__
-from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker import Broker
 from aiswarm_server.errors import BrokerError
-from aiswarm_server.models import Identity, Role, Task, TaskStatus
+from aiswarm_server.models import Identity, Role, Task, TaskRequest, TaskStatus
 
 if TYPE_CHECKING:
     from a2a.server.agent_execution import RequestContext
@@ -250,9 +250,9 @@ def _make_executor(broker: Callable[[], Broker | None]) -> Any:
                 )
                 return
             try:
-                spec = TaskSpec(
-                    _title(prompt),
-                    prompt,
+                spec = TaskRequest(
+                    title=_title(prompt),
+                    prompt=prompt,
                     persona=_text_option(options, "persona"),
                     working_dir=_text_option(options, "working_dir"),
                 )

@@ -20,14 +20,17 @@ PRIMARY_TOKEN_FILE = "primary.token"
 
 
 def hash_token(token: str) -> str:
+    """The SHA-256 hex digest under which a token is stored (the token itself never is)."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def new_token(role: Role) -> str:
+    """A fresh random token whose prefix shows its role (``asw_w_`` worker, ``asw_p_`` primary, ``asw_a_`` admin)."""
     return f"asw_{role.value[0]}_{secrets.token_urlsafe(32)}"
 
 
 def validate_agent_name(name: str) -> str:
+    """Return ``name`` if it is a valid agent name, else raise :class:`InvalidRequest` saying what is allowed."""
     if not AGENT_NAME.fullmatch(name):
         raise InvalidRequest(
             f"{name!r} is not a valid agent name: use 1-64 letters, digits, '.', '_' or '-', "
@@ -37,6 +40,7 @@ def validate_agent_name(name: str) -> str:
 
 
 def read_token_file(path: Path) -> str | None:
+    """The token in ``path``, or None when the file is missing or empty."""
     try:
         token = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -61,6 +65,7 @@ class TokenRegistry:
         self._cache: dict[str, tuple[Identity, float]] = {}  # digest -> (identity, read at)
 
     async def authenticate(self, token: str | None) -> Identity | None:
+        """The identity a token proves, from the cache or the store; None for a missing, unknown or revoked token."""
         if not token:
             return None
         digest = hash_token(token)
@@ -81,6 +86,8 @@ class TokenRegistry:
         return cached[0] if cached is not None else None
 
     async def issue(self, identity: Identity) -> str:
+        """Issue and store (as its hash) a new token for ``identity``; raise :class:`InvalidRequest` for a worker without a
+        valid agent name."""
         if identity.role is Role.WORKER:
             if identity.agent is None:
                 raise InvalidRequest("a worker token must name its agent")
@@ -90,11 +97,13 @@ class TokenRegistry:
         return token
 
     async def revoke_agent(self, agent: str) -> int:
+        """Revoke every token of ``agent`` and forget them here at once; return how many were revoked."""
         count = await self._store.revoke_tokens(agent=agent, now=time.time())
         self._cache = {h: entry for h, entry in self._cache.items() if entry[0].agent != agent}
         return count
 
     async def revoke(self, token: str) -> int:
+        """Revoke one token and forget it here at once; return how many were revoked (0 or 1)."""
         digest = hash_token(token)
         self._cache.pop(digest, None)
         return await self._store.revoke_tokens(token_hash=digest, now=time.time())

@@ -24,6 +24,7 @@ from aiswarm_server.serve import read_broker_info
 
 
 def broker_is_up(url: str, timeout: float = 1.0) -> bool:
+    """Whether an aiswarm broker answers ``/health`` beside this MCP URL within ``timeout`` seconds."""
     health = url.rsplit("/mcp", 1)[0] + "/health"
     try:
         return httpx.get(health, timeout=timeout).json().get("service") == "aiswarm"
@@ -70,6 +71,9 @@ def start_broker(settings: BrokerSettings, wait_seconds: float = 20.0) -> str:
 
 
 def resolve_broker(settings: BrokerSettings, url: str | None, start: bool) -> str:
+    """The URL of a broker that answers: ``url``, else the one serving the home, started if absent and ``start``.
+
+    Raises :class:`BrokerUnreachable` with the command that fixes it."""
     target = url or local_broker_url(settings)
     if broker_is_up(target):
         return target
@@ -79,6 +83,7 @@ def resolve_broker(settings: BrokerSettings, url: str | None, start: bool) -> st
 
 
 async def run_bridge(settings: BrokerSettings, *, url: str | None, token: str | None, start: bool) -> None:
+    """Serve MCP on stdin/stdout until the client closes it, passing tools/list and tools/call to the broker."""
     target = resolve_broker(settings, url, start)
     secret = token or local_token(settings.home, "primary")
     async with BrokerClient(target, secret) as upstream:

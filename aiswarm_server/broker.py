@@ -10,28 +10,42 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from aiswarm_server import __version__
 from aiswarm_server.auth import TokenRegistry, validate_agent_name
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.errors import InvalidRequest, NotFound, StaleClaim
+from aiswarm_server.errors import BrokerError, InvalidRequest, NotFound, StaleClaim
 from aiswarm_server.isolation import (
     check_declared_files,
     discard_task_branch,
     merge_task_branch,
     submitter_git,
 )
+from aiswarm_server.limits import (
+    CURSOR_MAX_CHARS,
+    LABEL_MAX_CHARS,
+    LIST_LIMIT_MAX,
+    MAX_ATTEMPTS_LIMIT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    PROGRESS_MAX_CHARS,
+    REASON_MAX_CHARS,
+    RETRY_BACKOFF_MAX,
+    RETRY_DELAY_LIMIT_SECONDS,
+    TASK_TIMEOUT_LIMIT_SECONDS,
+    TITLE_MAX_CHARS,
+)
 from aiswarm_server.models import (
     Identity,
-    Isolation,
     IsolationUpdate,
     MergeState,
     NewTask,
     Role,
     Task,
     TaskChange,
+    TaskRequest,
     TaskStatus,
 )
 from aiswarm_server.replies import (
@@ -61,7 +75,7 @@ from aiswarm_server.waiters import AgentWaiters, TaskWatchers
 log = logging.getLogger("aiswarm.broker")
 
 _CURSOR = re.compile(r"^(\d{1,18})(?:\.(\d{1,9}))?$")
-_LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_LABEL = re.compile(rf"^[a-z0-9][a-z0-9_.-]{{0,{LABEL_MAX_CHARS - 1}}}$")
 
 
 def format_cursor(event_id: int, sequence: int) -> str:
@@ -70,25 +84,29 @@ def format_cursor(event_id: int, sequence: int) -> str:
 
 
 def parse_cursor(cursor: str | None) -> tuple[int | None, int]:
+    """Split a cursor into (last acknowledged event id, call sequence); ``None`` or ``""`` is (None, 0).
+
+    Raises :class:`InvalidRequest` for text this broker never gave out."""
     if cursor is None or cursor == "":
         return None, 0
     match = _CURSOR.fullmatch(cursor.strip())
     if match is None:
         raise InvalidRequest(
-            f"cursor {cursor[:40]!r} is not one this broker gave out. Pass the `cursor` value returned by your "
+            f"cursor {cursor[:CURSOR_MAX_CHARS]!r} is not one this broker gave out. Pass the `cursor` value returned by your "
             "last wait_for_next_event or register_agent call (like '12.3'), or omit it to resume where you left off."
         )
     return int(match.group(1)), int(match.group(2) or 0)
 
 
 def normalize_labels(values: Sequence[str], what: str) -> list[str]:
+    """Lowercase, check, sort and deduplicate personas or capabilities; raise :class:`InvalidRequest` naming a bad one."""
     labels: list[str] = []
     for value in values:
         label = value.strip().lower()
         if not _LABEL.fullmatch(label):
             raise InvalidRequest(
                 f"{what} {value[:70]!r} is not valid: use lowercase letters, digits, '.', '_' or '-' "
-                "(1-64 characters), e.g. 'python' or 'code-review'."
+                f"(1-{LABEL_MAX_CHARS} characters), e.g. 'python' or 'code-review'."
             )
         labels.append(label)
     return sorted(set(labels))
@@ -136,60 +154,6 @@ class BrokerNews:
     usage: ModelUsage | None = None
 
 
-class TaskSpec:
-    """A task as a caller asks for it, before defaults and limits are applied."""
-
-    __slots__ = (
-        "capabilities",
-        "depends_on",
-        "files",
-        "isolation",
-        "key",
-        "max_attempts",
-        "persona",
-        "priority",
-        "prompt",
-        "retry_backoff",
-        "retry_delay_seconds",
-        "timeout_seconds",
-        "title",
-        "working_dir",
-    )
-
-    def __init__(
-        self,
-        title: str,
-        prompt: str,
-        *,
-        priority: int = 0,
-        persona: str | None = None,
-        capabilities: Sequence[str] = (),
-        depends_on: Sequence[int | str] = (),
-        working_dir: str | None = None,
-        max_attempts: int | None = None,
-        timeout_seconds: int | None = None,
-        key: str | None = None,
-        retry_delay_seconds: float | None = None,
-        retry_backoff: float | None = None,
-        isolation: Isolation = Isolation.AUTO,
-        files: Sequence[str] = (),
-    ) -> None:
-        self.title = title
-        self.prompt = prompt
-        self.priority = priority
-        self.persona = persona
-        self.capabilities = list(capabilities)
-        self.depends_on = list(depends_on)
-        self.working_dir = working_dir
-        self.max_attempts = max_attempts
-        self.timeout_seconds = timeout_seconds
-        self.key = key
-        self.retry_delay_seconds = retry_delay_seconds
-        self.retry_backoff = retry_backoff
-        self.isolation = isolation
-        self.files = list(files)
-
-
 class Broker:
     """Agents, tasks, claims under leases with fencing tokens, events from durable cursors, and wake-ups."""
 
@@ -211,12 +175,15 @@ class Broker:
 
     # lifecycle -----------------------------------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> None:
+        """Open the store (creating or migrating its schema), follow changes other broker processes commit, and start the
+        sweeper unless ``sweep`` is false. Raises :class:`SchemaTooNew` or :class:`StoreUnavailable`."""
         await self.store.open()
         await self.store.watch_changes(self._apply)
         if sweep:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="aiswarm-sweeper")
 
     async def stop(self) -> None:
+        """Stop the sweeper and close the store."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -235,7 +202,11 @@ class Broker:
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 
     async def sweep(self) -> TaskChange:
-        """Requeue expired leases, mark silent agents lost, and re-offer tasks nobody took up."""
+        """Requeue expired leases, mark silent agents lost, and re-offer tasks nobody took up.
+
+        One store transaction: every expired or lost agent's task goes back to ``pending`` (attempts + 1) or to
+        ``dead`` after its last attempt, and its holder gets a ``lease_lost`` event; then one fitting parked agent is
+        woken per requeued task. Parked agents count as alive. Raises :class:`StoreUnavailable`."""
         now = self.clock()
         change = await self.store.sweep(
             now, now - self.settings.agent_lost_seconds, keep_alive=self.agent_waiters.parked_agents()
@@ -295,6 +266,7 @@ class Broker:
     # identity ------------------------------------------------------------------------------------
     @staticmethod
     def agent_of(identity: Identity) -> str:
+        """The agent a worker identity speaks for; raise :class:`InvalidRequest` for a primary or admin caller."""
         if identity.role is not Role.WORKER or identity.agent is None:
             raise InvalidRequest(
                 "This tool is for worker agents: call it with a worker token (`aiswarm token issue --agent NAME`)."
@@ -302,6 +274,8 @@ class Broker:
         return identity.agent
 
     async def issue_agent_token(self, agent: str) -> TokenReply:
+        """Issue a new worker token for ``agent`` (its earlier tokens stay valid until revoked). One store write;
+        only the token's hash is kept. Raises :class:`InvalidRequest` for a malformed agent name."""
         validate_agent_name(agent)
         token = await self.tokens.issue(Identity(role=Role.WORKER, agent=agent, label=f"agent {agent}"))
         return TokenReply(
@@ -310,7 +284,15 @@ class Broker:
             message=f"Token for agent {agent}. Give it to that agent only (Authorization: Bearer ...).",
         )
 
+    async def revoke_agent_tokens(self, agent: str) -> TokenReply:
+        """Revoke every token of one agent: at once on this broker, within ``TokenRegistry.SHARED_CACHE_SECONDS``
+        on other brokers sharing a PostgreSQL database. An agent without tokens is not an error (0 revoked). No
+        event results: the agent's next request is answered 401."""
+        count = await self.tokens.revoke_agent(agent)
+        return TokenReply(agent=agent, token="", message=f"Revoked {count} token(s) of {agent}.")
+
     async def list_tokens(self, *, agent: str | None, include_revoked: bool) -> TokenListReply:
+        """The issued tokens (fingerprints, never the tokens), optionally only one agent's, revoked ones on request."""
         rows = await self.store.list_tokens()
         tokens = [
             TokenInfo(
@@ -340,12 +322,14 @@ class Broker:
         capabilities: Sequence[str] = (),
         pid: int | None = None,
     ) -> RegisterReply:
-        """Register (or re-register) the calling agent. Idempotent by name."""
+        """Register (or re-register) the calling worker, idempotently by name: it keeps its cursor and any task it
+        holds. One store write; no event results. Raises :class:`InvalidRequest` for a non-worker caller or a
+        malformed persona or capability."""
         name = self.agent_of(identity)
         if persona is not None:
             persona = normalize_labels([persona], "persona")[0]
         caps = normalize_labels(capabilities, "capability")
-        cli = cli.strip()[:64] or "unknown"
+        cli = cli.strip()[:LABEL_MAX_CHARS] or "unknown"
         agent = await self.store.register_agent(name, cli, persona, caps, pid, self.clock())
         self._cli_of[name] = agent.cli
         self.agent_waiters.remember(name, agent.persona, agent.capabilities)
@@ -363,7 +347,12 @@ class Broker:
     async def wait_for_next_event(
         self, identity: Identity, cursor: str | None, timeout_seconds: float
     ) -> WaitReply:
-        """Return what is after ``cursor`` (or a claimable task) at once, else park until something arrives."""
+        """Return what is after ``cursor`` (or a claimable task) at once, else park until something arrives.
+
+        Reading acknowledges every event up to ``cursor`` and marks the agent seen, in one store transaction; the
+        wait parks before it reads, so a task committed in between still wakes it. A task just offered to another
+        woken agent is left out for ``offer_seconds``. The timeout is capped at ``max_wait_seconds``. Raises
+        :class:`InvalidRequest` for a non-worker caller or a cursor this broker did not give out."""
         name = self.agent_of(identity)
         ack, sequence = parse_cursor(cursor)
         timeout = min(max(timeout_seconds, 0.0), float(self.settings.max_wait_seconds))
@@ -434,7 +423,12 @@ class Broker:
         return WaitReply(events=views, cursor=format_cursor(last, sequence + 1), message=message)
 
     async def claim_task(self, identity: Identity, task_id: int | None) -> ClaimReply:
-        """Claim a task atomically: the one named, or the best one this agent fits."""
+        """Claim a task atomically: the one named, or the best one this agent fits, under a lease.
+
+        One store transaction sets ``claimed``, a new fence token and the lease, and opens an attempt; an agent that
+        already holds a task gets it back with the same fence token. A task that cannot be claimed (taken, not
+        fitting, cancelled) is an answer with ``claimed`` false, not an error. Raises :class:`InvalidRequest` for a
+        non-worker caller."""
         name = self.agent_of(identity)
         outcome = await self.store.claim(name, task_id, self.clock(), self.settings.lease_seconds)
         if outcome.claim is None:
@@ -462,8 +456,12 @@ class Broker:
     async def report_progress(
         self, identity: Identity, task_id: int, fence_token: int, message: str, percent: float | None = None
     ) -> ProgressReply:
+        """Record a progress note and renew the lease of a task the caller holds, in one store transaction.
+
+        Raises :class:`StaleClaim` (not the holder, or an old fence token), :class:`TaskCancelled` (cancelled while
+        held; the holder also has a ``task_cancelled`` event) or :class:`NotFound`. No event results."""
         name = self.agent_of(identity)
-        note = message.strip()[:2000]
+        note = message.strip()[:PROGRESS_MAX_CHARS]
         if percent is not None:
             note = f"{percent:.0f}% {note}".strip()
         task = await self.store.renew(
@@ -490,6 +488,13 @@ class Broker:
         error: str | None = None,
         retryable: bool = True,
     ) -> CompletionReply:
+        """Record how the caller's attempt ended, in one store transaction.
+
+        Success completes the task and unblocks its dependents (woken if now ``pending``). Failure requeues it while
+        attempts remain and ``retryable`` holds, else fails it (``dead`` after its last attempt) and fails its
+        dependents. A report repeated with the same fence token is answered again, not recorded twice. Raises
+        :class:`StaleClaim`, :class:`TaskCancelled`, :class:`NotFound`, or :class:`InvalidRequest` for an oversized
+        result, error or data. Primaries waiting on the task are woken."""
         name = self.agent_of(identity)
         self._check_size("result", result, self.settings.max_result_chars)
         self._check_size("error", error, self.settings.max_result_chars)
@@ -518,6 +523,8 @@ class Broker:
         return CompletionReply(task_id=task_id, status=status, message=message)
 
     async def heartbeat(self, identity: Identity) -> HeartbeatReply:
+        """Mark the calling worker alive and renew the lease of the task it holds, in one store transaction. Raises
+        :class:`InvalidRequest` for a non-worker caller; no event results."""
         name = self.agent_of(identity)
         agent, task = await self.store.heartbeat(name, self.clock(), self.settings.lease_seconds)
         cancelled = ""
@@ -531,6 +538,7 @@ class Broker:
         )
 
     async def agent_status(self, identity: Identity) -> AgentStatusReply:
+        """The calling worker's record and the task it holds. Reads only; raises :class:`NotFound` before it registers."""
         name = self.agent_of(identity)
         agent = await self.store.get_agent(name)
         if agent is None:
@@ -543,7 +551,11 @@ class Broker:
         )
 
     async def release_task(self, agent: str, task_id: int, reason: str) -> CompletionReply:
-        """Hand a task back to the queue without counting a failure (the launcher's graceful stop)."""
+        """Hand a task back to the queue without counting a failure (the launcher's graceful stop).
+
+        One store transaction ends the attempt as ``released`` and makes the task ``pending``; one fitting parked
+        agent is woken for it. Raises :class:`StaleClaim` if ``agent`` does not hold it, :class:`NotFound` for an
+        unknown task."""
         change = await self.store.release(agent, task_id, None, reason, self.clock())
         self._apply(change, "released", agent)
         status = change.task.status if change.task else TaskStatus.PENDING
@@ -583,7 +595,9 @@ class Broker:
                 "file in the working directory and reference its path)."
             )
 
-    def _new_task(self, spec: TaskSpec, resolved_deps: list[int], submitter: str) -> NewTask:
+    def _new_task(
+        self, spec: TaskRequest, resolved_deps: list[int], submitter: str, personas: set[str]
+    ) -> NewTask:
         title = " ".join(spec.title.split())
         if any(ord(c) < 32 or ord(c) == 127 for c in title):
             raise InvalidRequest("title must be plain text without control characters (no NUL, no escapes).")
@@ -591,42 +605,51 @@ class Broker:
             raise InvalidRequest(
                 "title must not be empty: give the task a short name, e.g. 'Add tests for parser'."
             )
-        if len(title) > 200:
+        if len(title) > TITLE_MAX_CHARS:
             raise InvalidRequest(
-                f"title is {len(title)} characters; keep it under 200 and put details in prompt."
+                f"title is {len(title)} characters; keep it under {TITLE_MAX_CHARS} and put details in prompt."
             )
         if "\x00" in spec.prompt or not spec.prompt.strip():
             raise InvalidRequest(
                 "prompt must be non-empty text (no NUL bytes) saying what the agent should do."
             )
         self._check_size("prompt", spec.prompt, self.settings.max_prompt_chars)
-        if spec.working_dir is not None and (
-            "\x00" in spec.working_dir or not PurePosixPath(spec.working_dir).is_absolute()
-        ):
+        if spec.working_dir is not None:
+            _check_working_dir(spec.working_dir)
+        if not PRIORITY_MIN <= spec.priority <= PRIORITY_MAX:
             raise InvalidRequest(
-                f"working_dir {spec.working_dir[:80]!r} must be an absolute path, e.g. /home/me/project."
+                f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX} (higher runs first)."
             )
-        if not -1000 <= spec.priority <= 1000:
-            raise InvalidRequest("priority must be between -1000 and 1000 (higher runs first).")
         max_attempts = spec.max_attempts or self.settings.default_max_attempts
-        if not 1 <= max_attempts <= 100:
-            raise InvalidRequest("max_attempts must be between 1 and 100.")
+        if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise InvalidRequest(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}.")
         timeout = spec.timeout_seconds or self.settings.default_task_timeout_seconds
-        if not 1 <= timeout <= 7 * 86_400:
-            raise InvalidRequest("timeout_seconds must be between 1 and 604800 (7 days).")
-        retry_delay = spec.retry_delay_seconds or 0.0
-        if not 0 <= retry_delay <= 86_400:
-            raise InvalidRequest("retry_delay_seconds must be between 0 and 86400 (one day).")
-        retry_backoff = spec.retry_backoff or 1.0
-        if not 1 <= retry_backoff <= 10:
+        if not 1 <= timeout <= TASK_TIMEOUT_LIMIT_SECONDS:
             raise InvalidRequest(
-                "retry_backoff must be between 1 and 10 (each retry waits that many times longer)."
+                f"timeout_seconds must be between 1 and {TASK_TIMEOUT_LIMIT_SECONDS} "
+                f"({TASK_TIMEOUT_LIMIT_SECONDS // 86_400} days)."
+            )
+        retry_delay = spec.retry_delay_seconds or 0.0
+        if not 0 <= retry_delay <= RETRY_DELAY_LIMIT_SECONDS:
+            raise InvalidRequest(
+                f"retry_delay_seconds must be between 0 and {RETRY_DELAY_LIMIT_SECONDS} (one day)."
+            )
+        retry_backoff = spec.retry_backoff or 1.0
+        if not 1 <= retry_backoff <= RETRY_BACKOFF_MAX:
+            raise InvalidRequest(
+                f"retry_backoff must be between 1 and {RETRY_BACKOFF_MAX} (each retry waits that many times longer)."
+            )
+        persona = normalize_labels([spec.persona], "persona")[0] if spec.persona else None
+        if persona is not None and personas and persona not in personas:
+            raise InvalidRequest(
+                f"persona {persona!r} is unknown: known personas are {', '.join(sorted(personas))}. "
+                f"Pick one of them, omit persona, or define it in {self.settings.home / 'personas' / persona}.md."
             )
         return NewTask(
             title=title,
             prompt=spec.prompt,
             priority=spec.priority,
-            persona=normalize_labels([spec.persona], "persona")[0] if spec.persona else None,
+            persona=persona,
             capabilities=normalize_labels(spec.capabilities, "capability"),
             depends_on=resolved_deps,
             working_dir=spec.working_dir,
@@ -639,8 +662,14 @@ class Broker:
             files=check_declared_files(spec.files),
         )
 
-    async def submit_tasks(self, identity: Identity, specs: Sequence[TaskSpec]) -> SubmitReply:
-        """Submit tasks in one transaction. ``depends_on`` names existing task ids or earlier ``key``s in the batch."""
+    async def submit_tasks(self, identity: Identity, specs: Sequence[TaskRequest]) -> SubmitReply:
+        """Submit tasks in one transaction: all of them or, on any refusal, none.
+
+        ``depends_on`` names existing task ids or the ``key``s of earlier tasks in the batch (so no cycle is
+        possible). Defaults come from the settings. Each task becomes ``pending`` (one fitting parked agent is
+        woken for it, before this call answers) or ``blocked`` until its dependencies complete; a dependency that
+        already failed fails it at once. Raises :class:`InvalidRequest` (limits, unknown dependency or persona,
+        bad working directory) or :class:`StoreUnavailable`."""
         if not specs:
             raise InvalidRequest("submit at least one task.")
         if len(specs) > self.settings.max_batch:
@@ -651,7 +680,7 @@ class Broker:
         existing: set[int] = set()
         for index, spec in enumerate(specs):
             for dep in spec.depends_on:
-                if isinstance(dep, str) and not re.fullmatch(r"-?[0-9]{1,19}", dep):
+                if isinstance(dep, str):
                     if dep not in keys:
                         raise InvalidRequest(
                             f"task {index} depends on {dep!r}, which is not the key of an earlier task in this batch. "
@@ -673,11 +702,12 @@ class Broker:
             )
         submitter = identity.label or identity.role.value
         # Batch-local keys become ids inside the store's one transaction; validate everything first.
+        personas = await self.known_personas() if any(spec.persona for spec in specs) else set()
         new_tasks: list[tuple[NewTask, list[int]]] = []
         for spec in specs:
-            local = [keys[d] for d in spec.depends_on if isinstance(d, str) and d in keys]
-            ids = [int(d) for d in spec.depends_on if not (isinstance(d, str) and d in keys)]
-            new_tasks.append((self._new_task(spec, ids, submitter), local))
+            local = [keys[d] for d in spec.depends_on if isinstance(d, str)]
+            ids = [d for d in spec.depends_on if isinstance(d, int)]
+            new_tasks.append((self._new_task(spec, ids, submitter, personas), local))
         for new, local in new_tasks:
             new.depends_on_batch = local
             new.base_commit, new.target_branch = await submitter_git(new.working_dir, new.isolation)
@@ -708,7 +738,16 @@ class Broker:
             "registers (e.g. `aiswarm launch --persona NAME`)."
         )
 
+    async def known_personas(self) -> set[str]:
+        """The personas a task may ask for: those the launcher can run for this home (persona files, remote A2A
+        agents) and any persona a registered agent declared (it may come from another home). Empty when none is
+        known: then any persona is accepted."""
+        files = await asyncio.to_thread(_configured_personas, self.settings.home)
+        agents = {a.persona for a in await self.store.list_agents() if a.persona}
+        return files | agents
+
     async def get_task(self, task_id: int) -> TaskReply:
+        """One task with every attempt. Reads only; raises :class:`NotFound` for an unknown id."""
         task = await self.store.get_task(task_id)
         if task is None:
             raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
@@ -742,8 +781,9 @@ class Broker:
         return await self.record_isolation(task_id, None, update)
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> TasksReply:
-        if not 1 <= limit <= 500:
-            raise InvalidRequest("limit must be between 1 and 500.")
+        """Tasks newest first, optionally of one status. Reads only; raises :class:`InvalidRequest` for a bad page."""
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise InvalidRequest(f"limit must be between 1 and {LIST_LIMIT_MAX}.")
         if offset < 0:
             raise InvalidRequest("offset must be 0 or more.")
         tasks = await self.store.list_tasks(status, limit, offset)
@@ -752,7 +792,11 @@ class Broker:
     async def wait_for_tasks(
         self, task_ids: Sequence[int], mode: Literal["all", "any"], timeout_seconds: float
     ) -> WaitTasksReply:
-        """Wait until all (or any) of the tasks reach a final status, or the timeout passes."""
+        """Wait until all (or any) of the tasks reach a final status, or the timeout passes.
+
+        Watches before it reads, so a completion committed in between still ends the wait; the timeout is capped at
+        ``max_wait_seconds``. Reads only. Raises :class:`InvalidRequest` (empty or oversized list) or
+        :class:`NotFound` (an unknown id)."""
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             raise InvalidRequest("task_ids must name at least one task.")
@@ -775,7 +819,10 @@ class Broker:
                     await asyncio.wait_for(changed, remaining)
 
     async def cancel_task(self, task_id: int, reason: str | None) -> TaskReply:
-        reason = (reason or "cancelled by the primary agent").strip()[:500]
+        """Cancel a task that has not finished, in one store transaction: its holder (if any) gets a ``task_cancelled``
+        event and is woken, tasks depending on it fail, and primaries waiting on any of them are woken. A finished task
+        is left as it is (the reply says so). Raises :class:`NotFound` for an unknown id."""
+        reason = (reason or "cancelled by the primary agent").strip()[:REASON_MAX_CHARS]
         change = await self.store.cancel(task_id, reason, self.clock())
         self._apply(change, "cancelled")
         assert change.task is not None
@@ -803,9 +850,9 @@ class Broker:
                 f"Task #{task_id} is {task.status.value}; only a dead or failed task can be requeued "
                 "(cancel a running one first, or submit a new task)."
             )
-        spec = TaskSpec(
-            task.title,
-            task.prompt,
+        spec = TaskRequest.model_construct(  # the stored task passed these checks once; _new_task applies them again
+            title=task.title,
+            prompt=task.prompt,
             priority=task.priority,
             persona=task.persona,
             capabilities=task.capabilities,
@@ -819,6 +866,7 @@ class Broker:
         return reply
 
     async def list_agents(self) -> AgentsReply:
+        """Every registered agent with its status and current task. Reads only."""
         agents = await self.store.list_agents()
         parked = set(self.agent_waiters.parked_agents())
         live = sum(1 for a in agents if a.status.is_live)
@@ -828,6 +876,7 @@ class Broker:
         )
 
     async def status(self) -> StatusReply:
+        """Counts of tasks and agents by status, parked waits and watched tasks, version, uptime. Reads only."""
         stats = await self.store.stats()
         return StatusReply(
             version=__version__,
@@ -839,6 +888,41 @@ class Broker:
             uptime_seconds=round(self.clock() - self._started_at, 1),
             message="Broker is running.",
         )
+
+
+def _check_working_dir(path: str) -> None:
+    """A task's working directory must be an absolute path to a directory that exists where the broker runs."""
+    if "\x00" in path or not PurePosixPath(path).is_absolute():
+        raise InvalidRequest(f"working_dir {path[:80]!r} must be an absolute path, e.g. /home/me/project.")
+    try:
+        exists = Path(path).is_dir()
+    except OSError:
+        exists = False
+    if not exists:
+        raise InvalidRequest(
+            f"working_dir {path[:200]!r} is not an existing directory. Create it first, or give the path of the "
+            "project the workers should work in."
+        )
+
+
+def _configured_personas(home: Path) -> set[str]:
+    """The personas the launcher can run for this home: its persona files and the personas of the remote A2A
+    agents in its ``config.toml`` (empty when the launcher is absent or its files cannot be read)."""
+    try:
+        from launcher.a2a_worker import load_remote_agents
+        from launcher.personas import load_personas
+    except ImportError:
+        return set()
+    try:
+        names = set(load_personas(home))
+    except ValueError as error:  # PersonaError: the launcher refuses the file too, naming it
+        log.warning("persona files unreadable, persona names not checked: %s", error)
+        return set()
+    try:
+        names |= {agent.persona for agent in load_remote_agents(home)}
+    except BrokerError as error:  # A2AAgentError: the launcher refuses the file too, saying why
+        log.warning("%s", error)
+    return names
 
 
 def _expire(woken: asyncio.Future[None]) -> None:

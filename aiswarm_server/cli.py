@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -27,9 +29,20 @@ from aiswarm_server.broker_client import (
 )
 from aiswarm_server.config import DEFAULT_PORT, BrokerSettings
 from aiswarm_server.errors import BrokerError, SchemaTooNew
-from aiswarm_server.models import MergeState, Task
+from aiswarm_server.limits import (
+    LIST_LIMIT_MAX,
+    MAX_ATTEMPTS_LIMIT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    TASK_TIMEOUT_LIMIT_SECONDS,
+    TITLE_MAX_CHARS,
+)
+from aiswarm_server.models import MergeState, Task, TaskStatus
 
 T = TypeVar("T")
+
+#: How long ``submit --wait`` keeps reconnecting to a broker that went away before it gives up.
+RECONNECT_SECONDS = 600.0
 
 app = typer.Typer(
     name="aiswarm",
@@ -47,13 +60,16 @@ errors = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line i
 HomeOption = Annotated[
     Path | None,
     typer.Option(
-        "--home", envvar="AISWARM_HOME", help="aiswarm home: database, tokens, logs. \\[default: ~/.aiswarm]"
+        "--home",
+        envvar="AISWARM_HOME",
+        help="aiswarm home: database, tokens, logs.",
+        show_default="~/.aiswarm",
     ),
 ]
 UrlOption = Annotated[
     str | None,
     typer.Option(
-        "--url", envvar="AISWARM_URL", help="Broker MCP URL. \\[default: the broker serving --home]"
+        "--url", envvar="AISWARM_URL", help="Broker MCP URL.", show_default="the broker serving --home"
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -63,7 +79,24 @@ class CliError(Exception):
     """A one-line error for the terminal."""
 
 
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"aiswarm {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Coordinate a swarm of agent CLIs (qwen-code, gemini-cli, opencode) for your primary coding agent."""
+
+
 def settings_for(home: Path | None, **overrides: Any) -> BrokerSettings:
+    """Broker settings for ``home`` with the CLI's overrides; a bad value is a :class:`CliError` naming the setting."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if home is not None:
         values["home"] = home.expanduser()
@@ -75,20 +108,57 @@ def settings_for(home: Path | None, **overrides: Any) -> BrokerSettings:
         raise CliError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
+def _within(low: float, high: float | None = None) -> Callable[[Any], Any]:
+    """An option callback refusing values outside ``low``..``high`` with one line naming the range."""
+
+    def check(value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and (item < low or (high is not None and item > high)):
+                allowed = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+                raise typer.BadParameter(f"{item:g} is out of range: it must be {allowed}")
+        return value
+
+    return check
+
+
+def _setting_default(name: str) -> str:
+    """A setting's built-in default as --help shows it (the option itself defaults to the setting)."""
+    value = BrokerSettings.model_fields[name].default
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a new event loop."""
     return asyncio.run(coro)
 
 
 async def with_broker(
     home: Path | None, url: str | None, action: Callable[[BrokerClient], Awaitable[T]], role: str = "admin"
 ) -> T:
+    """Run ``action`` against the broker of ``home`` (or at ``url``); an absent broker is one line saying how to
+    start it."""
     settings = settings_for(home)
-    token = local_token(settings.home, "admin" if role == "admin" else "primary")
-    async with BrokerClient(url or local_broker_url(settings), token) as broker:
-        return await action(broker)
+    target = url or local_broker_url(settings)
+    try:
+        token = local_token(settings.home, "admin" if role == "admin" else "primary")
+        async with BrokerClient(target, token) as broker:
+            return await action(broker)
+    except BrokerUnreachable as error:
+        raise CliError(_unreachable(settings, home, url, error)) from None
+
+
+def _unreachable(
+    settings: BrokerSettings, home: Path | None, url: str | None, error: BrokerUnreachable
+) -> str:
+    if error.url is None:  # no token: this home never had a broker
+        return str(error)
+    start = "aiswarm serve" + (f" --home {settings.home}" if home is not None else "")
+    where = f" (home {settings.home})" if url is None else ""
+    return f"no aiswarm broker answers at {error.url}{where}. Start it with `{start}`."
 
 
 def print_json(value: BaseModel | list[Any] | dict[str, Any]) -> None:
+    """Write a model, list or dict to stdout as indented JSON."""
     if isinstance(value, BaseModel):
         sys.stdout.write(value.model_dump_json(indent=2) + "\n")
     else:
@@ -96,9 +166,10 @@ def print_json(value: BaseModel | list[Any] | dict[str, Any]) -> None:
 
 
 def task_table(tasks: list[Task]) -> Table:
+    """A table of tasks for the terminal: id, status, title, persona, agent, tries and the outcome."""
     table = Table("id", "status", "title", "persona", "agent", "tries", "result / error", box=None)
     for t in tasks:
-        outcome = t.result if t.status.value == "completed" else (t.error or t.progress or "")
+        outcome = t.result if t.status is TaskStatus.COMPLETED else (t.error or t.progress or "")
         agent = t.claimed_by or (t.attempts[-1].agent if t.attempts else "")
         table.add_row(
             str(t.id),
@@ -118,7 +189,10 @@ def serve(
     home: HomeOption = None,
     host: Annotated[str, typer.Option(envvar="AISWARM_HOST", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(envvar="AISWARM_PORT", help="Port (0 = any free port).")
+        int,
+        typer.Option(
+            envvar="AISWARM_PORT", callback=_within(0, 65535), help="Port, 0-65535 (0 = any free one)."
+        ),
     ] = DEFAULT_PORT,
     allow_remote: Annotated[
         bool,
@@ -134,15 +208,27 @@ def serve(
         str | None,
         typer.Option(
             envvar="AISWARM_DATABASE_URL",
-            help="PostgreSQL URL (postgresql://user@host/db) to share with other brokers. [default: SQLite in home]",
+            help="PostgreSQL URL (postgresql://user@host/db) to share with other brokers.",
+            show_default="SQLite in --home",
         ),
     ] = None,
     lease_seconds: Annotated[
-        float | None, typer.Option(envvar="AISWARM_LEASE_SECONDS", help="Claim lease length. [default: 300]")
+        float | None,
+        typer.Option(
+            envvar="AISWARM_LEASE_SECONDS",
+            callback=_within(0.001, 86_400),
+            help="Claim lease length in seconds.",
+            show_default=_setting_default("lease_seconds"),
+        ),
     ] = None,
     agent_lost_seconds: Annotated[
         float | None,
-        typer.Option(envvar="AISWARM_AGENT_LOST_SECONDS", help="Silence before an agent is lost."),
+        typer.Option(
+            envvar="AISWARM_AGENT_LOST_SECONDS",
+            callback=_within(0.001, 86_400),
+            help="Silence (seconds) before an agent is marked lost.",
+            show_default=_setting_default("agent_lost_seconds"),
+        ),
     ] = None,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound port here once ready.")] = None,
     log_level: Annotated[
@@ -162,12 +248,50 @@ def serve(
         lease_seconds=lease_seconds,
         agent_lost_seconds=agent_lost_seconds,
     )
-    errors.print(
-        f"aiswarm broker {__version__}: home {settings.home}, state in {settings.database_label}, "
-        f"listening on {settings.host}",
-        highlight=False,
-    )
-    run(settings, log_level=log_level, port_file=port_file)
+
+    def banner(url: str) -> None:
+        errors.print(
+            f"aiswarm broker {__version__} serving {url} (home {settings.home}, state in "
+            f"{settings.database_label}). Stop it with Ctrl-C or `aiswarm stop`.",
+            highlight=False,
+            markup=False,
+        )
+
+    run(settings, log_level=log_level, port_file=port_file, on_serving=banner)
+
+
+@app.command()
+def stop(
+    home: HomeOption = None,
+    wait_seconds: Annotated[
+        float,
+        typer.Option(
+            "--wait-seconds", callback=_within(0), help="How long to wait for it to finish stopping."
+        ),
+    ] = 30.0,
+) -> None:
+    """Stop the broker serving --home gracefully, as Ctrl-C would: waits are answered, nothing is lost."""
+    from aiswarm_server.serve import home_is_served, read_broker_info
+
+    settings = settings_for(home)
+    info = read_broker_info(settings.home)
+    if info is None or not home_is_served(settings.home):
+        raise CliError(f"no aiswarm broker is serving {settings.home}; nothing to stop.")
+    try:
+        os.kill(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        raise CliError(f"the broker of {settings.home} (pid {info.pid}) is already gone.") from None
+    except PermissionError:
+        raise CliError(f"the broker of {settings.home} (pid {info.pid}) belongs to another user.") from None
+    deadline = time.monotonic() + wait_seconds
+    while home_is_served(settings.home):
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"the broker (pid {info.pid}) is still stopping after {wait_seconds:.0f}s; "
+                f"`kill -9 {info.pid}` ends it at once (committed state is kept)."
+            )
+        time.sleep(0.1)
+    console.print(f"stopped the broker at {info.url} (pid {info.pid}).", highlight=False, markup=False)
 
 
 @app.command()
@@ -187,25 +311,82 @@ def mcp(
 
 
 # ------------------------------------------------------------------------------------------------ tasks
+def _title(value: str) -> str:
+    title = " ".join(value.split())
+    if not title:
+        raise typer.BadParameter(
+            "must not be empty: give the task a short name, e.g. 'Add tests for the parser'"
+        )
+    if len(title) > TITLE_MAX_CHARS:
+        raise typer.BadParameter(
+            f"is {len(title)} characters; keep it to {TITLE_MAX_CHARS} and put details in -p"
+        )
+    return value
+
+
+def _prompt(prompt: str | None) -> str:
+    """The prompt from -p, else from stdin; a terminal on stdin gets a hint instead of a silent wait."""
+    if prompt is not None:
+        return prompt
+    if sys.stdin.isatty():
+        raise CliError(
+            "no prompt: pass it with -p 'what to do', or pipe it in (aiswarm submit TITLE < prompt.md)."
+        )
+    return sys.stdin.read()
+
+
 @app.command()
 def submit(
-    title: Annotated[str, typer.Argument(help="Short name of the task.")],
+    title: Annotated[str, typer.Argument(metavar="TITLE", callback=_title, help="Short name of the task.")],
     prompt: Annotated[
-        str | None, typer.Option("--prompt", "-p", help="What to do. [default: read stdin]")
+        str | None,
+        typer.Option("--prompt", "-p", help="What to do.", show_default="read from stdin"),
     ] = None,
-    persona: Annotated[str | None, typer.Option(help="Only agents with this persona take it.")] = None,
+    persona: Annotated[
+        str | None, typer.Option(help="Only agents with this persona take it (a name from personas/).")
+    ] = None,
     capability: Annotated[
-        list[str] | None, typer.Option("--capability", "-c", help="Required capability.")
+        list[str] | None, typer.Option("--capability", "-c", help="Required capability (repeatable).")
     ] = None,
     depends_on: Annotated[
-        list[int] | None, typer.Option("--depends-on", "-d", help="Task id that must finish first.")
+        list[int] | None,
+        typer.Option(
+            "--depends-on", "-d", callback=_within(1), help="Task id that must finish first (repeatable)."
+        ),
     ] = None,
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    priority: Annotated[
+        int,
+        typer.Option(
+            callback=_within(PRIORITY_MIN, PRIORITY_MAX),
+            help=f"Higher runs first ({PRIORITY_MIN} to {PRIORITY_MAX}).",
+        ),
+    ] = 0,
     working_dir: Annotated[
-        Path | None, typer.Option("--dir", help="Directory to work in. [default: current]")
+        Path | None,
+        typer.Option(
+            "--dir",
+            exists=True,
+            file_okay=False,
+            help="Directory the worker works in.",
+            show_default="current directory",
+        ),
     ] = None,
-    max_attempts: Annotated[int | None, typer.Option(help="Tries before giving up.")] = None,
-    timeout: Annotated[int | None, typer.Option(help="Per-attempt time limit in seconds.")] = None,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            callback=_within(1, MAX_ATTEMPTS_LIMIT),
+            help=f"Tries before giving up (1-{MAX_ATTEMPTS_LIMIT}).",
+            show_default="the broker's, 3 unless AISWARM_DEFAULT_MAX_ATTEMPTS",
+        ),
+    ] = None,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            callback=_within(1, TASK_TIMEOUT_LIMIT_SECONDS),
+            help=f"Per-attempt time limit in seconds (1-{TASK_TIMEOUT_LIMIT_SECONDS}).",
+            show_default="the broker's, 1800 unless AISWARM_DEFAULT_TASK_TIMEOUT_SECONDS",
+        ),
+    ] = None,
     files: Annotated[
         list[str] | None,
         typer.Option(
@@ -218,18 +399,24 @@ def submit(
         str,
         typer.Option(help="auto, worktree (its own git worktree, merged back) or none (in place)."),
     ] = "auto",
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait for the result; exit 1 unless the task completed (it survives broker restarts).",
+        ),
+    ] = False,
     home: HomeOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Submit a task to the swarm."""
-    text = prompt if prompt is not None else sys.stdin.read()
+    text = _prompt(prompt)
     directory = str((working_dir or Path.cwd()).resolve())
     if isolation not in ("auto", "worktree", "none"):
         raise CliError(f"--isolation {isolation!r}: choose auto, worktree or none")
 
-    async def action(broker: BrokerClient) -> None:
+    async def send(broker: BrokerClient) -> Task:
         reply = await broker.submit_task(
             title,
             text,
@@ -243,23 +430,73 @@ def submit(
             isolation=isolation,
             files=files or [],
         )
-        task_id = reply.tasks[0].id
-        if wait:
-            while True:
-                done = await broker.wait_for_tasks([task_id])
-                if done.done:
-                    task = done.tasks[0]
-                    break
-        else:
-            task = (await broker.get_task(task_id)).task
-        if as_json:
-            print_json(task)
-        else:
-            console.print(task_table([task]))
-            if task.result:
-                console.print(task.result, highlight=False)
+        return (await broker.get_task(reply.tasks[0].id)).task
 
-    run_async(with_broker(home, url, action))
+    task = run_async(with_broker(home, url, send))
+    if wait:
+        errors.print(
+            f"submitted task #{task.id}; waiting for it (Ctrl-C stops waiting, not the task)", highlight=False
+        )
+        task = run_async(wait_until_finished(home, url, task.id))
+    if as_json:
+        print_json(task)
+    else:
+        console.print(task_table([task]))
+        if task.result:
+            console.print(task.result, highlight=False, markup=False)
+        console.print(describe_task(task), style="dim", highlight=False, markup=False)
+    if wait and task.status is not TaskStatus.COMPLETED:
+        raise typer.Exit(1)
+
+
+async def wait_until_finished(home: Path | None, url: str | None, task_id: int) -> Task:
+    """Wait for a task to finish, reconnecting for as long as the broker is away (restarts included)."""
+    lost_since: float | None = None
+
+    async def wait(broker: BrokerClient) -> Task:
+        nonlocal lost_since
+        if lost_since is not None:
+            errors.print("reconnected; still waiting", highlight=False)
+            lost_since = None
+        while not (await broker.wait_for_tasks([task_id])).done:
+            pass
+        return (await broker.get_task(task_id)).task  # with every attempt
+
+    while True:
+        try:
+            return await with_broker(home, url, wait)
+        except CliError as error:
+            now = time.monotonic()
+            if lost_since is None:
+                lost_since = now
+                errors.print(f"{error} Retrying until it is back ...", highlight=False, markup=False)
+            elif now - lost_since > RECONNECT_SECONDS:
+                raise CliError(
+                    f"{error} Gave up waiting after {RECONNECT_SECONDS:.0f}s; the task is kept: "
+                    f"`aiswarm task {task_id}` shows it."
+                ) from None
+            await asyncio.sleep(1.0)
+
+
+def describe_task(task: Task) -> str:
+    """One line for people on where a task stands and which command shows more."""
+    match task.status:
+        case TaskStatus.COMPLETED:
+            return f"Task #{task.id} completed."
+        case TaskStatus.FAILED | TaskStatus.DEAD:
+            return f"Task #{task.id} {task.status.value}: {task.error}"
+        case TaskStatus.CANCELLED:
+            return f"Task #{task.id} was cancelled: {task.error}"
+        case TaskStatus.CLAIMED:
+            return f"Task #{task.id} is being worked on by {task.claimed_by}. `aiswarm task {task.id}` shows it later."
+        case TaskStatus.BLOCKED:
+            return f"Task #{task.id} waits for task(s) {', '.join(f'#{d}' for d in task.depends_on)} to complete."
+        case _:
+            agents = "" if task.persona is None else f" with persona {task.persona}"
+            return (
+                f"Task #{task.id} is waiting for an agent{agents} (`aiswarm agents` lists them, `aiswarm launch` "
+                f"starts some). `aiswarm task {task.id}` shows it later."
+            )
 
 
 @app.command()
@@ -322,9 +559,12 @@ def worktrees(
 @app.command("tasks")
 def tasks_command(
     status: Annotated[
-        str | None, typer.Option(help="Only this status (pending, claimed, completed ...).")
+        TaskStatus | None, typer.Option(help="Only tasks with this status.", case_sensitive=False)
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    limit: Annotated[
+        int,
+        typer.Option(callback=_within(1, LIST_LIMIT_MAX), help=f"At most this many (1-{LIST_LIMIT_MAX})."),
+    ] = 50,
     home: HomeOption = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
@@ -332,17 +572,18 @@ def tasks_command(
     """List tasks, newest first."""
 
     async def action(broker: BrokerClient) -> None:
-        reply = await broker.list_tasks(status=status, limit=limit)
-        print_json([t.model_dump(mode="json") for t in reply.tasks]) if as_json else console.print(
-            task_table(reply.tasks)
-        )
+        reply = await broker.list_tasks(status=status.value if status else None, limit=limit)
+        if as_json:
+            print_json([t.model_dump(mode="json") for t in reply.tasks])
+        else:
+            console.print(task_table(reply.tasks))
 
     run_async(with_broker(home, url, action))
 
 
 @app.command("task")
 def task_command(
-    task_id: Annotated[int, typer.Argument(help="The task id.")],
+    task_id: Annotated[int, typer.Argument(metavar="TASK_ID", callback=_within(1), help="The task id.")],
     cancel: Annotated[bool, typer.Option("--cancel", help="Cancel it.")] = False,
     home: HomeOption = None,
     url: UrlOption = None,
@@ -361,23 +602,28 @@ def task_command(
             return
         task = reply.task
         console.print(task_table([task]))
-        console.print(f"[bold]prompt[/bold]\n{task.prompt}", highlight=False)
+        console.print("[bold]prompt[/bold]")
+        console.print(task.prompt, highlight=False, markup=False)
         if task.result:
-            console.print(f"[bold]result[/bold]\n{task.result}", highlight=False)
-        if task.error:
-            console.print(f"[bold]error[/bold] {task.error}", highlight=False)
+            console.print("[bold]result[/bold]")
+            console.print(task.result, highlight=False, markup=False)
+        if task.error and not task.status.is_terminal:
+            console.print(f"last error: {task.error}", highlight=False, markup=False)
         if task.merge_state is not None:
             console.print(
-                f"[bold]branch[/bold] {task.branch} -> {task.target_branch or '(detached HEAD)'}: "
+                f"branch {task.branch} -> {task.target_branch or '(detached HEAD)'}: "
                 f"{task.merge_state.value}; {task.diff_stat or ''} {task.merge_detail or ''}",
                 highlight=False,
+                markup=False,
             )
         for attempt in task.attempts:
             took = f"{attempt.finished_at - attempt.claimed_at:.1f}s" if attempt.finished_at else "running"
             console.print(
-                f"  attempt {attempt.number}: {attempt.agent} {attempt.outcome.value} {took} {attempt.error or ''}"
+                f"  attempt {attempt.number}: {attempt.agent} {attempt.outcome.value} {took} {attempt.error or ''}",
+                highlight=False,
+                markup=False,
             )
-        console.print(reply.message, style="dim", highlight=False)
+        console.print(describe_task(task), style="dim", highlight=False, markup=False)
 
     run_async(with_broker(home, url, action))
 
@@ -523,10 +769,8 @@ def token_revoke(
     """Revoke an agent's tokens."""
 
     async def action(broker: BrokerClient) -> None:
-        from aiswarm_server.replies import TokenReply
-
-        reply = await broker.call("revoke_agent_tokens", TokenReply, agent=agent)
-        console.print(reply.message)
+        reply = await broker.revoke_agent_tokens(agent)
+        console.print(reply.message, highlight=False, markup=False)
 
     run_async(with_broker(home, url, action))
 
@@ -535,7 +779,7 @@ def token_revoke(
 def token_list(
     agent: Annotated[str | None, typer.Option("--agent", help="Only this agent's tokens.")] = None,
     revoked: Annotated[bool, typer.Option("--revoked", help="Also list revoked tokens.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
     home: HomeOption = None,
     url: UrlOption = None,
 ) -> None:
@@ -559,7 +803,12 @@ def token_list(
                 _when(token.revoked_at) if token.revoked_at else "",
             )
         console.print(table)
-        console.print(reply.message, highlight=False)
+        valid = sum(1 for token in reply.tokens if token.revoked_at is None)
+        console.print(
+            f"{len(reply.tokens)} token(s), {valid} valid. `aiswarm token revoke --agent NAME` revokes an agent's.",
+            highlight=False,
+            markup=False,
+        )
 
     run_async(with_broker(home, url, action))
 
@@ -577,6 +826,23 @@ def token_path(
         raise CliError("role must be 'primary' or 'admin'")
     settings = settings_for(home)
     sys.stdout.write(str(settings.home / f"{role}.token") + "\n")
+
+
+# The broker's refusals are written for models and name tools; people get the command instead.
+_COMMAND_FOR_TOOL = {
+    "list_tasks": "`aiswarm tasks`",
+    "get_task": "`aiswarm task ID`",
+    "submit_task": "`aiswarm submit`",
+    "list_agents": "`aiswarm agents`",
+    "wait_for_tasks": "`aiswarm submit --wait`",
+    "cancel_task": "`aiswarm task ID --cancel`",
+}
+_TOOL_NAME = re.compile(r"\b(" + "|".join(_COMMAND_FOR_TOOL) + r")\b(\([^)]*\))?")
+
+
+def for_people(refusal: str) -> str:
+    """A refusal the broker wrote for a model, with the tools it names replaced by the commands that do the same."""
+    return _TOOL_NAME.sub(lambda match: _COMMAND_FOR_TOOL[match.group(1)], refusal)
 
 
 def _register_launcher_commands() -> None:
@@ -608,14 +874,14 @@ def main() -> None:
     if not _broker_command(sys.argv[1:]):
         _register_launcher_commands()
     try:
-        code = app(standalone_mode=False)  # click answers a raised typer.Exit with its code here
+        code = app(standalone_mode=False)  # a typer.Exit inside a command comes back as its exit code
         if isinstance(code, int) and code:
             sys.exit(code)
     except (CliError, BrokerError, BrokerUnreachable, SchemaTooNew) as error:
         errors.print(f"error: {error}", highlight=False, markup=False)
         sys.exit(1)
     except BrokerCallError as error:
-        errors.print(f"refused: {error}", highlight=False, markup=False)
+        errors.print(f"refused: {for_people(str(error))}", highlight=False, markup=False)
         sys.exit(1)
     except typer.Exit as done:
         sys.exit(done.exit_code)
@@ -624,12 +890,14 @@ def main() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as error:  # click usage errors and anything unforeseen: one line, never a traceback
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
+    except typer.TyperException as error:  # usage errors: Click's own usage line and message, exit 2
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            errors.print(f"error: {error.format_message()}", highlight=False, markup=False)
+        sys.exit(error.exit_code)
+    except Exception as error:  # anything unforeseen: one line, never a traceback
         errors.print(f"error: {type(error).__name__}: {error}", highlight=False, markup=False)
         if os.environ.get("AISWARM_DEBUG"):
             raise

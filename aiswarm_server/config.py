@@ -18,6 +18,7 @@ DEFAULT_WAIT_SECONDS = 240
 
 
 def default_home() -> Path:
+    """``~/.aiswarm``: the home when neither ``--home`` nor ``AISWARM_HOME`` names one."""
     return Path.home() / ".aiswarm"
 
 
@@ -121,6 +122,7 @@ class BrokerSettings(BaseSettings):
 
     @property
     def is_loopback(self) -> bool:
+        """Whether ``host`` is a loopback address (or ``localhost``)."""
         if self.host == "localhost":
             return True
         try:
@@ -140,5 +142,6 @@ class BrokerSettings(BaseSettings):
 
     @property
     def url(self) -> str:
+        """The MCP URL for ``host`` and ``port``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/mcp"

@@ -1,16 +1,7 @@
-"""The broker process's heap: fewer, cheaper garbage collections.
+"""The broker process's heap: fewer, cheaper garbage collections (measured in docs/BENCHMARK.md).
 
-Everything imported and built while starting (the MCP SDK, pydantic's schemas, uvicorn ...) lives as long
-as the process, yet CPython's cyclic collector walks all of it on every full collection. Freezing it once
-the broker is up leaves the collector only what requests allocate: +5-11% drain throughput with 16 agents
-(A/B in one run), the same for the benchmark's no-op floor server, which does the same.
-
-The MCP SDK leaves one reference cycle per request (a ``ServerRunner`` and its bound methods), so young
-collections keep finding garbage; with the default threshold (700 allocations) one ran every few requests
-and the slow ones (1-4 ms) were most of the wake-up p99. A threshold of 30,000 makes them ~40x rarer:
-A/B in one run (100 agents parked, 16 draining), drain 528/537 -> 600/572 tasks/s, wake-up p99
-8.2/7.4 -> 5.9/2.9 ms, RSS unchanged (90 MB). What was tried and not kept: collecting on a timer instead,
-no measurable gain; turning the collector off, which would leak those cycles.
+Everything built while starting lives as long as the process, so it is frozen out of the collector's walks;
+the MCP SDK leaves one reference cycle per request, so young collections are made rarer rather than turned off.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ class BrokerApp:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         self.ref = BrokerRef()
-        self.servers: dict[Role, MCPServer] = build_servers(self.ref)
+        self.servers: dict[Role, MCPServer] = build_servers(self.ref, settings)
         security = transport_security(settings)
         self.role_apps: dict[Role, ASGIApp] = {
             role: server.streamable_http_app(
@@ -145,6 +145,7 @@ class BrokerApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
+        """Open the broker (store, tokens, sweeper) and the role servers' session managers for as long as the app serves."""
         settings = self.settings
         settings.home.mkdir(parents=True, exist_ok=True)
         broker = Broker(open_store(settings), settings)
@@ -170,6 +171,7 @@ class BrokerApp:
             await broker.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route one ASGI event: lifespan, ``/mcp`` (authenticated, body size bounded), ``/health``, ``/metrics``, else 404."""
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)

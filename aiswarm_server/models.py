@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+
+from aiswarm_server.limits import (
+    DEPENDENCIES_MAX,
+    LABEL_MAX_CHARS,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_CAPABILITIES,
+    PATH_MAX_CHARS,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    RETRY_BACKOFF_MAX,
+    RETRY_DELAY_LIMIT_SECONDS,
+    TASK_TIMEOUT_LIMIT_SECONDS,
+    TITLE_MAX_CHARS,
+)
 
 
 class TaskStatus(StrEnum):
+    """Where a task is in its life; see :data:`TERMINAL_STATUSES` for the final ones."""
+
     BLOCKED = "blocked"  # waiting for its dependencies to complete, or for its retry delay (retry_at)
     PENDING = "pending"  # claimable
     CLAIMED = "claimed"  # held by one agent under a lease
@@ -20,6 +37,7 @@ class TaskStatus(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the task has finished (completed, failed, cancelled or dead) and will not change again."""
         return self in TERMINAL_STATUSES
 
 
@@ -47,6 +65,8 @@ class MergeState(StrEnum):
 
 
 class AgentStatus(StrEnum):
+    """Whether an agent is waiting for work, holding a task, or has not been heard from for too long."""
+
     IDLE = "idle"
     BUSY = "busy"
     LOST = "lost"  # not heard from for agent_lost_seconds
@@ -62,18 +82,24 @@ GONE_AGENT_STATUSES = frozenset({"lost", "offline"})
 
 
 class Role(StrEnum):
+    """What a token lets its holder do: one agent's work, submitting and observing, or both plus administration."""
+
     WORKER = "worker"
     PRIMARY = "primary"
     ADMIN = "admin"
 
 
 class EventKind(StrEnum):
+    """What an event in an agent's durable log tells it."""
+
     TASK_AVAILABLE = "task_available"
     TASK_CANCELLED = "task_cancelled"
     LEASE_LOST = "lease_lost"
 
 
 class AttemptOutcome(StrEnum):
+    """How one attempt at a task ended."""
+
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -94,6 +120,8 @@ class Identity(BaseModel):
 
 
 class Agent(BaseModel):
+    """A worker agent as registered: stable name, CLI, persona, capabilities, status and durable event cursor."""
+
     name: str
     cli: str = "unknown"
     persona: str | None = None
@@ -107,6 +135,8 @@ class Agent(BaseModel):
 
 
 class Attempt(BaseModel):
+    """One claim of a task by one agent, from the claim to its outcome."""
+
     number: int
     agent: str
     fence_token: int
@@ -117,6 +147,8 @@ class Attempt(BaseModel):
 
 
 class Task(BaseModel):
+    """A unit of work: what to do, who may do it, its dependencies, and every attempt and outcome."""
+
     id: int
     title: str
     prompt: str
@@ -201,7 +233,117 @@ class IsolationUpdate(BaseModel):
     diff_stat: str | None = None
 
 
+# What a submitter writes, as typed tool arguments: the submit_task tool and TaskRequest share these.
+TaskTitle = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=TITLE_MAX_CHARS, description="Short name, e.g. 'Add tests for the parser'."
+    ),
+]
+TaskPrompt = Annotated[
+    str,
+    Field(min_length=1, description="Everything the worker needs: what to do, which files, how to check."),
+]
+Priority = Annotated[StrictInt, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, description="Higher runs first.")]
+PersonaName = Annotated[
+    str,
+    Field(
+        max_length=LABEL_MAX_CHARS,
+        description="Only agents with this persona take it: implementer, reviewer, tester, researcher ... or omit.",
+    ),
+]
+Capabilities = Annotated[
+    list[str], Field(max_length=MAX_CAPABILITIES, description="Only agents with all of these take it.")
+]
+WorkingDir = Annotated[
+    str, Field(max_length=PATH_MAX_CHARS, description="Absolute path of an existing directory to work in.")
+]
+MaxAttempts = Annotated[StrictInt, Field(ge=1, le=MAX_ATTEMPTS_LIMIT)]
+RetryDelay = Annotated[
+    StrictFloat,
+    Field(
+        ge=0,
+        le=RETRY_DELAY_LIMIT_SECONDS,
+        description="After a failed attempt, wait this many seconds before the next one (default 0: at once).",
+    ),
+]
+RetryBackoff = Annotated[
+    StrictFloat,
+    Field(
+        ge=1, le=RETRY_BACKOFF_MAX, description="Each further retry waits this many times longer (default 1)."
+    ),
+]
+TaskTimeout = Annotated[StrictInt, Field(ge=1, le=TASK_TIMEOUT_LIMIT_SECONDS)]
+
+_ASCII_ID = re.compile(r"-?[0-9]{1,19}")
+
+
+def is_task_id_text(value: str) -> bool:
+    """Whether a ``depends_on`` string is a task id written in ASCII digits (else it names a batch key)."""
+    return _ASCII_ID.fullmatch(value.strip()) is not None
+
+
+class TaskRequest(BaseModel):
+    """A task as a submitter asks for it: defaults not applied yet, and ``depends_on`` may name the ``key`` of an
+    earlier task in the same batch. The broker checks it and turns it into a :class:`NewTask`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: TaskTitle
+    prompt: TaskPrompt
+    priority: Priority = 0
+    persona: PersonaName | None = None
+    capabilities: Capabilities = Field(default_factory=list)
+    depends_on: list[StrictInt | str] = Field(
+        default_factory=list,
+        max_length=DEPENDENCIES_MAX,
+        description="Task ids (or `key`s of earlier tasks in the same submit_tasks batch) that must complete first.",
+    )
+    working_dir: WorkingDir | None = None
+    max_attempts: MaxAttempts | None = Field(default=None, description="Tries before giving up.")
+    timeout_seconds: TaskTimeout | None = Field(
+        default=None, description="Per-attempt time limit in seconds."
+    )
+    key: str | None = Field(
+        default=None,
+        max_length=LABEL_MAX_CHARS,
+        description="A name for this task that later tasks in the same batch can depend on.",
+    )
+    retry_delay_seconds: RetryDelay | None = None
+    retry_backoff: RetryBackoff | None = None
+    isolation: Isolation = Field(
+        default=Isolation.AUTO,
+        description="auto (default): in its own git worktree when the launch runs several agents and working_dir is "
+        "in a git checkout, merged back onto your branch when done; worktree: always isolated; none: work in "
+        "working_dir.",
+    )
+    files: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Paths or globs (relative to working_dir) the task will change, e.g. ['src/api/', "
+        "'tests/test_api.py']. Tasks whose files overlap do not run at the same time: the later one waits.",
+    )
+
+    @field_validator("depends_on")
+    @classmethod
+    def _ids_or_keys(cls, values: list[int | str]) -> list[int | str]:
+        """A string of ASCII digits is a task id; other digit-like text (e.g. '²') is neither id nor key."""
+        checked: list[int | str] = []
+        for value in values:
+            if isinstance(value, str) and is_task_id_text(value):
+                checked.append(int(value))
+            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                raise ValueError(
+                    f"depends_on entry {value[:20]!r} is not a task id: write ids with the digits 0-9, e.g. 12"
+                )
+            else:
+                checked.append(value)
+        return checked
+
+
 class Event(BaseModel):
+    """One entry in an agent's durable event log (read from its cursor by ``wait_for_next_event``)."""
+
     id: int
     kind: EventKind
     agent: str

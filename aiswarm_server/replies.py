@@ -11,6 +11,8 @@ from aiswarm_server.models import Agent, Role, Task, TaskStatus
 
 
 class EventView(BaseModel):
+    """An event or an available task, as ``wait_for_next_event`` shows it."""
+
     kind: Literal["task_available", "task_cancelled", "lease_lost"]
     task_id: int | None = None
     title: str | None = None
@@ -21,12 +23,16 @@ class EventView(BaseModel):
 
 
 class WaitReply(BaseModel):
+    """The answer to ``wait_for_next_event``: what arrived and the cursor to pass back."""
+
     events: list[EventView]
     cursor: str = Field(description="Pass this back as `cursor` on your next wait_for_next_event call.")
     message: str
 
 
 class RegisterReply(BaseModel):
+    """The answer to ``register_agent``: the agent record and its cursor."""
+
     agent: Agent
     cursor: str
     message: str
@@ -49,6 +55,7 @@ class ClaimedTask(BaseModel):
 
     @classmethod
     def of(cls, task: Task) -> ClaimedTask:
+        """The worker's view of ``task``."""
         return cls(
             id=task.id,
             title=task.title,
@@ -72,6 +79,8 @@ def _attempt_dir(task: Task) -> str | None:
 
 
 class ClaimReply(BaseModel):
+    """The answer to ``claim_task``: the task and its fence token, or why nothing was claimed."""
+
     claimed: bool
     task: ClaimedTask | None = None
     fence_token: int | None = Field(default=None, description="Pass this with every report about the task.")
@@ -80,18 +89,24 @@ class ClaimReply(BaseModel):
 
 
 class ProgressReply(BaseModel):
+    """The answer to ``report_progress``: the renewed lease."""
+
     task_id: int
     lease_expires_at: float | None
     message: str
 
 
 class CompletionReply(BaseModel):
+    """The answer to ``report_task_completion`` and ``release_task``: the task's status afterwards."""
+
     task_id: int
     status: TaskStatus
     message: str
 
 
 class HeartbeatReply(BaseModel):
+    """The answer to ``update_heartbeat``: the agent and the lease of the task it holds."""
+
     agent: Agent
     current_task_id: int | None
     lease_expires_at: float | None
@@ -99,17 +114,23 @@ class HeartbeatReply(BaseModel):
 
 
 class AgentStatusReply(BaseModel):
+    """The answer to ``get_agent_status``."""
+
     agent: Agent
     current_task: Task | None
     message: str
 
 
 class TaskReply(BaseModel):
+    """One task with its attempts (``get_task``, ``cancel_task``)."""
+
     task: Task
     message: str
 
 
 class TasksReply(BaseModel):
+    """A page of tasks (``list_tasks``)."""
+
     tasks: list[Task]
     message: str
 
@@ -132,6 +153,7 @@ class SubmittedTask(BaseModel):
 
     @classmethod
     def of(cls, task: Task) -> SubmittedTask:
+        """The submitter's view of ``task``."""
         return cls(
             id=task.id,
             title=task.title,
@@ -148,11 +170,15 @@ class SubmittedTask(BaseModel):
 
 
 class SubmitReply(BaseModel):
+    """The answer to ``submit_task`` and ``submit_tasks``: the tasks in the order given."""
+
     tasks: list[SubmittedTask]
     message: str
 
 
 class WaitTasksReply(BaseModel):
+    """The answer to ``wait_for_tasks``: the tasks, which finished, which are pending."""
+
     done: bool = Field(description="True when the wait condition (any / all finished) was met.")
     tasks: list[Task]
     finished: list[int]
@@ -161,11 +187,15 @@ class WaitTasksReply(BaseModel):
 
 
 class AgentsReply(BaseModel):
+    """The answer to ``list_agents``."""
+
     agents: list[Agent]
     message: str
 
 
 class TokenReply(BaseModel):
+    """An issued token (``issue_agent_token``) or how many were revoked (``revoke_agent_tokens``, empty token)."""
+
     agent: str
     token: str
     message: str
@@ -183,11 +213,15 @@ class TokenInfo(BaseModel):
 
 
 class TokenListReply(BaseModel):
+    """The answer to ``list_tokens``."""
+
     tokens: list[TokenInfo]
     message: str
 
 
 class StatusReply(BaseModel):
+    """The answer to ``broker_status``: counts by status, parked waits, where the state lives."""
+
     version: str
     database: str
     tasks: dict[str, int]
@@ -199,4 +233,6 @@ class StatusReply(BaseModel):
 
 
 class UsageReply(BaseModel):
+    """The answer to ``record_model_usage``."""
+
     message: str

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,6 +42,7 @@ class HomeLocked(BrokerError):
 
 
 def read_broker_info(home: Path) -> BrokerInfo | None:
+    """What the broker serving ``home`` advertised, or None if none has (or the file is unreadable)."""
     try:
         return BrokerInfo.model_validate_json((home / BROKER_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
@@ -74,7 +76,23 @@ def own_home(home: Path) -> Any:
         handle.close()
 
 
+def home_is_served(home: Path) -> bool:
+    """Whether a broker process holds this home's lock right now."""
+    try:
+        handle = open(home / LOCK_FILE)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
 def bind_socket(settings: BrokerSettings) -> socket.socket:
+    """Listen on the configured host and port; a taken port is a :class:`BrokerError` saying what to do."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,25 +109,55 @@ def bind_socket(settings: BrokerSettings) -> socket.socket:
     return sock
 
 
+def keep_database_private(settings: BrokerSettings) -> None:
+    """The SQLite file and its -wal/-shm companions are readable by their owner only, like the token files."""
+    if settings.database_url is not None:
+        return
+    for path in (
+        settings.database_path,
+        *(settings.database_path.with_name(settings.database_path.name + s) for s in ("-wal", "-shm")),
+    ):
+        # Absent, or not ours to change (immutable, another owner): the store then says what it can and cannot do.
+        with contextlib.suppress(OSError):
+            path.chmod(0o600)
+
+
 async def serve(
-    settings: BrokerSettings, *, log_level: str = "warning", port_file: Path | None = None
+    settings: BrokerSettings,
+    *,
+    log_level: str = "warning",
+    port_file: Path | None = None,
+    on_serving: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until cancelled or signalled (SIGINT/SIGTERM stop gracefully)."""
+    """Serve until cancelled or signalled (SIGINT/SIGTERM stop gracefully); ``on_serving`` gets the URL once
+    the broker answers. Raises :class:`BrokerError` (home owned by another broker, port taken, database
+    refused) before anything is served."""
     # The SDK logs every session at INFO; keep the broker's output to what matters unless asked.
     logging.getLogger("mcp").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
+    # Everything the broker creates in its home (the database and the -wal/-shm files SQLite adds later
+    # included) is its owner's alone.
+    os.umask(0o077)
     with own_home(settings.home):
+        # Bind first: a port already taken must leave nothing behind in the home (no empty database).
+        sock = bind_socket(settings)
         # Open the database once before serving, so a refusal (corrupt, newer schema, read-only) is one clear
         # line from the CLI instead of an ASGI start-up failure.
-        probe = open_store(settings)
-        await probe.open()
-        await probe.close()
-        sock = bind_socket(settings)
+        try:
+            probe = open_store(settings)
+            await probe.open()
+            await probe.close()
+        except BaseException:
+            sock.close()
+            raise
+        keep_database_private(settings)
         port = sock.getsockname()[1]
         bound = settings.model_copy(update={"port": port})
         app = BrokerApp(bound)
         info = BrokerInfo(url=bound.url, pid=os.getpid(), host=bound.host, port=port, started_at=time.time())
 
         def advertise(_broker: object) -> None:
+            if on_serving is not None:
+                on_serving(info.url)
             (settings.home / BROKER_FILE).write_text(info.model_dump_json(), encoding="utf-8")
             if port_file is not None:
                 port_file.write_text(str(port), encoding="utf-8")
@@ -142,11 +190,18 @@ async def serve(
             raise BrokerError("the broker failed to start; see the message above.")
 
 
-def run(settings: BrokerSettings, *, log_level: str = "warning", port_file: Path | None = None) -> None:
+def run(
+    settings: BrokerSettings,
+    *,
+    log_level: str = "warning",
+    port_file: Path | None = None,
+    on_serving: Callable[[str], None] | None = None,
+) -> None:
     """Serve on uvloop where it is installed (a cheaper event loop for the many small calls a swarm makes)."""
+    main = serve(settings, log_level=log_level, port_file=port_file, on_serving=on_serving)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(settings, log_level=log_level, port_file=port_file))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(settings, log_level=log_level, port_file=port_file))
+        uvloop.run(main)

@@ -10,20 +10,48 @@ Tool docstrings are what the agents' models read: they say when to call the tool
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
+from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from mcp_types import INVALID_PARAMS, GetPromptResult, ServerCapabilities
+from pydantic import Field, StrictFloat, StrictInt, ValidationError, create_model
+from typing_extensions import override
 
 from aiswarm_server import __version__
-from aiswarm_server.broker import Broker, ModelUsage, TaskSpec
-from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS
+from aiswarm_server.broker import Broker, ModelUsage
+from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, BrokerSettings
 from aiswarm_server.errors import BrokerError
-from aiswarm_server.models import Identity, Isolation, IsolationUpdate, MergeState, Role, TaskStatus
+from aiswarm_server.limits import (
+    COUNT_MAX,
+    CURSOR_MAX_CHARS,
+    DEPENDENCIES_MAX,
+    ID_MAX,
+    LABEL_MAX_CHARS,
+    LIST_LIMIT_MAX,
+    PROGRESS_MAX_CHARS,
+    REASON_MAX_CHARS,
+)
+from aiswarm_server.models import (
+    Capabilities,
+    Identity,
+    Isolation,
+    IsolationUpdate,
+    MaxAttempts,
+    MergeState,
+    PersonaName,
+    Priority,
+    Role,
+    TaskPrompt,
+    TaskRequest,
+    TaskStatus,
+    TaskTimeout,
+    TaskTitle,
+    WorkingDir,
+)
 from aiswarm_server.replies import (
     AgentsReply,
     AgentStatusReply,
@@ -47,22 +75,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 TaskId = Annotated[
-    int, Field(ge=1, le=2**62, description="A task id, as returned by submit_task or claim_task.")
+    StrictInt, Field(ge=1, le=ID_MAX, description="A task id, as returned by submit_task or claim_task.")
 ]
 FenceToken = Annotated[
-    int, Field(ge=1, le=2**62, description="The fence_token that claim_task returned with this task.")
+    StrictInt, Field(ge=1, le=ID_MAX, description="The fence_token that claim_task returned with this task.")
 ]
-
-
-_ASCII_ID = re.compile(r"-?[0-9]{1,19}")
-ISOLATION_HELP = (
-    "auto (default): in its own git worktree when the launch runs several agents and working_dir is in a git "
-    "checkout, merged back onto your branch when done; worktree: always isolated; none: work in working_dir."
-)
-FILES_HELP = (
-    "Paths or globs (relative to working_dir) the task will change, e.g. ['src/api/', 'tests/test_api.py']. "
-    "Tasks whose files overlap do not run at the same time: the later one waits."
-)
+AgentName = Annotated[
+    str, Field(min_length=1, max_length=LABEL_MAX_CHARS, description="The agent's stable name, e.g. qwen-1.")
+]
+Reason = Annotated[str, Field(max_length=REASON_MAX_CHARS, description="Why; the worker is told.")]
+ISOLATION_HELP = TaskRequest.model_fields["isolation"].description
+FILES_HELP = TaskRequest.model_fields["files"].description
 
 
 @dataclass
@@ -72,6 +95,7 @@ class BrokerRef:
     broker: Broker | None = None
 
     def get(self) -> Broker:
+        """The running broker; a :class:`ToolError` asking to retry while it starts."""
         if self.broker is None:
             raise ToolError("The broker is starting up; retry in a moment.")
         return self.broker
@@ -100,86 +124,34 @@ def _refusals(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-class TaskInput(BaseModel):
-    """One task to submit."""
+def _annotated(**annotations: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Give tool parameters types built from the settings: the SDK evaluates string annotations in the module's
+    namespace, where a closure's names do not exist."""
 
-    model_config = ConfigDict(extra="forbid")
+    def apply(fn: Callable[P, R]) -> Callable[P, R]:
+        fn.__annotations__.update(annotations)
+        return fn
 
-    title: str = Field(
-        min_length=1, max_length=200, description="Short name, e.g. 'Add tests for the parser'."
-    )
-    prompt: str = Field(
-        min_length=1, description="Everything the worker needs: what to do, which files, how to check."
-    )
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
-    persona: str | None = Field(
-        default=None,
-        description="Only agents with this persona take it: implementer, reviewer, tester, researcher...",
-    )
-    capabilities: list[str] = Field(
-        default_factory=list, description="Only agents with all of these take it."
-    )
-    depends_on: list[int | str] = Field(
-        default_factory=list,
-        description="Task ids (or `key`s of earlier tasks in the same submit_tasks batch) that must complete first.",
-    )
-    working_dir: str | None = Field(default=None, description="Absolute path the worker should work in.")
-    max_attempts: int | None = Field(
-        default=None, ge=1, le=100, description="Tries before giving up (default 3)."
-    )
-    timeout_seconds: int | None = Field(
-        default=None, ge=1, le=604_800, description="Per-attempt limit (default 1800)."
-    )
-    key: str | None = Field(
-        default=None,
-        max_length=64,
-        description="A name for this task that later tasks in the same batch can depend on.",
-    )
-    retry_delay_seconds: float | None = Field(
-        default=None,
-        ge=0,
-        le=86_400,
-        description="After a failed attempt, wait this long before the next one (default 0: at once).",
-    )
-    retry_backoff: float | None = Field(
-        default=None, ge=1, le=10, description="Each further retry waits this many times longer (default 1)."
-    )
-    isolation: Isolation = Field(default=Isolation.AUTO, description=ISOLATION_HELP)
-    files: list[str] = Field(default_factory=list, max_length=100, description=FILES_HELP)
+    return apply
 
-    @field_validator("depends_on")
-    @classmethod
-    def _ids_or_keys(cls, values: list[int | str]) -> list[int | str]:
-        """A string of ASCII digits is a task id; other digit-like text (e.g. '²') is neither id nor key."""
-        checked: list[int | str] = []
-        for value in values:
-            if isinstance(value, str) and _ASCII_ID.fullmatch(value.strip()):
-                checked.append(int(value))
-            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                raise ValueError(
-                    f"depends_on entry {value[:20]!r} is not a task id: write ids with the digits 0-9, e.g. 12"
-                )
-            else:
-                checked.append(value)
-        return checked
 
-    def to_spec(self) -> TaskSpec:
-        return TaskSpec(
-            self.title,
-            self.prompt,
-            priority=self.priority,
-            persona=self.persona,
-            capabilities=self.capabilities,
-            depends_on=self.depends_on,
-            working_dir=self.working_dir,
-            max_attempts=self.max_attempts,
-            timeout_seconds=self.timeout_seconds,
-            key=self.key,
-            retry_delay_seconds=self.retry_delay_seconds,
-            retry_backoff=self.retry_backoff,
-            isolation=self.isolation,
-            files=self.files,
-        )
+def _defaults_said(settings: BrokerSettings) -> tuple[str, str]:
+    """The descriptions of max_attempts and timeout_seconds, naming this broker's defaults."""
+    return (
+        f"Tries before giving up (default {settings.default_max_attempts}).",
+        f"Per-attempt time limit in seconds (default {settings.default_task_timeout_seconds}).",
+    )
+
+
+def task_request_schema(settings: BrokerSettings) -> type[TaskRequest]:
+    """:class:`TaskRequest` as submit_tasks shows it to a model: the same fields, with this broker's defaults."""
+    attempts, timeout = _defaults_said(settings)
+    return create_model(
+        "TaskRequest",
+        __base__=TaskRequest,
+        max_attempts=(MaxAttempts | None, Field(default=None, description=attempts)),
+        timeout_seconds=(TaskTimeout | None, Field(default=None, description=timeout)),
+    )
 
 
 def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
@@ -188,15 +160,18 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def register_agent(
         ctx: Context[Any, Any],
         cli: Annotated[
-            str, Field(max_length=64, description="Which CLI you are: qwen, gemini, opencode ...")
+            str,
+            Field(max_length=LABEL_MAX_CHARS, description="Which CLI you are: qwen, gemini, opencode ..."),
         ] = "unknown",
         persona: Annotated[
-            str | None, Field(max_length=64, description="Your persona, if you were given one.")
+            str | None, Field(max_length=LABEL_MAX_CHARS, description="Your persona, if you were given one.")
         ] = None,
         capabilities: Annotated[
-            list[str], Field(max_length=64, description="What you can do, e.g. ['python'].")
+            list[str], Field(max_length=LABEL_MAX_CHARS, description="What you can do, e.g. ['python'].")
         ] = [],  # noqa: B006
-        pid: Annotated[int | None, Field(ge=0, le=2**31, description="Your process id, if known.")] = None,
+        pid: Annotated[
+            StrictInt | None, Field(ge=0, le=COUNT_MAX, description="Your process id, if known.")
+        ] = None,
     ) -> RegisterReply:
         """Register yourself as a worker agent of this swarm (your name comes from your token).
 
@@ -212,10 +187,14 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
         ctx: Context[Any, Any],
         cursor: Annotated[
             str | None,
-            Field(max_length=40, description="The cursor from your previous call (omit on the first call)."),
+            Field(
+                max_length=CURSOR_MAX_CHARS,
+                description="The cursor from your previous call (omit on the first call).",
+            ),
         ] = None,
         timeout_seconds: Annotated[
-            int, Field(ge=0, le=MAX_WAIT_SECONDS, description="How long to wait if nothing is there yet.")
+            StrictInt,
+            Field(ge=0, le=MAX_WAIT_SECONDS, description="How many seconds to wait if nothing is there yet."),
         ] = DEFAULT_WAIT_SECONDS,
     ) -> WaitReply:
         """Wait for work: returns at once if a task is available for you or an event concerns you, otherwise
@@ -231,8 +210,8 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def claim_task(
         ctx: Context[Any, Any],
         task_id: Annotated[
-            int | None,
-            Field(ge=1, le=2**62, description="The task to claim; omit to take the best available one."),
+            StrictInt | None,
+            Field(ge=1, le=ID_MAX, description="The task to claim; omit to take the best available one."),
         ] = None,
     ) -> ClaimReply:
         """Claim a task so that you, and only you, work on it. Returns the task's prompt and a fence_token.
@@ -247,8 +226,12 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
         ctx: Context[Any, Any],
         task_id: TaskId,
         fence_token: FenceToken,
-        message: Annotated[str, Field(max_length=2000, description="One line on where you are.")],
-        percent: Annotated[float | None, Field(ge=0, le=100, description="Rough completion, 0-100.")] = None,
+        message: Annotated[
+            str, Field(max_length=PROGRESS_MAX_CHARS, description="One line on where you are.")
+        ],
+        percent: Annotated[
+            StrictFloat | None, Field(ge=0, le=100, description="Rough completion, 0-100.")
+        ] = None,
     ) -> ProgressReply:
         """Report progress on the task you hold; this also renews your lease on it.
 
@@ -304,39 +287,29 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
         return await ref.get().agent_status(_identity(ref, ctx))
 
 
-def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
+def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettings) -> None:
+    attempts_said, timeout_said = _defaults_said(settings)
+
     @server.tool()
     @_refusals
+    @_annotated(
+        max_attempts=Annotated[MaxAttempts | None, Field(description=attempts_said)],
+        timeout_seconds=Annotated[TaskTimeout | None, Field(description=timeout_said)],
+    )
     async def submit_task(
         ctx: Context[Any, Any],
-        title: Annotated[str, Field(min_length=1, max_length=200, description="Short name of the task.")],
-        prompt: Annotated[
-            str,
-            Field(
-                min_length=1,
-                description="Everything the worker needs: what to do, which files, how to check.",
-            ),
-        ],
-        priority: Annotated[int, Field(ge=-1000, le=1000, description="Higher runs first.")] = 0,
-        persona: Annotated[
-            str | None,
-            Field(max_length=64, description="implementer, reviewer, tester, researcher ... or omit."),
-        ] = None,
-        capabilities: Annotated[
-            list[str], Field(max_length=32, description="Required agent capabilities.")
-        ] = [],  # noqa: B006
+        title: TaskTitle,
+        prompt: TaskPrompt,
+        priority: Priority = 0,
+        persona: PersonaName | None = None,
+        capabilities: Capabilities = [],  # noqa: B006
         depends_on: Annotated[
-            list[int], Field(max_length=200, description="Task ids that must complete first.")
+            list[StrictInt],
+            Field(max_length=DEPENDENCIES_MAX, description="Task ids that must complete first."),
         ] = [],  # noqa: B006
-        working_dir: Annotated[
-            str | None, Field(max_length=4096, description="Absolute path to work in.")
-        ] = None,
-        max_attempts: Annotated[
-            int | None, Field(ge=1, le=100, description="Tries before giving up (default 3).")
-        ] = None,
-        timeout_seconds: Annotated[
-            int | None, Field(ge=1, le=604_800, description="Per-attempt time limit (default 1800).")
-        ] = None,
+        working_dir: WorkingDir | None = None,
+        max_attempts: MaxAttempts | None = None,
+        timeout_seconds: TaskTimeout | None = None,
         isolation: Annotated[Isolation, Field(description=ISOLATION_HELP)] = Isolation.AUTO,
         files: Annotated[list[str], Field(max_length=100, description=FILES_HELP)] = [],  # noqa: B006
     ) -> SubmitReply:
@@ -345,7 +318,7 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
         Write the prompt so that an agent who knows nothing else can do it. Then call wait_for_tasks with the id
         to get the result. For several tasks at once (with dependencies between them) use submit_tasks."""
         identity = _identity(ref, ctx)
-        spec = TaskInput(
+        request = TaskRequest(
             title=title,
             prompt=prompt,
             priority=priority,
@@ -357,19 +330,24 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
             timeout_seconds=timeout_seconds,
             isolation=isolation,
             files=files,
-        ).to_spec()
-        return await ref.get().submit_tasks(identity, [spec])
+        )
+        return await ref.get().submit_tasks(identity, [request])
 
     @server.tool()
     @_refusals
+    @_annotated(
+        tasks=Annotated[
+            list[task_request_schema(settings)], Field(min_length=1, description="The tasks, in order.")
+        ]
+    )
     async def submit_tasks(
         ctx: Context[Any, Any],
-        tasks: Annotated[list[TaskInput], Field(min_length=1, description="The tasks, in order.")],
+        tasks: list[TaskRequest],
     ) -> SubmitReply:
         """Give several tasks to the swarm at once (all or none are accepted). A task may depend on tasks listed
         before it by their `key`, or on existing task ids; it starts when they have all completed, and fails if
         one of them fails. Then call wait_for_tasks with the returned ids."""
-        return await ref.get().submit_tasks(_identity(ref, ctx), [t.to_spec() for t in tasks])
+        return await ref.get().submit_tasks(_identity(ref, ctx), tasks)
 
     @server.tool()
     @_refusals
@@ -383,8 +361,12 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def list_tasks(
         ctx: Context[Any, Any],
         status: Annotated[TaskStatus | None, Field(description="Only tasks with this status.")] = None,
-        limit: Annotated[int, Field(ge=1, le=500, description="At most this many, newest first.")] = 50,
-        offset: Annotated[int, Field(ge=0, le=2**31, description="Skip this many (for paging).")] = 0,
+        limit: Annotated[
+            StrictInt, Field(ge=1, le=LIST_LIMIT_MAX, description="At most this many, newest first.")
+        ] = 50,
+        offset: Annotated[
+            StrictInt, Field(ge=0, le=COUNT_MAX, description="Skip this many (for paging).")
+        ] = 0,
     ) -> TasksReply:
         """List tasks, newest first, optionally only those with one status."""
         _identity(ref, ctx)
@@ -392,17 +374,22 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
 
     @server.tool()
     @_refusals
+    @_annotated(
+        task_ids=Annotated[
+            list[StrictInt],
+            Field(min_length=1, max_length=settings.max_batch, description="The tasks to wait for."),
+        ]
+    )
     async def wait_for_tasks(
         ctx: Context[Any, Any],
-        task_ids: Annotated[
-            list[int], Field(min_length=1, max_length=200, description="The tasks to wait for.")
-        ],
+        task_ids: list[StrictInt],
         mode: Annotated[
             Literal["all", "any"],
             Field(description="'all': until every task finished; 'any': until one has."),
         ] = "all",
         timeout_seconds: Annotated[
-            int, Field(ge=0, le=MAX_WAIT_SECONDS, description="Give up waiting after this long.")
+            StrictInt,
+            Field(ge=0, le=MAX_WAIT_SECONDS, description="Give up waiting after this many seconds."),
         ] = DEFAULT_WAIT_SECONDS,
     ) -> WaitTasksReply:
         """Wait until all (or any) of the tasks finish, then return them with their results and errors.
@@ -417,7 +404,7 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def cancel_task(
         ctx: Context[Any, Any],
         task_id: TaskId,
-        reason: Annotated[str | None, Field(max_length=500, description="Why; the worker is told.")] = None,
+        reason: Reason | None = None,
     ) -> TaskReply:
         """Cancel a task. A worker holding it is told at its next call; tasks depending on it fail."""
         _identity(ref, ctx)
@@ -450,32 +437,25 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef) -> None:
 def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
     @server.tool()
     @_refusals
-    async def issue_agent_token(
-        ctx: Context[Any, Any],
-        agent: Annotated[
-            str, Field(min_length=1, max_length=64, description="The agent's stable name, e.g. qwen-1.")
-        ],
-    ) -> TokenReply:
+    async def issue_agent_token(ctx: Context[Any, Any], agent: AgentName) -> TokenReply:
         """Issue a worker token for one agent (used by the launcher when it writes an agent's settings)."""
         _identity(ref, ctx)
         return await ref.get().issue_agent_token(agent)
 
     @server.tool()
     @_refusals
-    async def revoke_agent_tokens(
-        ctx: Context[Any, Any], agent: Annotated[str, Field(min_length=1, max_length=64)]
-    ) -> TokenReply:
-        """Revoke every token of one agent."""
+    async def revoke_agent_tokens(ctx: Context[Any, Any], agent: AgentName) -> TokenReply:
+        """Revoke every token of one agent: its next call is refused. Issue a new one with issue_agent_token."""
         _identity(ref, ctx)
-        count = await ref.get().tokens.revoke_agent(agent)
-        return TokenReply(agent=agent, token="", message=f"Revoked {count} token(s) of {agent}.")
+        return await ref.get().revoke_agent_tokens(agent)
 
     @server.tool()
     @_refusals
     async def list_tokens(
         ctx: Context[Any, Any],
         agent: Annotated[
-            str | None, Field(max_length=64, description="Only this agent's tokens; omit for all.")
+            str | None,
+            Field(max_length=LABEL_MAX_CHARS, description="Only this agent's tokens; omit for all."),
         ] = None,
         include_revoked: Annotated[bool, Field(description="Also list revoked tokens.")] = False,
     ) -> TokenListReply:
@@ -487,9 +467,9 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
     @_refusals
     async def release_task(
         ctx: Context[Any, Any],
-        agent: Annotated[str, Field(min_length=1, max_length=64, description="The agent holding the task.")],
+        agent: Annotated[AgentName, Field(description="The agent holding the task.")],
         task_id: TaskId,
-        reason: Annotated[str, Field(max_length=500)] = "released by the launcher",
+        reason: Annotated[str, Field(max_length=REASON_MAX_CHARS)] = "released by the launcher",
     ) -> CompletionReply:
         """Give a held task back to the queue without counting a failed attempt (graceful stop)."""
         _identity(ref, ctx)
@@ -529,8 +509,10 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
     @_refusals
     async def record_model_usage(
         ctx: Context[Any, Any],
-        agent: Annotated[str, Field(min_length=1, max_length=64, description="The agent whose CLI ran.")],
-        cli: Annotated[str, Field(min_length=1, max_length=64, description="qwen, gemini, opencode ...")],
+        agent: Annotated[AgentName, Field(description="The agent whose CLI ran.")],
+        cli: Annotated[
+            str, Field(min_length=1, max_length=LABEL_MAX_CHARS, description="qwen, gemini, opencode ...")
+        ],
         provider: Annotated[
             str,
             Field(
@@ -539,10 +521,12 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
                 description="Who served the model: an endpoint's host, or 'login'.",
             ),
         ],
-        requests: Annotated[int, Field(ge=0, le=10**9, description="Model requests the run made.")],
-        input_tokens: Annotated[int, Field(ge=0, le=10**12)] = 0,
-        output_tokens: Annotated[int, Field(ge=0, le=10**12)] = 0,
-        task_id: Annotated[int | None, Field(ge=1, le=2**62, description="The task the run was for.")] = None,
+        requests: Annotated[StrictInt, Field(ge=0, le=10**9, description="Model requests the run made.")],
+        input_tokens: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0,
+        output_tokens: Annotated[StrictInt, Field(ge=0, le=10**12)] = 0,
+        task_id: Annotated[
+            StrictInt | None, Field(ge=1, le=ID_MAX, description="The task the run was for.")
+        ] = None,
     ) -> UsageReply:
         """Record one CLI run's model usage (the launcher calls this after each run) for /metrics and the logs."""
         _identity(ref, ctx)
@@ -557,7 +541,7 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
     async def mark_agents_offline(
         ctx: Context[Any, Any],
         agents: Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=64)]],
+            list[Annotated[str, Field(min_length=1, max_length=LABEL_MAX_CHARS)]],
             Field(min_length=1, max_length=1000, description="The names of the agents that stopped."),
         ],
     ) -> AgentsReply:
@@ -587,15 +571,69 @@ INSTRUCTIONS = {
 }
 
 
-def build_servers(ref: BrokerRef) -> dict[Role, MCPServer]:
+def _one_line(error: ValidationError) -> str:
+    """Pydantic's refusal of tool arguments as one line a model can act on (no URLs, no error codes)."""
+    problems = []
+    for item in error.errors(include_url=False)[:5]:
+        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        got = repr(item.get("input"))
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')} (got {got[:40]})")
+    more = f" (and {error.error_count() - 5} more)" if error.error_count() > 5 else ""
+    return "; ".join(problems) + more + ". Fix these arguments and call again."
+
+
+class ToolsOnlyServer(MCPServer):
+    """An MCP server that offers tools and nothing else, and says so; refused arguments are one line.
+
+    The SDK declares the prompts and resources capabilities whenever their handlers exist, and always installs
+    them; this server declares neither. A client that asks anyway gets empty lists, and an unknown prompt is an
+    invalid-params error (-32602), as an unknown resource already is, instead of an internal error with a
+    logged traceback."""
+
+    def __init__(self, name: str, *, instructions: str, version: str) -> None:
+        super().__init__(name, instructions=instructions, version=version)
+        lowlevel = self._lowlevel_server
+        declared = lowlevel.get_capabilities
+
+        def tools_only(*args: Any, **kwargs: Any) -> ServerCapabilities:
+            return declared(*args, **kwargs).model_copy(update={"prompts": None, "resources": None})
+
+        lowlevel.get_capabilities = tools_only  # type: ignore[method-assign]
+
+    @override
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as error:
+            if not isinstance(error.__cause__, ValidationError):
+                raise
+            raise ToolError(f"Error executing tool {name}: {_one_line(error.__cause__)}") from error.__cause__
+
+    @override
+    async def get_prompt(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        context: Context[Any, Any] | None = None,
+    ) -> GetPromptResult:
+        raise MCPError(
+            INVALID_PARAMS, f"Unknown prompt: {name[:100]}. This server has no prompts, only tools."
+        )
+
+
+def build_servers(ref: BrokerRef, settings: BrokerSettings) -> dict[Role, MCPServer]:
     """One MCP server per role, each with only that role's tools."""
     servers: dict[Role, MCPServer] = {}
     for role in Role:
-        server = MCPServer(f"aiswarm-{role.value}", instructions=INSTRUCTIONS[role], version=__version__)
+        server = ToolsOnlyServer(
+            f"aiswarm-{role.value}", instructions=INSTRUCTIONS[role], version=__version__
+        )
         if role is Role.WORKER:
             _add_worker_tools(server, ref)
         else:
-            _add_primary_tools(server, ref)
+            _add_primary_tools(server, ref, settings)
         if role is Role.ADMIN:
             _add_admin_tools(server, ref)
         servers[role] = server

@@ -38,10 +38,12 @@ class AgentWaiters:
         self._leaving: dict[asyncio.Future[None], asyncio.Future[None]] = {}
 
     def remember(self, agent: str, persona: str | None, capabilities: Iterable[str]) -> None:
+        """Note an agent's persona and capabilities, so a task is only offered to agents it fits."""
         self._profiles[agent] = _Profile(persona, frozenset(capabilities), True)
 
     @contextmanager
     def park(self, agent: str) -> Iterator[asyncio.Future[None]]:
+        """Park one wait of ``agent`` for the duration of the block; the future resolves when it is woken."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = self._parked.pop(agent, None) or _Parked()
         entry.futures.append(future)
@@ -57,6 +59,7 @@ class AgentWaiters:
                 left.set_result(None)
 
     def wake_agent(self, agent: str) -> bool:
+        """Wake every parked wait of ``agent``; return whether there was one."""
         entry = self._parked.get(agent)
         if entry is None:
             return False
@@ -69,14 +72,11 @@ class AgentWaiters:
         return woke
 
     async def let_woken_reply_first(self) -> None:
-        """Give the waits woken so far the loop until they have replied, before the caller replies itself.
+        """Give the waits woken so far the loop until they have replied, at most ``REPLY_FIRST_SECONDS``.
 
-        The woken worker is the one waiting on the answer; the submitter that woke it is not. Without this the
-        submitter's whole reply is built and sent first. A wait that leaves its park has built its reply, which
-        the MCP layer then sends without yielding. Bounded by ``REPLY_FIRST_SECONDS`` so a busy loop never holds
-        the submitter long. Measured (4 alternated rounds on an idle machine, medians): wake-up p50 1.62 -> 1.26 ms
-        with 1 agent parked, 1.48 -> 1.26 ms with 100; end-to-end throughput with a sequential submitter 294 ->
-        296 tasks/s (unchanged; an earlier A/B under heavy load had suggested -25%).
+        The woken worker is the one waiting on the answer, the submitter that woke it is not (docs/BENCHMARK.md has
+        the measurement); a wait that has left its park has built its reply, which the MCP layer sends without
+        yielding.
         """
         if not self._leaving:
             return
@@ -96,12 +96,15 @@ class AgentWaiters:
         return None
 
     def parked_agents(self) -> list[str]:
+        """The agents with a parked wait, longest-waiting first."""
         return list(self._parked)
 
     def has_parked(self) -> bool:
+        """Whether any agent is parked."""
         return bool(self._parked)
 
     def idle_parked_count(self) -> int:
+        """How many parked agents have not been woken yet."""
         return sum(1 for e in self._parked.values() if any(not f.done() for f in e.futures))
 
     def __len__(self) -> int:
@@ -116,6 +119,7 @@ class TaskWatchers:
 
     @contextmanager
     def watch(self, task_ids: Iterable[int]) -> Iterator[asyncio.Future[None]]:
+        """Watch the tasks for the duration of the block; the future resolves when one of them changes."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         ids = set(task_ids)
         for task_id in ids:
@@ -131,6 +135,7 @@ class TaskWatchers:
                         del self._watchers[task_id]
 
     def notify(self, task_ids: Iterable[int]) -> None:
+        """Wake every wait watching one of ``task_ids``."""
         for task_id in task_ids:
             for future in self._watchers.get(task_id, ()):
                 if not future.done():

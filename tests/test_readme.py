@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import Role
 from aiswarm_server.tools import BrokerRef, build_servers
 
@@ -22,7 +23,7 @@ def readme_row(tool: str) -> str:
 
 
 async def test_every_tool_and_argument_is_documented() -> None:
-    servers = build_servers(BrokerRef())
+    servers = build_servers(BrokerRef(), BrokerSettings())
     documented = 0
     for role in (Role.WORKER, Role.PRIMARY):
         for tool in await servers[role].list_tools():
@@ -51,3 +52,29 @@ def test_the_two_commands_are_given() -> None:
     assert commands[1].strip() == "uv run pytest"
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "\nuv run pytest\n" in ci, ".ci/run must run the README's test command"
+
+
+async def test_the_contract_names_every_tool_with_its_arguments_and_reply_fields() -> None:
+    contract = (Path(__file__).resolve().parents[1] / "docs" / "CONTRACT.md").read_text(encoding="utf-8")
+    servers = build_servers(BrokerRef(), BrokerSettings())
+    tools = {t.name: t for role in Role for t in await servers[role].list_tools()}
+    table = {role: contract.split(f"| {role.value} |", 1)[1].split("\n", 1)[0] for role in Role}
+    for role in (Role.WORKER, Role.PRIMARY):
+        listed = set(re.findall(r"[a-z_]+_[a-z_]+|[a-z]+_[a-z]+", table[role]))
+        assert {t.name for t in await servers[role].list_tools()} <= listed, table[role]
+    admin_only = {t.name for t in await servers[Role.ADMIN].list_tools()} - {
+        t.name for t in await servers[Role.PRIMARY].list_tools()
+    }
+    for name in admin_only:
+        assert name in table[Role.ADMIN], f"CONTRACT's admin row misses {name}"
+    for name, tool in tools.items():
+        entry = contract.split(f"`{name}(", 1)
+        assert len(entry) == 2, f"CONTRACT does not describe {name}(...)"
+        signature = entry[1].split(")", 1)[0]
+        arguments = set((tool.input_schema or {}).get("properties", {}))
+        named = set(re.findall(r"([a-z_]+)(?:=|,|$)", signature))
+        assert arguments <= named, f"{name}: CONTRACT misses {sorted(arguments - named)}"
+        reply = entry[1].split("\n-", 1)[0]
+        fields = set((tool.output_schema or {}).get("properties", {}))
+        missing = {f for f in fields if not re.search(rf"\b{f}\b", reply)}
+        assert not missing, f"{name}: CONTRACT's reply misses {sorted(missing)}"

@@ -25,10 +25,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from aiswarm_server.auth import AGENT_NAME
-from aiswarm_server.broker import Broker, BrokerNews, TaskSpec
+from aiswarm_server.broker import Broker, BrokerNews
 from aiswarm_server.dashboard.access import SESSION_COOKIE, SESSION_SECONDS, Access, AccessDenied, Caller
 from aiswarm_server.errors import BrokerError, NotFound
-from aiswarm_server.models import Agent, Task, TaskStatus
+from aiswarm_server.models import Agent, Task, TaskRequest, TaskStatus
 
 BOARD_COLUMNS = [
     TaskStatus.PENDING,
@@ -310,7 +310,10 @@ class Dashboard:
 
         async def act(broker: Broker, caller: Caller) -> dict[str, Any]:
             form = await _form(request, SubmitForm)
-            spec = TaskSpec(form.title, form.prompt, persona=form.persona or None, priority=form.priority)
+            # The broker's own checks refuse what the form lets through, each with its message.
+            spec = TaskRequest.model_construct(
+                title=form.title, prompt=form.prompt, persona=form.persona or None, priority=form.priority
+            )
             reply = await broker.submit_tasks(caller.identity, [spec])
             return reply.model_dump(mode="json")
 

@@ -96,6 +96,9 @@ class SqliteDatabase:
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The file holds prompts and token hashes: private, like the token files. SQLite gives the -wal and -shm
+        # files the database file's mode.
+        self.path.touch(mode=0o600, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         db.row_factory = sqlite3.Row
         try:

@@ -159,7 +159,7 @@ class CliAdapter(ABC):
 
     name: ClassVar[str]
     exit_codes: ClassVar[Mapping[int, tuple[OutcomeKind, str]]] = {}
-    """Exit codes with a fixed meaning (measured; see shared/reference/clients.md)."""
+    """Exit codes with a fixed meaning (measured on the pinned versions)."""
     rate_limit_lines: ClassVar[tuple[re.Pattern[str], ...]] = ()
     """CLI-specific stderr lines that mean the model is rate limiting right now."""
     prompt_on_stdin: ClassVar[bool] = False

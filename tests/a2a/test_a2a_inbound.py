@@ -112,7 +112,8 @@ async def test_cancelling_the_a2a_task_cancels_the_broker_task(
     http = httpx.AsyncClient(headers={"Authorization": f"Bearer {broker.primary_token}"}, timeout=60)
     polling = await create_client(broker.base, ClientConfig(httpx_client=http, streaming=False, polling=True))
     try:
-        first = [e async for e in polling.send_message(message("Nobody takes this", persona="nobody-here"))]
+        # A persona the broker knows that no agent here has: nobody takes the task.
+        first = [e async for e in polling.send_message(message("Nobody takes this", persona="researcher"))]
         a2a_task = first[0].task
         broker_id = aiswarm_task_id(a2a_task)
         cancelled = await polling.cancel_task(CancelTaskRequest(id=a2a_task.id))

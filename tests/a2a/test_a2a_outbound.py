@@ -52,6 +52,12 @@ async def forwarding(broker: BrokerProcess, spec: RemoteAgentSpec) -> AsyncItera
     worker = A2AWorker(spec, broker.url, broker.admin_token)
     running = asyncio.create_task(worker.run())
     try:
+        # A task may only ask for a persona the broker knows: wait until the worker has registered with its own.
+        async with BrokerClient(broker.url, broker.admin_token) as admin:
+            deadline = time.monotonic() + 60
+            while spec.agent_name not in {a.name for a in (await admin.list_agents()).agents}:
+                assert not running.done() and time.monotonic() < deadline, "the A2A worker did not register"
+                await asyncio.sleep(0.05)
         yield worker
     finally:
         running.cancel()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker import Broker
 from aiswarm_server.errors import InvalidRequest, StaleClaim
-from aiswarm_server.models import Isolation, IsolationUpdate, MergeState
+from aiswarm_server.models import Isolation, IsolationUpdate, MergeState, TaskRequest
 from launcher.isolation.worktrees import Worktrees
 from tests.conftest import PRIMARY, worker
 
@@ -43,7 +43,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 async def submit(broker: Broker, directory: Path | None, **kwargs: object) -> int:
-    spec = TaskSpec("t", "do it", working_dir=str(directory) if directory else None, **kwargs)  # type: ignore[arg-type]
+    spec = TaskRequest(title="t", prompt="do it", working_dir=str(directory) if directory else None, **kwargs)  # type: ignore[arg-type]
     return (await broker.submit_tasks(PRIMARY, [spec])).tasks[0].id
 
 
@@ -98,7 +98,7 @@ async def test_merge_task_merges_a_completed_tasks_branch_and_refuses_what_it_ca
     dependent = (
         (
             await abroker.submit_tasks(
-                PRIMARY, [TaskSpec("d", "do", working_dir=str(repo), depends_on=[first])]
+                PRIMARY, [TaskRequest(title="d", prompt="do", working_dir=str(repo), depends_on=[first])]
             )
         )
         .tasks[0]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker import Broker
 from aiswarm_server.errors import InvalidRequest
-from aiswarm_server.models import AttemptOutcome, NewTask, TaskStatus
+from aiswarm_server.models import AttemptOutcome, NewTask, TaskRequest, TaskStatus
 from aiswarm_server.store import Store
 from aiswarm_server.store.rules import MAX_RETRY_DELAY_SECONDS, RetryDelay, after_attempt
 from tests.broker_harness import FakeClock
@@ -26,7 +26,8 @@ async def fail_once(broker: Broker, agent: str) -> None:
 
 async def test_retry_delays_grow_by_the_backoff_and_are_honoured(abroker: Broker, clock: FakeClock) -> None:
     reply = await abroker.submit_tasks(
-        PRIMARY, [TaskSpec("flaky", "do it", max_attempts=4, retry_delay_seconds=10, retry_backoff=3)]
+        PRIMARY,
+        [TaskRequest(title="flaky", prompt="do it", max_attempts=4, retry_delay_seconds=10, retry_backoff=3)],
     )
     task_id = reply.tasks[0].id
 
@@ -52,14 +53,16 @@ async def test_retry_delays_grow_by_the_backoff_and_are_honoured(abroker: Broker
 
 
 async def test_a_task_without_a_retry_delay_is_requeued_at_once(abroker: Broker) -> None:
-    reply = await abroker.submit_tasks(PRIMARY, [TaskSpec("plain", "do it")])
+    reply = await abroker.submit_tasks(PRIMARY, [TaskRequest(title="plain", prompt="do it")])
     await fail_once(abroker, "a")
     task = (await abroker.get_task(reply.tasks[0].id)).task
     assert task.status is TaskStatus.PENDING and task.retry_at is None
 
 
 async def test_a_waiting_retry_can_be_cancelled(abroker: Broker, clock: FakeClock) -> None:
-    reply = await abroker.submit_tasks(PRIMARY, [TaskSpec("flaky", "do it", retry_delay_seconds=60)])
+    reply = await abroker.submit_tasks(
+        PRIMARY, [TaskRequest(title="flaky", prompt="do it", retry_delay_seconds=60)]
+    )
     await fail_once(abroker, "a")
     await abroker.cancel_task(reply.tasks[0].id, "no longer needed")
     clock.advance(61)
@@ -69,9 +72,13 @@ async def test_a_waiting_retry_can_be_cancelled(abroker: Broker, clock: FakeCloc
 
 async def test_retry_settings_out_of_range_are_refused_with_the_range(abroker: Broker) -> None:
     with pytest.raises(InvalidRequest, match="retry_backoff must be between 1 and 10"):
-        await abroker.submit_tasks(PRIMARY, [TaskSpec("t", "p", retry_backoff=0.5)])
+        await abroker.submit_tasks(
+            PRIMARY, [TaskRequest.model_construct(title="t", prompt="p", retry_backoff=0.5)]
+        )
     with pytest.raises(InvalidRequest, match="retry_delay_seconds must be between 0 and 86400"):
-        await abroker.submit_tasks(PRIMARY, [TaskSpec("t", "p", retry_delay_seconds=100_000)])
+        await abroker.submit_tasks(
+            PRIMARY, [TaskRequest.model_construct(title="t", prompt="p", retry_delay_seconds=100_000)]
+        )
 
 
 def test_the_retry_rule_grows_by_the_backoff_and_caps_the_wait() -> None:

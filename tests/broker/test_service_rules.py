@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker import Broker
 from aiswarm_server.errors import InvalidRequest, NotFound, StaleClaim, TaskCancelled
-from aiswarm_server.models import AgentStatus, AttemptOutcome, Identity, TaskStatus
+from aiswarm_server.models import AgentStatus, AttemptOutcome, Identity, TaskRequest, TaskStatus
 from tests.broker_harness import FakeClock
 from tests.conftest import PRIMARY, worker
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def submit(broker: Broker, title: str = "t", **kwargs: object) -> int:
-    reply = await broker.submit_tasks(PRIMARY, [TaskSpec(title, f"do {title}", **kwargs)])  # type: ignore[arg-type]
+    reply = await broker.submit_tasks(PRIMARY, [TaskRequest(title=title, prompt=f"do {title}", **kwargs)])  # type: ignore[arg-type]
     return reply.tasks[0].id
 
 
@@ -145,10 +145,10 @@ async def test_dependencies_gate_claims_and_failures_cascade(abroker: Broker) ->
     reply = await abroker.submit_tasks(
         PRIMARY,
         [
-            TaskSpec("build", "b", key="build"),
-            TaskSpec("test", "t", key="test", depends_on=["build"]),
-            TaskSpec("docs", "d", depends_on=["build"]),
-            TaskSpec("release", "r", depends_on=["test"]),
+            TaskRequest(title="build", prompt="b", key="build"),
+            TaskRequest(title="test", prompt="t", key="test", depends_on=["build"]),
+            TaskRequest(title="docs", prompt="d", depends_on=["build"]),
+            TaskRequest(title="release", prompt="r", depends_on=["test"]),
         ],
     )
     build, test, docs, release = (t.id for t in reply.tasks)
@@ -174,7 +174,7 @@ async def test_dependencies_gate_claims_and_failures_cascade(abroker: Broker) ->
     failed = (await abroker.get_task(release)).task
     assert failed.status is TaskStatus.FAILED and failed.error == f"dependency #{test} ended as failed"
 
-    late = await abroker.submit_tasks(PRIMARY, [TaskSpec("after", "x", depends_on=[test])])
+    late = await abroker.submit_tasks(PRIMARY, [TaskRequest(title="after", prompt="x", depends_on=[test])])
     assert late.tasks[0].status is TaskStatus.FAILED
 
 
@@ -182,10 +182,13 @@ async def test_dependencies_must_exist_and_come_earlier_in_the_batch(abroker: Br
     with pytest.raises(InvalidRequest, match="not the key of an earlier task"):
         await abroker.submit_tasks(
             PRIMARY,
-            [TaskSpec("a", "a", key="a", depends_on=["b"]), TaskSpec("b", "b", key="b", depends_on=["a"])],
+            [
+                TaskRequest(title="a", prompt="a", key="a", depends_on=["b"]),
+                TaskRequest(title="b", prompt="b", key="b", depends_on=["a"]),
+            ],
         )
     with pytest.raises(InvalidRequest, match="do not exist"):
-        await abroker.submit_tasks(PRIMARY, [TaskSpec("a", "a", depends_on=[424242])])
+        await abroker.submit_tasks(PRIMARY, [TaskRequest(title="a", prompt="a", depends_on=[424242])])
     assert (await abroker.list_tasks(None, 10)).tasks == []  # refused batches leave nothing behind
 
 
@@ -384,11 +387,11 @@ async def test_release_hands_a_task_back_without_counting_a_failure(abroker: Bro
 async def test_size_limits_are_enforced_with_a_message(abroker: Broker) -> None:
     abroker.settings.max_prompt_chars = 100
     with pytest.raises(InvalidRequest, match="limit is 100"):
-        await abroker.submit_tasks(PRIMARY, [TaskSpec("big", "x" * 101)])
+        await abroker.submit_tasks(PRIMARY, [TaskRequest(title="big", prompt="x" * 101)])
     with pytest.raises(InvalidRequest, match="absolute path"):
-        await abroker.submit_tasks(PRIMARY, [TaskSpec("rel", "x", working_dir="../etc")])
+        await abroker.submit_tasks(PRIMARY, [TaskRequest(title="rel", prompt="x", working_dir="../etc")])
     with pytest.raises(InvalidRequest, match="persona"):
-        await abroker.submit_tasks(PRIMARY, [TaskSpec("p", "x", persona="Robert'); DROP")])
+        await abroker.submit_tasks(PRIMARY, [TaskRequest(title="p", prompt="x", persona="Robert'); DROP")])
 
 
 async def test_a_task_offered_to_a_woken_agent_is_not_raced_by_others(
@@ -412,7 +415,7 @@ async def test_every_parked_agent_sees_the_task_it_was_woken_for(abroker: Broker
         await abroker.register_agent(worker(name))
     waits = [asyncio.create_task(abroker.wait_for_next_event(worker(n), None, 30)) for n in names]
     await asyncio.sleep(0.1)
-    await abroker.submit_tasks(PRIMARY, [TaskSpec(f"t{i}", "p") for i in range(8)])
+    await abroker.submit_tasks(PRIMARY, [TaskRequest(title=f"t{i}", prompt="p") for i in range(8)])
     replies = await asyncio.wait_for(asyncio.gather(*waits), 5)
     offered = [r.events[0].task_id for r in replies]
     assert len(set(offered)) == 8  # each woken agent got its own task, none left waiting for a re-offer

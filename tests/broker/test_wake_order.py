@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker import Broker
+from aiswarm_server.models import TaskRequest
 from tests.conftest import PRIMARY, worker
 
 # The order is the in-process one (SQLite's transactions run on the loop); on PostgreSQL the woken wait re-reads
@@ -27,7 +28,7 @@ async def test_the_woken_wait_answers_before_the_submit_that_woke_it(abroker: Br
         if abroker.agent_waiters.has_parked():
             break
         await asyncio.sleep(0.01)
-    reply = await abroker.submit_tasks(PRIMARY, [TaskSpec("t", "do t")])
+    reply = await abroker.submit_tasks(PRIMARY, [TaskRequest(title="t", prompt="do t")])
     order.append("submit")
     await asyncio.wait_for(waiting, 5)
     assert order == ["wait:task_available", "submit"]

@@ -443,7 +443,7 @@ def test_find_binary_prefers_the_aiswarm_install_over_path(tmp_path: Path) -> No
     assert adapter.find_binary(tmp_path / "other", path=str(tmp_path / "nowhere")) is None
 
 
-# --- exit classification (measured outputs, shared/reference/clients.md) ----------------
+# --- exit classification (outputs measured on the pinned versions) ----------------
 
 QWEN_429_STDERR = (
     '{"error":{"type":"AlreadyReportedError","message":"[API Error: 429 Too Many Requests]\\n'

@@ -7,8 +7,11 @@ import stat
 import sys
 
 import httpx
+import httpx2
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import INVALID_PARAMS
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, Mode
 from aiswarm_server.replies import TaskReply
@@ -155,3 +158,28 @@ async def test_stdio_bridge_serves_the_primary_tools(live_broker: BrokerProcess)
         assert got.structured_content["task"]["title"] == "via stdio"  # type: ignore[index]
         refused = await client.call_tool("get_task", {"task_id": 99999})
         assert refused.is_error
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_only_tools_are_declared_and_an_unknown_prompt_is_invalid_params(
+    live_broker: BrokerProcess, mode: Mode
+) -> None:
+    assert live_broker.log_path is not None
+    logged = len(live_broker.log_path.read_text().splitlines())
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {live_broker.primary_token}"}) as http,
+        Client(streamable_http_client(live_broker.url, http_client=http), mode=mode) as client,
+    ):
+        if mode == "legacy":
+            capabilities = client.server_capabilities
+            assert capabilities is not None and capabilities.tools is not None
+            assert capabilities.prompts is None and capabilities.resources is None
+        for _ in range(3):
+            with pytest.raises(MCPError) as unknown:
+                await client.get_prompt("nosuch")
+            assert unknown.value.code == INVALID_PARAMS and "nosuch" in unknown.value.error.message
+        with pytest.raises(MCPError) as missing:
+            await client.read_resource("file:///etc/passwd")
+        assert missing.value.code == INVALID_PARAMS
+        assert (await client.list_prompts()).prompts == []
+    assert len(live_broker.log_path.read_text().splitlines()) - logged <= 3

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from aiswarm_server.broker import Broker, TaskSpec
+from aiswarm_server.broker import Broker
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import StoreUnavailable
-from aiswarm_server.models import Role
+from aiswarm_server.models import Role, TaskRequest
 from aiswarm_server.store import open_store
 from aiswarm_server.store.sqlite import SqliteStore
 from tests.broker_harness import BrokerProcess
@@ -41,7 +41,9 @@ async def seed_home(home: Path) -> BrokerSettings:
     try:
         await broker.tokens.ensure_local_token(home, Role.ADMIN)
         await broker.tokens.ensure_local_token(home, Role.PRIMARY)
-        await broker.submit_tasks(PRIMARY, [TaskSpec(f"seed {i}", "keep me") for i in range(SEEDED)])
+        await broker.submit_tasks(
+            PRIMARY, [TaskRequest(title=f"seed {i}", prompt="keep me") for i in range(SEEDED)]
+        )
     finally:
         await broker.stop()
     return settings
@@ -133,11 +135,11 @@ async def test_a_full_database_refuses_writes_with_a_message_keeps_reads_and_los
 
         await asyncio.get_running_loop().run_in_executor(store._executor, cap, pages)
         with pytest.raises(StoreUnavailable, match="is full; nothing was changed"):
-            await broker.submit_tasks(PRIMARY, [TaskSpec("too big", "x" * 100_000)])
+            await broker.submit_tasks(PRIMARY, [TaskRequest(title="too big", prompt="x" * 100_000)])
         listed = await broker.list_tasks(None, 50)
         assert sorted(t.title for t in listed.tasks) == [f"seed {i}" for i in range(SEEDED)]
         await asyncio.get_running_loop().run_in_executor(store._executor, cap, 1 << 30)
-        await broker.submit_tasks(PRIMARY, [TaskSpec("fits again", "x" * 100_000)])
+        await broker.submit_tasks(PRIMARY, [TaskRequest(title="fits again", prompt="x" * 100_000)])
     finally:
         await broker.stop()
     assert seeded_titles(settings.database_path) == [*(f"seed {i}" for i in range(SEEDED)), "fits again"]

@@ -16,7 +16,7 @@ import pytest
 
 from aiswarm_server.auth import hash_token
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient
-from aiswarm_server.replies import TaskReply, TokenReply
+from aiswarm_server.replies import TaskReply
 from tests.broker_harness import BrokerProcess
 from tests.reliability.swarm import START_TIMEOUT
 
@@ -36,7 +36,7 @@ async def test_no_wrong_or_revoked_token_gets_401_before_any_mcp(
     broker: BrokerProcess, admin: BrokerClient
 ) -> None:
     revoked = (await admin.issue_agent_token("revoked-1")).token
-    await admin.call("revoke_agent_tokens", TokenReply, agent="revoked-1")
+    await admin.revoke_agent_tokens("revoked-1")
     async with httpx.AsyncClient(timeout=30) as http:
         for value in (
             None,
@@ -109,7 +109,7 @@ async def test_the_token_list_shows_fingerprints_to_the_admin_only(
     broker: BrokerProcess, admin: BrokerClient
 ) -> None:
     first = (await admin.issue_agent_token("listed-1")).token
-    await admin.call("revoke_agent_tokens", TokenReply, agent="listed-1")
+    await admin.revoke_agent_tokens("listed-1")
     second = (await admin.issue_agent_token("listed-1")).token
     valid = await admin.list_tokens("listed-1")
     assert [t.fingerprint for t in valid.tokens] == [hash_token(second)[:12]]

@@ -1,0 +1,22 @@
+"""What callers may ask for: one home for each bound, read by the tools' argument schemas, the broker's checks,
+the settings and the CLI alike."""
+
+from __future__ import annotations
+
+TITLE_MAX_CHARS = 200
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
+MAX_ATTEMPTS_LIMIT = 100
+TASK_TIMEOUT_LIMIT_SECONDS = 7 * 86_400
+RETRY_DELAY_LIMIT_SECONDS = 86_400
+RETRY_BACKOFF_MAX = 10
+LABEL_MAX_CHARS = 64  # agent names, personas, capabilities, CLI names, batch keys
+MAX_CAPABILITIES = 32
+DEPENDENCIES_MAX = 200
+PATH_MAX_CHARS = 4096
+ID_MAX = 2**62  # task ids and fence tokens
+COUNT_MAX = 2**31  # process ids, paging offsets
+CURSOR_MAX_CHARS = 40
+REASON_MAX_CHARS = 500
+PROGRESS_MAX_CHARS = 2000
+LIST_LIMIT_MAX = 500
