@@ -16,7 +16,13 @@ from typing import Any, Literal
 from aiswarm_server import __version__
 from aiswarm_server.auth import TokenRegistry, validate_agent_name
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.errors import BrokerError, InvalidRequest, NotFound
+from aiswarm_server.errors import BrokerError, InvalidRequest, NotFound, StaleClaim
+from aiswarm_server.isolation import (
+    check_declared_files,
+    discard_task_branch,
+    merge_task_branch,
+    submitter_git,
+)
 from aiswarm_server.limits import (
     CURSOR_MAX_CHARS,
     LABEL_MAX_CHARS,
@@ -34,6 +40,8 @@ from aiswarm_server.limits import (
 from aiswarm_server.models import (
     AgentState,
     Identity,
+    IsolationUpdate,
+    MergeState,
     NewTask,
     Role,
     Task,
@@ -717,6 +725,8 @@ class Broker:
             retry_delay_seconds=retry_delay,
             retry_backoff=retry_backoff,
             submitted_by=submitter,
+            isolation=spec.isolation,
+            files=check_declared_files(spec.files),
         )
 
     async def submit_tasks(self, identity: Identity, specs: Sequence[TaskRequest]) -> SubmitReply:
@@ -767,6 +777,7 @@ class Broker:
             new_tasks.append((self._new_task(spec, ids, submitter, personas), local))
         for new, local in new_tasks:
             new.depends_on_batch = local
+            new.base_commit, new.target_branch = await submitter_git(new.working_dir, new.isolation)
         change = await self.store.create_tasks([new for new, _ in new_tasks], self.clock())
         created = change.created
         self._apply(change, "submitted")
@@ -808,6 +819,33 @@ class Broker:
         if task is None:
             raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
         return TaskReply(task=task, message=_describe_task(task))
+
+    async def record_isolation(self, task_id: int, fence: int | None, update: IsolationUpdate) -> TaskReply:
+        """Record what an isolated attempt (under its fence) or the merge queue did with the task's work."""
+        task = await self.store.update_isolation(task_id, fence, update, self.clock())
+        if task is None:
+            if await self.store.get_task(task_id, False) is None:
+                raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
+            raise StaleClaim(
+                f"Task #{task_id} is held under another fence now: this attempt's worktree is stale. Discard it."
+            )
+        return TaskReply(task=task, message=_describe_task(task))
+
+    async def merge_task(self, task_id: int, discard: bool = False) -> TaskReply:
+        """Bring a completed task's branch onto the branch it was submitted from (or, ``discard``, delete it).
+
+        One merge at a time per repository, after the task's dependencies; the user's uncommitted work is
+        never touched: a conflict is recorded with the files named and the branch kept.
+        """
+        task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
+        if discard:
+            update = await discard_task_branch(task)
+        else:
+            dependencies = await self.store.get_tasks(task.depends_on) if task.depends_on else []
+            update = await merge_task_branch(task, dependencies, self.settings.home)
+        return await self.record_isolation(task_id, None, update)
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> TasksReply:
         """Tasks newest first, optionally of one status. Reads only; raises :class:`InvalidRequest` for a bad page."""
@@ -974,7 +1012,8 @@ def _expire(woken: asyncio.Future[None]) -> None:
 def _describe_task(task: Task) -> str:
     match task.status:
         case TaskStatus.COMPLETED:
-            return f"Task #{task.id} completed by {task.attempts[-1].agent if task.attempts else 'an agent'}."
+            done = f"Task #{task.id} completed by {task.attempts[-1].agent if task.attempts else 'an agent'}."
+            return done + _describe_merge(task)
         case TaskStatus.FAILED | TaskStatus.DEAD:
             return f"Task #{task.id} {task.status.value}: {task.error}. Resubmit it (changed) if it still matters."
         case TaskStatus.CANCELLED:
@@ -985,6 +1024,23 @@ def _describe_task(task: Task) -> str:
             return f"Task #{task.id} waits for its dependencies {task.depends_on}."
         case _:
             return f"Task #{task.id} is waiting for an agent. Call wait_for_tasks to wait for it."
+
+
+def _describe_merge(task: Task) -> str:
+    """What became of an isolated task's branch, for the primary."""
+    match task.merge_state:
+        case None:
+            return ""
+        case MergeState.PENDING:
+            return f" Its work on {task.branch} is waiting for the merge queue."
+        case MergeState.MERGED:
+            return f" Merged onto {task.target_branch}: {task.diff_stat or 'no file changes'}."
+        case MergeState.CONFLICT:
+            return f" Not merged: {task.merge_detail}. Resolve it, then call merge_task again."
+        case MergeState.MANUAL:
+            return f" Its work is on branch {task.branch}: call merge_task to merge it onto {task.target_branch}."
+        case MergeState.DISCARDED:
+            return " Its branch was discarded."
 
 
 def _wait_tasks_reply(tasks: list[Task], finished: list[int], met: bool) -> WaitTasksReply:

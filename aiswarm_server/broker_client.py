@@ -224,6 +224,16 @@ class BrokerClient:
         """Cancel a task that has not finished."""
         return await self.call("cancel_task", TaskReply, task_id=task_id, reason=reason)
 
+    async def merge_task(self, task_id: int, discard: bool = False) -> TaskReply:
+        """Merge a completed task's kept branch onto the branch it was submitted from (or discard it)."""
+        return await self.call("merge_task", TaskReply, task_id=task_id, discard=discard)
+
+    async def record_isolation(self, task_id: int, fence_token: int | None, **fields: Any) -> TaskReply:
+        """Record an isolated attempt's branch, worktree or merge state (refused under a stale fence)."""
+        return await self.call(
+            "record_isolation", TaskReply, task_id=task_id, fence_token=fence_token, **fields
+        )
+
     async def list_agents(self) -> AgentsReply:
         """The registered worker agents."""
         return await self.call("list_agents", AgentsReply)

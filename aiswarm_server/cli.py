@@ -37,7 +37,7 @@ from aiswarm_server.limits import (
     TASK_TIMEOUT_LIMIT_SECONDS,
     TITLE_MAX_CHARS,
 )
-from aiswarm_server.models import Agent, AgentState, Task, TaskStatus
+from aiswarm_server.models import Agent, AgentState, MergeState, Task, TaskStatus
 from aiswarm_server.replies import AgentStateReply, UsageSummaryReply
 
 T = TypeVar("T")
@@ -388,6 +388,18 @@ def submit(
             show_default="the broker's, 1800 unless AISWARM_DEFAULT_TASK_TIMEOUT_SECONDS",
         ),
     ] = None,
+    files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="A path or glob (relative to --dir) the task will change; tasks whose files overlap take turns.",
+        ),
+    ] = None,
+    isolation: Annotated[
+        str,
+        typer.Option(help="auto, worktree (its own git worktree, merged back) or none (in place)."),
+    ] = "auto",
     wait: Annotated[
         bool,
         typer.Option(
@@ -402,6 +414,8 @@ def submit(
     """Submit a task to the swarm."""
     text = _prompt(prompt)
     directory = str((working_dir or Path.cwd()).resolve())
+    if isolation not in ("auto", "worktree", "none"):
+        raise CliError(f"--isolation {isolation!r}: choose auto, worktree or none")
 
     async def send(broker: BrokerClient) -> Task:
         reply = await broker.submit_task(
@@ -414,6 +428,8 @@ def submit(
             working_dir=directory,
             max_attempts=max_attempts,
             timeout_seconds=timeout,
+            isolation=isolation,
+            files=files or [],
         )
         return (await broker.get_task(reply.tasks[0].id)).task
 
@@ -484,6 +500,63 @@ def describe_task(task: Task) -> str:
             )
 
 
+@app.command()
+def merge(
+    task_id: Annotated[int, typer.Argument(help="The completed task whose branch to merge.")],
+    discard: Annotated[bool, typer.Option("--discard", help="Delete the task's branch instead.")] = False,
+    home: HomeOption = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Merge a completed task's kept branch onto the branch it was submitted from (or discard it)."""
+
+    async def action(broker: BrokerClient) -> None:
+        reply = await broker.merge_task(task_id, discard=discard)
+        if as_json:
+            print_json(reply.task)
+        else:
+            console.print(reply.message, highlight=False)
+        if reply.task.merge_state is MergeState.CONFLICT:
+            raise typer.Exit(1)
+
+    run_async(with_broker(home, url, action))
+
+
+@app.command()
+def worktrees(
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Remove the worktrees no running task attempt owns.")
+    ] = False,
+    home: HomeOption = None,
+    url: UrlOption = None,
+) -> None:
+    """List the task worktrees under the aiswarm home and the task branches kept in their repositories."""
+    from launcher.isolation.attempt import prune_orphans
+    from launcher.isolation.worktrees import Worktrees, kept_branches
+
+    found = Worktrees(settings_for(home).home)
+    if prune:
+
+        async def pruned(broker: BrokerClient) -> list[Path]:
+            return await prune_orphans(found, broker)
+
+        removed = run_async(with_broker(home, url, pruned))
+        console.print(f"removed {len(removed)} orphaned worktree(s)", highlight=False)
+
+    async def listing() -> list[str]:
+        lines: list[str] = []
+        for common_dir in found.repositories():
+            for record in found.records(common_dir):
+                lines.append(
+                    f"task {record.task_id} (attempt {record.fence}): {record.path} on {record.branch}"
+                )
+            lines += [f"kept branch {b} in {common_dir}" for b in await kept_branches(common_dir)]
+        return lines
+
+    lines = run_async(listing())
+    console.print("\n".join(lines) if lines else "no task worktrees", highlight=False)
+
+
 @app.command("tasks")
 def tasks_command(
     status: Annotated[
@@ -537,6 +610,13 @@ def task_command(
             console.print(task.result, highlight=False, markup=False)
         if task.error and not task.status.is_terminal:
             console.print(f"last error: {task.error}", highlight=False, markup=False)
+        if task.merge_state is not None:
+            console.print(
+                f"branch {task.branch} -> {task.target_branch or '(detached HEAD)'}: "
+                f"{task.merge_state.value}; {task.diff_stat or ''} {task.merge_detail or ''}",
+                highlight=False,
+                markup=False,
+            )
         for attempt in task.attempts:
             took = f"{attempt.finished_at - attempt.claimed_at:.1f}s" if attempt.finished_at else "running"
             console.print(

@@ -46,6 +46,24 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
+class Isolation(StrEnum):
+    """Where a task's attempts work: in place, in a git worktree of their own, or as the launch decides."""
+
+    NONE = "none"
+    WORKTREE = "worktree"
+    AUTO = "auto"  # a worktree when the launch runs more than one agent and the task is in a git checkout
+
+
+class MergeState(StrEnum):
+    """How an isolated task's work comes back onto the branch it was submitted from."""
+
+    PENDING = "pending"  # being worked on, or committed and waiting for the merge queue
+    MERGED = "merged"
+    CONFLICT = "conflict"  # not merged: the files in the way are named, the branch is kept
+    MANUAL = "manual"  # kept on its branch for `aiswarm merge` / merge_task
+    DISCARDED = "discarded"  # the task did not complete: its branch and worktree are gone
+
+
 class AgentStatus(StrEnum):
     """Whether an agent is waiting for work, holding a task, or has not been heard from for too long."""
 
@@ -191,6 +209,16 @@ class Task(BaseModel):
     updated_at: float
     finished_at: float | None = None
     attempts: list[Attempt] = Field(default_factory=list)
+    isolation: Isolation = Isolation.AUTO
+    files: list[str] = Field(default_factory=list)
+    base_commit: str | None = None
+    target_branch: str | None = None
+    branch: str | None = None
+    workspace: str | None = None
+    merge_state: MergeState | None = None
+    merge_detail: str | None = None
+    conflict_files: list[str] = Field(default_factory=list)
+    diff_stat: str | None = None
 
     def fits(self, persona: str | None, capabilities: Iterable[str]) -> bool:
         """Whether an agent with this persona and these capabilities may take the task."""
@@ -215,6 +243,26 @@ class NewTask(BaseModel):
     retry_delay_seconds: float = 0.0
     retry_backoff: float = 1.0
     submitted_by: str = ""
+    isolation: Isolation = Isolation.AUTO
+    files: list[str] = Field(default_factory=list)
+    base_commit: str | None = None
+    target_branch: str | None = None
+
+    @property
+    def records_isolation(self) -> bool:
+        """Whether the task carries anything beyond the isolation defaults (written after the row)."""
+        return self.isolation is not Isolation.AUTO or bool(self.files) or self.base_commit is not None
+
+
+class IsolationUpdate(BaseModel):
+    """What an isolated attempt or the merge queue records on its task; None leaves a field as it is."""
+
+    branch: str | None = None
+    workspace: str | None = None
+    merge_state: MergeState | None = None
+    merge_detail: str | None = None
+    conflict_files: list[str] | None = None
+    diff_stat: str | None = None
 
 
 # What a submitter writes, as typed tool arguments: the submit_task tool and TaskRequest share these.
@@ -295,6 +343,18 @@ class TaskRequest(BaseModel):
     )
     retry_delay_seconds: RetryDelay | None = None
     retry_backoff: RetryBackoff | None = None
+    isolation: Isolation = Field(
+        default=Isolation.AUTO,
+        description="auto (default): in its own git worktree when the launch runs several agents and working_dir is "
+        "in a git checkout, merged back onto your branch when done; worktree: always isolated; none: work in "
+        "working_dir.",
+    )
+    files: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Paths or globs (relative to working_dir) the task will change, e.g. ['src/api/', "
+        "'tests/test_api.py']. Tasks whose files overlap do not run at the same time: the later one waits.",
+    )
 
     @field_validator("depends_on")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -63,11 +64,18 @@ class ClaimedTask(BaseModel):
             persona=task.persona,
             capabilities=task.capabilities,
             depends_on=task.depends_on,
-            working_dir=task.working_dir,
+            working_dir=_attempt_dir(task),
             timeout_seconds=task.timeout_seconds,
             failures=task.failures,
             error=task.error,
         )
+
+
+def _attempt_dir(task: Task) -> str | None:
+    """Where the attempt works: its worktree's directory while that exists, else the task's own directory."""
+    if task.workspace and Path(task.workspace).is_dir():
+        return task.workspace
+    return task.working_dir
 
 
 class ClaimReply(BaseModel):

@@ -39,7 +39,10 @@ from aiswarm_server.models import (
     AgentState,
     Capabilities,
     Identity,
+    Isolation,
+    IsolationUpdate,
     MaxAttempts,
+    MergeState,
     PersonaName,
     Priority,
     Role,
@@ -86,6 +89,8 @@ AgentName = Annotated[
     str, Field(min_length=1, max_length=LABEL_MAX_CHARS, description="The agent's stable name, e.g. qwen-1.")
 ]
 Reason = Annotated[str, Field(max_length=REASON_MAX_CHARS, description="Why; the worker is told.")]
+ISOLATION_HELP = TaskRequest.model_fields["isolation"].description
+FILES_HELP = TaskRequest.model_fields["files"].description
 
 
 @dataclass
@@ -310,6 +315,8 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
         working_dir: WorkingDir | None = None,
         max_attempts: MaxAttempts | None = None,
         timeout_seconds: TaskTimeout | None = None,
+        isolation: Annotated[Isolation, Field(description=ISOLATION_HELP)] = Isolation.AUTO,
+        files: Annotated[list[str], Field(max_length=100, description=FILES_HELP)] = [],  # noqa: B006
     ) -> SubmitReply:
         """Give one task to the swarm of worker agents. Returns the task with its id.
 
@@ -326,6 +333,8 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
             working_dir=working_dir,
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
+            isolation=isolation,
+            files=files,
         )
         return await ref.get().submit_tasks(identity, [request])
 
@@ -408,6 +417,22 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
 
     @server.tool()
     @_refusals
+    async def merge_task(
+        ctx: Context[Any, Any],
+        task_id: TaskId,
+        discard: Annotated[
+            bool, Field(description="Delete the task's branch instead of merging it (its work is dropped).")
+        ] = False,
+    ) -> TaskReply:
+        """Merge a completed task's branch onto the branch it was submitted from, when that did not happen by
+        itself: merge_state manual (the launch merges by hand) or conflict (after you resolved what was in the
+        way: commit or stash your own changes to the files named, or rebase the branch). Nothing is touched if
+        it would overwrite uncommitted work or conflict; the reply says why. discard=true drops the branch."""
+        _identity(ref, ctx)
+        return await ref.get().merge_task(task_id, discard)
+
+    @server.tool()
+    @_refusals
     async def list_agents(ctx: Context[Any, Any]) -> AgentsReply:
         """List the worker agents: name, CLI, persona, status (idle, busy, lost) and current task."""
         _identity(ref, ctx)
@@ -454,6 +479,36 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
         """Give a held task back to the queue without counting a failed attempt (graceful stop)."""
         _identity(ref, ctx)
         return await ref.get().release_task(agent, task_id, reason)
+
+    @server.tool()
+    @_refusals
+    async def record_isolation(
+        ctx: Context[Any, Any],
+        task_id: TaskId,
+        fence_token: Annotated[
+            StrictInt | None, Field(ge=0, description="The attempt's fence; omit only for the merge queue.")
+        ] = None,
+        branch: Annotated[str | None, Field(max_length=300)] = None,
+        workspace: Annotated[
+            str | None, Field(max_length=4096, description="The attempt's directory.")
+        ] = None,
+        merge_state: MergeState | None = None,
+        merge_detail: Annotated[str | None, Field(max_length=4000)] = None,
+        conflict_files: Annotated[list[str] | None, Field(max_length=1000)] = None,
+        diff_stat: Annotated[str | None, Field(max_length=500)] = None,
+    ) -> TaskReply:
+        """Record what an isolated attempt did (the launcher): its branch and worktree, then its merge state.
+        Refused when fence_token is not the task's current one: a stale attempt's work is never merged."""
+        _identity(ref, ctx)
+        update = IsolationUpdate(
+            branch=branch,
+            workspace=workspace,
+            merge_state=merge_state,
+            merge_detail=merge_detail,
+            conflict_files=conflict_files,
+            diff_stat=diff_stat,
+        )
+        return await ref.get().record_isolation(task_id, fence_token, update)
 
     @server.tool()
     @_refusals

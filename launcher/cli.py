@@ -25,6 +25,7 @@ from aiswarm_server.tasklog import format_task_line, task_lines
 from launcher.agents import plan_agents
 from launcher.circuits import DEFAULT_PROBE_SECONDS
 from launcher.errors import LaunchError
+from launcher.isolation.attempt import MergeMode
 from launcher.supervisor import LaunchConfig, Supervisor
 
 if TYPE_CHECKING:
@@ -126,6 +127,22 @@ def launch(
     no_ui: Annotated[
         bool, typer.Option("--no-ui", envvar="AISWARM_NO_UI", help="No live status table.")
     ] = False,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            envvar="AISWARM_ISOLATION",
+            help="Where tasks in a git checkout work: worktree (each attempt its own git worktree, merged back), "
+            "none (in place), auto (worktree when more than one agent). A task's own isolation wins.",
+        ),
+    ] = "auto",
+    merge: Annotated[
+        str,
+        typer.Option(
+            envvar="AISWARM_MERGE",
+            help="auto: merge each completed task's branch onto the submitter's branch; manual: keep it for "
+            "`aiswarm merge TASK`.",
+        ),
+    ] = "auto",
     log_format: Annotated[
         str,
         typer.Option(
@@ -147,6 +164,10 @@ def launch(
 
     if mode not in ("per-task", "session"):
         raise LaunchError(f"--mode {mode!r}: choose per-task or session")
+    if isolation not in ("auto", "worktree", "none"):
+        raise LaunchError(f"--isolation {isolation!r}: choose auto, worktree or none")
+    if merge not in ("auto", "manual"):
+        raise LaunchError(f"--merge {merge!r}: choose auto or manual")
     if log_format not in ("text", "json"):
         raise LaunchError(f"--log-format {log_format!r}: choose text or json")
     os.environ["AISWARM_LOG_FORMAT"] = log_format  # the broker started below, if any, logs the same way
@@ -196,6 +217,8 @@ def launch(
         grace_seconds=grace,
         providers=providers,
         probe_seconds=probe_interval,
+        isolation="worktree" if isolation == "worktree" else "none" if isolation == "none" else "auto",
+        merge_mode=MergeMode(merge),
         log_format="json" if log_format == "json" else "text",
     )
     errors = Console(stderr=True)

@@ -151,13 +151,14 @@ class CliRun:
         process = self._running()
         watcher = asyncio.create_task(self._watch())
         returner = asyncio.create_task(self._return_logins_while_running())
+        reaper = asyncio.create_task(self._reap())
         try:
             stdout, stderr, _ = await asyncio.gather(
                 self._read_stdout(), self._read_stderr(), self._write_prompt()
             )
             returncode = await process.wait()
         finally:
-            for helper in (watcher, returner):
+            for helper in (watcher, returner, reaper):
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
@@ -237,6 +238,18 @@ class CliRun:
                 self.timed_out = True
                 self.kill()
                 return
+
+    async def _reap(self) -> None:
+        """Once the CLI's own process is gone (killed, crashed), kill its group too.
+
+        qwen re-execs itself in a child that shares the pipes: left alive, it keeps them open and the reads
+        would wait for it to finish the task on its own. asyncio's ``wait()`` only returns once the pipes close,
+        so the exit is seen by polling ``returncode``.
+        """
+        process = self._running()
+        while process.returncode is None:  # noqa: ASYNC110 - no event fires at the exit itself
+            await asyncio.sleep(0.5)
+        self._kill_group()
 
     async def _drain(self) -> None:
         """SIGTERM the CLI's group; SIGKILL it when it has not exited after the grace period (or a second stop)."""

@@ -68,6 +68,9 @@ from launcher.circuits import (
 from launcher.cli_run import AgentLog, CliRun, Drain, RunPlace, RunResult
 from launcher.cool_downs import CoolDowns, backoff_delay
 from launcher.decisions import Pacing, TaskAction, decide
+from launcher.isolation.attempt import MergeMode, TaskIsolation
+from launcher.isolation.git import GitError
+from launcher.isolation.worktrees import Worktrees
 from launcher.model_proxy import ModelProxy
 from launcher.preflight import cli_problems, credential_problem
 from launcher.prompts import session_prompt, task_prompt
@@ -85,6 +88,7 @@ from launcher.quota import PoolState, QuotaPool
 log = logging.getLogger("aiswarm.launcher")
 
 Mode = Literal["per-task", "session"]
+IsolationChoice = Literal["auto", "worktree", "none"]
 T = TypeVar("T")
 
 WAIT_SECONDS = 60
@@ -162,6 +166,8 @@ class LaunchConfig:
     breaker_seconds: float = DEFAULT_BREAKER_SECONDS
     clock: Callable[[], float] = time.time
     """Wall-clock time for quota pools (their day and minute windows)."""
+    isolation: IsolationChoice = "auto"
+    merge_mode: MergeMode = MergeMode.AUTO
     log_format: Literal["text", "json"] = "text"
     """json: each agent's log lines also go to logs/<agent>.jsonl with the task, attempt, fence and CLI."""
 
@@ -171,6 +177,11 @@ class LaunchConfig:
         if not self.endpoint_url:
             return "login"
         return urlsplit(self.endpoint_url).netloc or "endpoint"
+
+    @property
+    def isolates_by_default(self) -> bool:
+        """Whether tasks without their own choice run in worktrees: ``worktree``, or ``auto`` with several agents."""
+        return self.isolation == "worktree" or (self.isolation == "auto" and len(self.agents) > 1)
 
     def endpoint_for(self, cli: str, provider: str | None = None) -> ModelEndpoint | None:
         """The endpoint an agent of ``cli`` is pointed at: its provider's (the key read now from its source),
@@ -248,6 +259,13 @@ class Supervisor:
         """The quota pools of this launch's providers, by provider name."""
         self._names = AgentNameLocks(self.config.home)
         self._reserved = False
+        self._in_flight: set[int] = set()
+        self.isolation = TaskIsolation(
+            Worktrees(self.config.home),
+            isolate_by_default=self.config.isolates_by_default,
+            merge_mode=self.config.merge_mode,
+            note=self._note,
+        )
         self.tokens: dict[str, str] = {}
         self._task_of: dict[str, tuple[int, int]] = {}  # agent -> (task id, fence) of the task it runs
         """The token issued to each agent by this launch (every earlier one is revoked)."""
@@ -394,6 +412,7 @@ class Supervisor:
                         pool.state = PoolState.model_validate(saved[name])
                 for plan in self.config.agents:
                     self.tokens[plan.name] = await self._fresh_token(admin, plan.name)
+                await self._clean_worktrees(admin)
                 loops = [
                     asyncio.create_task(self._agent(p, self.tokens[p.name], admin))
                     for p in self.config.agents
@@ -423,6 +442,17 @@ class Supervisor:
         revoked = await admin.call("revoke_agent_tokens", TokenReply, agent=name)
         self._note(name, f"{revoked.message} Issued this launch's token.")
         return (await admin.issue_agent_token(name)).token
+
+    async def _clean_worktrees(self, admin: BrokerClient) -> None:
+        """Land what a crashed launch of these agents left, and remove every orphaned worktree (never fatal)."""
+        names = {p.name for p in self.config.agents}
+        try:
+            removed = await self.isolation.recover(admin, names, busy=set(self._in_flight))
+        except (BrokerCallError, BrokerUnreachable, GitError, OSError) as error:
+            log.warning("cleaning up task worktrees failed: %s", error)
+            return
+        if removed:
+            log.info("removed %d orphaned task worktree(s)", len(removed))
 
     # --- one agent --------------------------------------------------------------------------
 
@@ -674,6 +704,16 @@ class Supervisor:
             stop.cancel()
 
     async def _run_task(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
+        self._in_flight.add(task.id)
+        try:
+            await self._run_isolated(agent, task, fence)
+        finally:
+            self._in_flight.discard(task.id)
+            agent.view.task_id = None
+        await self._clean_worktrees(agent.admin)
+
+    async def _run_isolated(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
+        """Run the reserved task, every note of the agent's meanwhile tagged with it."""
         name, view = agent.name, agent.view
         view.state, view.task_id = AgentState.RUNNING, task.id
         self._task_of[name] = (task.id, fence)  # every note until the end of this run is about the task
@@ -683,18 +723,44 @@ class Supervisor:
             self._task_of.pop(name, None)
 
     async def _run_task_held(self, agent: AgentRun, task: ClaimedTask, fence: int) -> None:
-        name, view = agent.name, agent.view
+        """Prepare the attempt's workspace, run the CLI on the task there, then land or discard the work."""
+        name = agent.name
         self._note(name, f"task #{task.id} reserved (fence {fence}): {task.title}")
-        timeout = self.config.task_timeout or float(task.timeout_seconds)
-        workdir = _existing_dir(task.working_dir)
-        prompt = task_prompt(name, task.id, agent.plan.persona)
         beat = asyncio.create_task(self._heartbeats(agent.worker))
         try:
-            result = await self._run_cli(agent, prompt, workdir, timeout)
+            try:
+                workspace = await self.isolation.prepare(name, agent.admin, agent.worker, task.id, fence)
+            except (GitError, OSError) as error:
+                reason = f"{name}: could not create the task's worktree: {error}"
+                self._note(name, f"task #{task.id} reported failed: {reason}")
+                with contextlib.suppress(BrokerCallError):
+                    await agent.worker.report_task_completion(
+                        task.id, fence, success=False, error=reason, retryable=True
+                    )
+                return
+            if workspace is None:
+                self._note(
+                    name, f"task #{task.id} is no longer held by {name} (cancelled or expired while waiting)"
+                )
+                return
+            await self._run_in(agent, task, fence, workspace.directory or _existing_dir(task.working_dir))
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await beat
+        try:
+            await self.isolation.finish(name, agent.admin, workspace, fence)
+        except (BrokerCallError, BrokerUnreachable, GitError, OSError) as error:
+            self._note(
+                name, f"task #{task.id}: landing its work failed ({error}); retried at the next clean-up"
+            )
+
+    async def _run_in(self, agent: AgentRun, task: ClaimedTask, fence: int, workdir: Path | None) -> None:
+        """Run the CLI on the reserved task in ``workdir``; report it failed if the CLI left it unreported."""
+        name = agent.name
+        timeout = self.config.task_timeout or float(task.timeout_seconds)
+        prompt = task_prompt(name, task.id, agent.plan.persona)
+        result = await self._run_cli(agent, prompt, workdir, timeout)
         usage = result.usage
         if usage is not None:
             await self._record_usage(agent, usage, task.id, fence)
@@ -718,7 +784,6 @@ class Supervisor:
                 )
             self._note(name, f"task #{task.id} reported failed: {reason}")
         self._pace(agent, result, decision.pacing)
-        view.task_id = None
 
     async def _still_holds(self, worker: BrokerClient, task_id: int) -> bool:
         try:

@@ -27,6 +27,7 @@ from aiswarm_server.models import (
     Claim,
     Event,
     Identity,
+    IsolationUpdate,
     NewTask,
     Task,
     TaskChange,
@@ -250,6 +251,13 @@ class Store(ABC):
         Its holder, if any, gets a ``task_cancelled`` event (``notified_agents``). A task that has already ended
         is returned unchanged. Raises :class:`NotFound`.
         """
+
+    @abstractmethod
+    async def update_isolation(
+        self, task_id: int, fence: int | None, update: IsolationUpdate, now: float
+    ) -> Task | None:
+        """Record ``update``'s set fields on the task; None when it does not exist or (``fence`` given) the
+        task's current fence token is another one."""
 
     @abstractmethod
     async def sweep(self, now: float, agent_lost_before: float, keep_alive: Sequence[str] = ()) -> TaskChange:

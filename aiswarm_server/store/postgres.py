@@ -37,6 +37,7 @@ from aiswarm_server.models import (
 )
 from aiswarm_server.store import rows, rules
 from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
+from aiswarm_server.store.isolation import submitted_values, update_assignments
 from aiswarm_server.store.postgres_database import Db, PostgresDatabase, Row, migrations, reads, writes
 from aiswarm_server.store.postgres_notify import ChangeListener
 from aiswarm_server.store.rows import (
@@ -50,7 +51,7 @@ from aiswarm_server.store.rows import (
 )
 
 if TYPE_CHECKING:
-    from aiswarm_server.models import Agent, Identity, NewTask, Task
+    from aiswarm_server.models import Agent, Identity, IsolationUpdate, NewTask, Task
 
 __all__ = ["PostgresStore", "migrations"]
 
@@ -267,6 +268,13 @@ class PostgresStore(PostgresDatabase, Store):
                 now, now if status.is_terminal else None, spec.retry_delay_seconds, spec.retry_backoff,
             )  # fmt: skip
             row = await db.fetchrow(_INSERT_TASK, *values)
+            if spec.records_isolation:
+                row = await db.fetchrow(
+                    "UPDATE tasks SET isolation = $1, files = $2::text[], base_commit = $3, target_branch = $4 "
+                    "WHERE id = $5 RETURNING *",
+                    *submitted_values(spec),
+                    row["id"],
+                )
             if deps:
                 insert_deps = "INSERT INTO task_deps (task_id, depends_on) SELECT $1, unnest($2::bigint[])"
                 await db.execute(insert_deps, row["id"], deps)
@@ -441,6 +449,27 @@ class PostgresStore(PostgresDatabase, Store):
         change = TaskChange()
         await _requeue_or_bury(db, held, AttemptOutcome.RELEASED, reason, now, change)
         return change
+
+    @override
+    @writes
+    async def update_isolation(
+        self, db: Db, task_id: int, fence: int | None, update: IsolationUpdate, now: float
+    ) -> Task | None:
+        pairs = update_assignments(update)
+        # column names are IsolationUpdate's fields; list values go to the text[] columns
+        sets = "".join(
+            f"{column} = ${i}{'::text[]' if isinstance(value, list) else ''}, "
+            for i, (column, value) in enumerate(pairs, start=4)
+        )
+        updated = await db.fetchval(
+            f"UPDATE tasks SET {sets}updated_at = $1 WHERE id = $2 AND ($3::bigint IS NULL OR fence_token = $3) "
+            "RETURNING id",
+            now,
+            task_id,
+            fence,
+            *(value for _, value in pairs),
+        )
+        return await _task(db, task_id, True) if updated is not None else None
 
     @override
     @writes

@@ -24,6 +24,7 @@ from aiswarm_server.models import (
     TaskStatus,
     UsageRecord,
 )
+from aiswarm_server.store.isolation import isolation_fields
 
 
 class Row(Protocol):
@@ -75,6 +76,7 @@ def task_from_row(
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
         attempts=attempts or [],
+        **isolation_fields(row, labels),
     )
 
 

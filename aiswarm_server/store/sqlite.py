@@ -27,6 +27,7 @@ from aiswarm_server.models import (
 )
 from aiswarm_server.store import rows, rules
 from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
+from aiswarm_server.store.isolation import submitted_values, update_assignments
 from aiswarm_server.store.rows import (
     USAGE_COLUMNS,
     Row,
@@ -42,7 +43,7 @@ from aiswarm_server.store.sqlite_database import Db, SqliteDatabase, migrations,
 __all__ = ["SqliteStore", "migrations"]
 
 if TYPE_CHECKING:
-    from aiswarm_server.models import Agent, Identity, NewTask, Task
+    from aiswarm_server.models import Agent, Identity, IsolationUpdate, NewTask, Task
 
 # A task fits an agent when its persona is unset or the agent's, and its capabilities are a subset of the agent's.
 _FITS = """
@@ -225,6 +226,13 @@ class SqliteStore(SqliteDatabase, Store):
                 "retry_delay_seconds": spec.retry_delay_seconds, "retry_backoff": spec.retry_backoff,
             }  # fmt: skip
             row = db.execute(_INSERT_TASK, values).fetchone()
+            if spec.records_isolation:
+                isolation, files, base_commit, target_branch = submitted_values(spec)
+                row = db.execute(
+                    "UPDATE tasks SET isolation = ?, files = ?, base_commit = ?, target_branch = ? WHERE id = ? "
+                    "RETURNING *",
+                    (isolation, dumps(files), base_commit, target_branch, row["id"]),
+                ).fetchone()
             db.executemany(
                 "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)", [(row["id"], d) for d in deps]
             )
@@ -379,6 +387,20 @@ class SqliteStore(SqliteDatabase, Store):
         change = TaskChange()
         _requeue_or_bury(db, row, AttemptOutcome.RELEASED, reason, now, change)
         return change
+
+    @override
+    @writes
+    def update_isolation(
+        self, db: Db, task_id: int, fence: int | None, update: IsolationUpdate, now: float
+    ) -> Task | None:
+        pairs = update_assignments(update)
+        sets = "".join(f"{column} = ?, " for column, _ in pairs)  # column names are IsolationUpdate's fields
+        values = [dumps(v) if isinstance(v, list) else v for _, v in pairs]
+        updated = db.execute(
+            f"UPDATE tasks SET {sets}updated_at = ? WHERE id = ? AND (? IS NULL OR fence_token = ?) RETURNING id",
+            (*values, now, task_id, fence, fence),
+        ).fetchone()
+        return _task(db, task_id, True) if updated else None
 
     @override
     @writes

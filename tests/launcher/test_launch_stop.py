@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.broker_harness import BrokerProcess
+from tests.clis import InstalledClis
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
@@ -39,12 +40,15 @@ def agents(broker: BrokerProcess) -> dict[str, str]:
     return {agent["name"]: agent["status"] for agent in json.loads(done.stdout)}
 
 
-def test_a_stopped_launch_shows_its_agents_offline_at_once(broker: BrokerProcess, tmp_path: Path) -> None:
-    # Per-task mode with no tasks: the agents register and wait on the broker without starting a CLI.
+def test_a_stopped_launch_shows_its_agents_offline_at_once(
+    broker: BrokerProcess, tmp_path: Path, clis: InstalledClis
+) -> None:
+    # Per-task mode with no tasks: the agents register and wait on the broker without starting a CLI (the real CLI
+    # is on PATH and a model endpoint is named, never called, so the launch's preflight passes).
     launch = subprocess.Popen(
         [sys.executable, "-m", "aiswarm_server", "launch", "--agents", "2", "--cli", "qwen", "--no-ui",
-         "--url", broker.url, "--dir", str(tmp_path)],
-        env={**os.environ, "AISWARM_HOME": str(broker.home)},
+         "--url", broker.url, "--dir", str(tmp_path), "--model-endpoint", "http://127.0.0.1:9"],
+        env={**os.environ, "AISWARM_HOME": str(broker.home), "PATH": clis.path_env()},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

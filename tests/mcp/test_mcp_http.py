@@ -34,6 +34,7 @@ PRIMARY_TOOLS = [
     "get_task",
     "list_agents",
     "list_tasks",
+    "merge_task",
     "submit_task",
     "submit_tasks",
     "wait_for_tasks",

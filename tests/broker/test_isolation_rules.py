@@ -1,0 +1,142 @@
+"""The broker's isolation rules on a real SQLite file and real git repositories: what a submit records, who
+may record an attempt's worktree, and the merge queue behind merge_task."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aiswarm_server.broker import Broker
+from aiswarm_server.errors import InvalidRequest, StaleClaim
+from aiswarm_server.models import Isolation, IsolationUpdate, MergeState, TaskRequest
+from launcher.isolation.worktrees import Worktrees
+from tests.conftest import PRIMARY, worker
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def git_identity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-gitconfig"))
+    for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        monkeypatch.setenv(key, "Test User")
+    for key in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(key, "user@example.test")
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "src").mkdir(parents=True)
+    run_git(root, "init", "-q", "-b", "main")
+    (root / "a.txt").write_text("alpha\n")
+    run_git(root, "add", "-A")
+    run_git(root, "commit", "-q", "-m", "initial")
+    return root
+
+
+async def submit(broker: Broker, directory: Path | None, **kwargs: object) -> int:
+    spec = TaskRequest(title="t", prompt="do it", working_dir=str(directory) if directory else None, **kwargs)  # type: ignore[arg-type]
+    return (await broker.submit_tasks(PRIMARY, [spec])).tasks[0].id
+
+
+async def test_a_submit_in_a_checkout_records_the_submitters_head_and_branch(
+    abroker: Broker, repo: Path
+) -> None:
+    task_id = await submit(abroker, repo / "src", files=["app.py", "tests/"])
+    task = (await abroker.get_task(task_id)).task
+    assert task.base_commit == run_git(repo, "rev-parse", "HEAD") and task.target_branch == "main"
+    assert task.files == ["app.py", "tests/"] and task.isolation is Isolation.AUTO
+
+
+async def test_no_git_is_recorded_outside_a_checkout_or_with_isolation_off(
+    abroker: Broker, repo: Path, tmp_path: Path
+) -> None:
+    for task_id in (
+        await submit(abroker, tmp_path),
+        await submit(abroker, None),
+        await submit(abroker, repo, isolation=Isolation.NONE),
+    ):
+        task = (await abroker.get_task(task_id)).task
+        assert (task.base_commit, task.target_branch) == (None, None)
+
+
+@pytest.mark.parametrize("entry", ["/etc/passwd", "../outside", "a/../../b", ""])
+async def test_declared_files_must_stay_inside_the_working_dir(
+    abroker: Broker, repo: Path, entry: str
+) -> None:
+    with pytest.raises(InvalidRequest, match="relative to working_dir"):
+        await submit(abroker, repo, files=[entry])
+
+
+async def test_only_the_current_fence_records_an_attempts_worktree(abroker: Broker, repo: Path) -> None:
+    task_id = await submit(abroker, repo)
+    claim = await abroker.claim_task(worker("w"), None)
+    assert claim.fence_token is not None
+    update = IsolationUpdate(
+        branch=f"aiswarm/task-{task_id}", workspace=str(repo), merge_state=MergeState.PENDING
+    )
+    recorded = await abroker.record_isolation(task_id, claim.fence_token, update)
+    assert recorded.task.merge_state is MergeState.PENDING
+    with pytest.raises(StaleClaim, match="stale"):
+        await abroker.record_isolation(
+            task_id, claim.fence_token + 1, IsolationUpdate(workspace="/elsewhere")
+        )
+
+
+async def test_merge_task_merges_a_completed_tasks_branch_and_refuses_what_it_cannot(
+    abroker: Broker, repo: Path
+) -> None:
+    first = await submit(abroker, repo)
+    dependent = (
+        (
+            await abroker.submit_tasks(
+                PRIMARY, [TaskRequest(title="d", prompt="do", working_dir=str(repo), depends_on=[first])]
+            )
+        )
+        .tasks[0]
+        .id
+    )
+    claim = await abroker.claim_task(worker("w"), first)
+    assert claim.fence_token is not None
+    with pytest.raises(InvalidRequest, match="did not run in a worktree"):
+        await abroker.merge_task(first)
+    ctx_head = run_git(repo, "rev-parse", "HEAD")
+    worktrees = Worktrees(abroker.settings.home)
+    worktree, _ = await worktrees.create(
+        checkout=repo, common_dir=repo / ".git", task_id=first, fence=claim.fence_token, base=ctx_head
+    )
+    await abroker.record_isolation(
+        first, claim.fence_token, IsolationUpdate(branch=worktree.branch, merge_state=MergeState.PENDING)
+    )
+    with pytest.raises(InvalidRequest, match="only a completed task"):
+        await abroker.merge_task(first)
+    (worktree.path / "a.txt").write_text("alpha, by the task\n")
+    await worktrees.commit(worktree, "edit a")
+    await worktrees.discard(worktree)
+    await abroker.report_task_completion(worker("w"), first, claim.fence_token, success=True, result="ok")  # type: ignore[arg-type]
+    dep_claim = await abroker.claim_task(worker("v"), dependent)
+    assert dep_claim.fence_token is not None
+    await abroker.record_isolation(
+        dependent, dep_claim.fence_token, IsolationUpdate(merge_state=MergeState.MANUAL)
+    )
+    await abroker.report_task_completion(
+        worker("v"), dependent, dep_claim.fence_token, success=True, result="ok"
+    )  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match=f"merge_task {first}"):
+        await abroker.merge_task(dependent)
+    merged = (await abroker.merge_task(first)).task
+    assert merged.merge_state is MergeState.MERGED and "fast-forward" in (merged.merge_detail or "")
+    assert (repo / "a.txt").read_text() == "alpha, by the task\n"
+    assert "Merged onto main" in (await abroker.get_task(first)).message
+    with pytest.raises(InvalidRequest, match="merged already"):
+        await abroker.merge_task(first)
+    discarded = (await abroker.merge_task(dependent, discard=True)).task
+    assert discarded.merge_state is MergeState.DISCARDED
