@@ -50,8 +50,16 @@ async function act(path, payload) {
 }
 
 function agentState(agent) {
+  // The launcher's word (cooling down, circuit open) wins over the broker's idle: it is why the agent takes no work.
+  if (agent.state === "cooling") return "cooling down" + (agent.state_until ? " until " + when(agent.state_until) : "");
+  if (agent.state === "circuit_open") return "circuit open" + (agent.state_reason ? ": " + agent.state_reason : "");
   if (agent.status === "busy" && agent.current_task_id) return "running task #" + agent.current_task_id;
   return agent.status;
+}
+
+function agentCli(agent) {
+  const provider = (agent.capabilities || []).find((c) => c.startsWith("provider:"));
+  return provider ? agent.cli + " @ " + provider.slice("provider:".length) : agent.cli;
 }
 
 function renderAgents(agents, wide) {
@@ -61,7 +69,7 @@ function renderAgents(agents, wide) {
     const task = agent.current_task_id
       ? el("a", {href: "/ui/tasks/" + agent.current_task_id}, "#" + agent.current_task_id) : "";
     const cells = [
-      el("td", {}, agent.name), el("td", {}, agent.cli), el("td", {}, agent.persona || ""),
+      el("td", {}, agent.name), el("td", {}, agentCli(agent)), el("td", {}, agent.persona || ""),
       el("td", {class: "state-" + agent.status}, agentState(agent)), el("td", {}, task),
     ];
     if (wide) {
