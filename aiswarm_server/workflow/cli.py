@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 import yaml
@@ -210,6 +211,8 @@ def plan(
     config = planner_config(settings.home, endpoint, model, key_env)
     context = context_text(_personas(settings.home), asyncio.run(_agents(settings, url)))
     made = make_plan(request, config, context, settings.home / "plans" / "cache", fresh=fresh)
+    if not made.cached:
+        asyncio.run(_record_planner_usage(settings, url, config.base_url, config.model, made.usage))
     out = console if not as_json else Console(stderr=True)
     _show_plan(made.workflow, out)
     used = ", ".join(f"{k} {v}" for k, v in made.usage.items() if k.endswith("tokens"))
@@ -236,6 +239,31 @@ def plan(
     _run_flow(
         made.workflow, flow_file, settings, url, working_dir or Path.cwd(), fresh=False, as_json=as_json
     )
+
+
+async def _record_planner_usage(
+    settings: BrokerSettings, url: str | None, base_url: str, model: str, usage: dict[str, int]
+) -> None:
+    """Keep the planner's model request with the workers' (``aiswarm usage``), when a broker answers."""
+    from aiswarm_server.broker_client import BrokerCallError, BrokerUnreachable
+    from aiswarm_server.models import UsageRecord
+
+    record = UsageRecord(
+        agent="planner",
+        cli="planner",
+        provider=urlsplit(base_url).hostname or "",
+        model=model[:200],
+        input_tokens=max(0, usage.get("prompt_tokens", 0)),
+        output_tokens=max(0, usage.get("completion_tokens", 0)),
+        total_tokens=max(0, usage.get("total_tokens", 0)),
+        requests=1,
+    )
+    try:
+        token = local_token(settings.home, "admin")
+        async with BrokerClient(url or local_broker_url(settings), token) as broker:
+            await broker.record_usage(record)
+    except (BrokerUnreachable, BrokerCallError):
+        return
 
 
 def _personas(home: Path) -> list[tuple[str, str]]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from aiswarm_server.broker_client import BrokerClient
+from aiswarm_server.replies import UsageSummaryReply
 from aiswarm_server.workflow.spec import load_workflow
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
@@ -108,5 +110,8 @@ async def test_a_confirmed_plan_is_submitted_and_run_by_the_swarm(
         summary = json.loads(out)
         assert summary["succeeded"] and [s["key"] for s in summary["steps"]] == ["work", "review"]
         assert [t.title for t in impl.done] == ["Write the changelog"]
+        async with BrokerClient(broker.url, broker.admin_token) as admin:  # the planner's request is kept too
+            planner = (await admin.call("usage_summary", UsageSummaryReply, by="agent")).rows
+        assert [(row.key, row.requests) for row in planner] == [("planner", 1)]
     finally:
         broker.stop()
