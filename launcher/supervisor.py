@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.models import AgentState as BrokerAgentState
@@ -507,8 +507,12 @@ class Supervisor:
             return None
         if endpoint is None or self._proxy is None:
             return endpoint
-        upstream = endpoint.base_url or public_base_url(endpoint.kind)
-        return endpoint.model_copy(update={"base_url": self._proxy.route(plan.name, upstream)})
+        upstream = urlsplit(endpoint.base_url or public_base_url(endpoint.kind))
+        # The proxy routes by origin and the CLI keeps the provider's path (``/v1``...): a CLI that rewrites its base
+        # URL (Claude Code drops ``/v1`` and appends ``/v1/messages``) then still reaches the provider's own path.
+        origin = urlunsplit((upstream.scheme, upstream.netloc, "", "", ""))
+        routed = self._proxy.route(plan.name, origin) + upstream.path.rstrip("/")
+        return endpoint.model_copy(update={"base_url": routed})
 
     def _model_refused(self, agent: str, status: int, retry_after: float | None) -> None:
         """The model proxy saw the provider refuse ``agent``'s request: tell the agent's running CLI, if any."""
