@@ -4,13 +4,14 @@ An :class:`McpClient` knows three things about one client (Claude Code, Codex, g
 file is at user and project scope, what its MCP server entry for aiswarm looks like, and how to put that entry
 into (or take it out of) the file's text. The shared work is here: reading the file, refusing one that does not
 parse, planning the change as a :class:`ConfigChange` (a unified diff for ``--dry-run``), a timestamped backup
-next to the file, an atomic write (0600 when the file carries the token), and deleting a file that only held
-aiswarm's entry.
+under the aiswarm home (never next to the file: a project's checkout would show it, token and all), an atomic
+write (0600 when the file carries the token), and deleting a file that only held aiswarm's entry.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import stat
 import time
 from abc import ABC, abstractmethod
@@ -35,6 +36,9 @@ TOOL_TIMEOUT_MS = DEFAULT_TOOL_TIMEOUT_MS
 
 STDIO_STARTUP_SECONDS = 30
 """How long a client should give ``aiswarm mcp`` to come up: it may start the broker first (up to 20 s)."""
+
+BACKUPS_DIR = "backups"
+"""Where, under the aiswarm home, the files ``install-client`` changed are kept as they were."""
 
 DESCRIPTION = "aiswarm broker: hand tasks to worker agents and wait for their results"
 
@@ -109,11 +113,14 @@ class ConfigChange:
             )
         )
 
-    def apply(self) -> Path | None:
-        """Back up the current file (if any), then write or delete it atomically. Returns the backup's path."""
+    def apply(self, backups: Path) -> Path | None:
+        """Back up the current file (if any) under ``backups``, then write or delete it atomically.
+
+        Returns the backup's path (see :func:`backup_dir`).
+        """
         if not self.changed:
             return None
-        backup = self._backup() if self.before is not None else None
+        backup = self._backup(backups) if self.before is not None else None
         if self.after is None:
             self.path.unlink(missing_ok=True)
             return backup
@@ -123,16 +130,30 @@ class ConfigChange:
         write_private(self.path, self.after, mode=mode)
         return backup
 
-    def _backup(self) -> Path:
+    def _backup(self, backups: Path) -> Path:
+        directory = backup_dir(backups, self.path)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        directory.chmod(0o700)
+        write_private(directory / "source", f"{self.path}\n")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        backup = self.path.with_name(f"{self.path.name}.{stamp}.aiswarm-backup")
+        backup = directory / f"{self.path.name}.{stamp}"
         counter = 1
         while backup.exists():
-            backup = self.path.with_name(f"{self.path.name}.{stamp}-{counter}.aiswarm-backup")
+            backup = directory / f"{self.path.name}.{stamp}-{counter}"
             counter += 1
         # The old file may hold tokens (ours or the user's): the backup is readable by its owner only.
         write_private(backup, self.path.read_bytes())
         return backup
+
+
+def backup_dir(backups: Path, path: Path) -> Path:
+    """The directory under ``backups`` (``$AISWARM_HOME/backups``) holding the backups of the config file ``path``.
+
+    One directory per file, named after the file and a digest of its absolute path (``.mcp.json-3f2a9c1b0d``), with
+    a ``source`` file naming the path; each backup is the file's name and a timestamp.
+    """
+    digest = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:10]
+    return backups / f"{path.name}-{digest}"
 
 
 def read_config_text(path: Path) -> str | None:

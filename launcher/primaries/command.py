@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,9 @@ import typer
 
 from aiswarm_server.cli import HomeOption
 from aiswarm_server.config import default_home
-from launcher.primaries.base import ClientConfigError, Scope
+from launcher.primaries.base import BACKUPS_DIR, ClientConfigError, Scope
+
+_GIT_IGNORED, _GIT_NOT_IGNORED = 0, 1
 
 
 def install_client(
@@ -55,7 +58,8 @@ def install_client(
 ) -> None:
     """Add aiswarm to a coding agent's MCP config (user scope, or --project DIR), with the primary token.
 
-    The file is merged, not replaced: a timestamped backup goes next to it first. --remove undoes it.
+    The file is merged, not replaced: a timestamped backup of it goes to $AISWARM_HOME/backups first (never into
+    the project). --remove undoes it.
     """
     from launcher.primaries import get_client
     from launcher.primaries.server import resolve_server
@@ -87,7 +91,7 @@ def install_client(
         sys.stdout.write(change.diff())
         typer.echo(f"(dry run: {change.path} was not changed)")
         return
-    backup = change.apply()
+    backup = change.apply(aiswarm_home / BACKUPS_DIR)
     kept = f" (backup: {backup})" if backup is not None else ""
     if remove:
         gone = "; the file held nothing else and was deleted" if change.after is None else ""
@@ -96,8 +100,34 @@ def install_client(
     typer.echo(f"installed aiswarm in {where}{kept}")
     if scope is Scope.PROJECT and change.secret:
         typer.echo(
-            f"note: {change.path} now holds your primary token: keep it out of version control, or use --stdio"
+            f"note: {change.path} holds your primary token{_version_control_advice(change.path, project_dir)}"
         )
     hint = client.after_install_hint(scope)
     if hint:
         typer.echo(hint)
+
+
+def _version_control_advice(path: Path, project_dir: Path) -> str:
+    """What to do about a project config file holding the token, as git sees it (``git check-ignore``)."""
+    try:
+        checked = subprocess.run(
+            ["git", "-C", str(path.parent), "check-ignore", "-q", str(path)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        checked = None
+    returncode = checked.returncode if checked is not None else None
+    if returncode == _GIT_IGNORED:
+        return " (git ignores it here)"
+    if returncode == _GIT_NOT_IGNORED:
+        return f": git would commit it, so add {_relative(path, project_dir)} to .gitignore (or use --stdio: no token in the file)"
+    return ": keep it out of version control (or use --stdio: no token in the file)"
+
+
+def _relative(path: Path, directory: Path) -> str:
+    try:
+        return str(path.relative_to(directory.resolve()))
+    except ValueError:
+        return str(path)

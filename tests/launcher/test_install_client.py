@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 from aiswarm_server.jsonc import JsoncDocument
 from launcher.primaries import ClientConfigError, install_client_command
+from launcher.primaries.base import BACKUPS_DIR, backup_dir
 
 TOKEN = "asw_p_primary-token-for-tests"
 URL = "http://127.0.0.1:8765/mcp"
@@ -171,7 +173,9 @@ def aiswarm_entry(client: str, path: Path) -> Any:
 
 
 def backups(path: Path) -> list[Path]:
-    return sorted(path.parent.glob(f"{path.name}.*.aiswarm-backup"))
+    """The backups install-client kept of ``path``: under the default aiswarm home, none beside the file."""
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.")]
+    return sorted(backup_dir(Path.home() / ".aiswarm" / BACKUPS_DIR, path.resolve()).glob(f"{path.name}.*"))
 
 
 def mode(path: Path) -> int:
@@ -393,7 +397,52 @@ def test_project_scope_warns_that_the_file_holds_the_token(
     app: typer.Typer, home: Path, tmp_path: Path
 ) -> None:
     result = ok(app, "claude", "--project", str(tmp_path))
-    assert "holds your primary token" in result.output
+    assert "holds your primary token: keep it out of version control" in result.output
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_project_install_in_a_git_checkout_leaves_only_the_config_file_and_keeps_the_backup_outside(
+    app: typer.Typer, home: Path, tmp_path: Path, client: str
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    config = repo / PROJECT_FILES[client]
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(EXISTING[client])
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "config")
+
+    result = ok(app, client, "--project", str(repo))
+
+    assert git(repo, "status", "--porcelain", "--untracked-files=all").splitlines() == [
+        f" M {PROJECT_FILES[client]}"
+    ]
+    holding_token = [p for p in repo.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert holding_token == [config]
+    [backup] = backups(config)
+    assert backup.read_text() == EXISTING[client] and mode(backup) == 0o600
+    assert mode(backup.parent) == 0o700 and (backup.parent / "source").read_text() == f"{config.resolve()}\n"
+    assert f"backup: {backup}" in result.output
+    assert f"git would commit it, so add {PROJECT_FILES[client]} to .gitignore" in result.output
+
+
+def test_project_install_says_when_git_already_ignores_the_file(
+    app: typer.Typer, home: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / ".gitignore").write_text(".mcp.json\n")
+
+    result = ok(app, "claude", "--project", str(repo))
+
+    assert "holds your primary token (git ignores it here)" in result.output
+    assert git(repo, "status", "--porcelain", "--untracked-files=all").splitlines() == ["?? .gitignore"]
 
 
 @pytest.mark.parametrize(
