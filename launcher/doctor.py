@@ -1,10 +1,16 @@
-"""``aiswarm doctor``: is each worker CLI installed, new enough, able to run, logged in; does the broker answer?"""
+"""``aiswarm doctor``: is each worker CLI installed, new enough, able to run, logged in; does the broker answer?
+
+Doctor only reads the user's CLI homes (``~/.gemini``, ``~/.qwen`` ...): each CLI's ``--version`` runs in a scratch
+home that is deleted afterwards, because some CLIs write there even to print their version (gemini-cli registers
+the working directory in ``~/.gemini/projects.json`` and can leave ``projects.json.<uuid>.tmp`` files behind).
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +25,18 @@ from launcher.adapters.install import cli_prefix, node_major, not_executable, pa
 from launcher.providers import ProviderError, load_providers, probe
 
 VERSION_TIMEOUT_SECONDS = 30.0
+
+CLI_HOME_VARIABLES = (
+    "GEMINI_CLI_HOME",
+    "QWEN_HOME",
+    "CODEX_HOME",
+    "CLAUDE_CONFIG_DIR",
+    "OPENCODE_CONFIG",
+    "OPENCODE_CONFIG_DIR",
+)
+"""Variables that move a CLI's home away from ``$HOME``: unset for ``--version``, so the scratch home is used."""
+
+XDG_DIRECTORIES = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME")
 HEALTH_TIMEOUT_SECONDS = 2.0
 
 
@@ -216,19 +234,28 @@ def render_doctor(report: DoctorReport, console: Console | None = None) -> None:
 
 
 def cli_version(binary: Path, env: Mapping[str, str]) -> str | None:
-    """The version ``binary --version`` prints, or None if it fails."""
-    try:
-        out = subprocess.run(
-            [str(binary), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=VERSION_TIMEOUT_SECONDS,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    """The version ``binary --version`` prints, or None if it fails.
+
+    It runs with ``env`` (its ``PATH`` finds Node) but in a scratch home, deleted afterwards: whatever the CLI
+    writes on start-up stays out of the user's own directories.
+    """
+    with tempfile.TemporaryDirectory(prefix="aiswarm-version-", ignore_cleanup_errors=True) as scratch:
+        run_env = {k: v for k, v in env.items() if k not in CLI_HOME_VARIABLES}
+        run_env["HOME"] = scratch
+        run_env |= {name: str(Path(scratch) / name.lower()) for name in XDG_DIRECTORIES}
+        try:
+            out = subprocess.run(
+                [str(binary), "--version"],
+                capture_output=True,
+                text=True,
+                timeout=VERSION_TIMEOUT_SECONDS,
+                env=run_env,
+                cwd=scratch,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
     match = re.search(r"\d+\.\d+\.\d+\S*", out.stdout)
     return match.group(0) if out.returncode == 0 and match else None
 

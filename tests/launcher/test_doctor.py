@@ -12,6 +12,7 @@ from rich.console import Console
 
 from launcher.adapters import get_adapter
 from launcher.doctor import check_broker, check_cli, render_doctor, run_doctor
+from tests.clis import InstalledClis
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -129,3 +130,58 @@ def test_a_vendored_program_without_its_execute_bit_is_reported_with_the_fix(tmp
         "not executable" in p
         for p in check_cli(get_adapter("qwen"), home, user_home=tmp_path, env=env).problems
     )
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def test_a_cli_that_writes_into_its_home_to_print_its_version_writes_into_a_scratch_home(
+    tmp_path: Path,
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    binary = bin_dir / "gemini"
+    binary.write_text(
+        "#!/bin/sh\n"
+        'for d in "$HOME/.gemini" "${GEMINI_CLI_HOME:-$HOME}/.gemini" "${XDG_STATE_HOME:-$HOME/.local/state}" '
+        '"${XDG_CONFIG_HOME:-$HOME/.config}"; do mkdir -p "$d" && touch "$d/projects.json.1234.tmp"; done\n'
+        "touch written-in-the-working-directory\n"
+        "echo 0.61.0\n"
+    )
+    binary.chmod(0o755)
+    user, moved, xdg = tmp_path / "user", tmp_path / "moved", tmp_path / "xdg"
+    for directory in (user / ".gemini", moved, xdg):
+        directory.mkdir(parents=True)
+    (user / ".gemini" / "settings.json").write_text("{}")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(user),
+        "GEMINI_CLI_HOME": str(moved),
+        "XDG_STATE_HOME": str(xdg / "state"),
+        "XDG_CONFIG_HOME": str(xdg / "config"),
+        "GEMINI_API_KEY": "k",
+    }
+
+    check = check_cli(get_adapter("gemini"), tmp_path / "aiswarm", user_home=user, env=env)
+
+    assert check.version == "0.61.0"
+    assert _files_under(user) == [user / ".gemini" / "settings.json"]
+    assert _files_under(moved) == [] and _files_under(xdg) == []
+    assert not (Path.cwd() / "written-in-the-working-directory").exists()
+
+
+@pytest.mark.e2e
+def test_doctor_with_the_real_clis_leaves_the_users_cli_homes_as_they_were(
+    clis: InstalledClis, tmp_path: Path
+) -> None:
+    user = tmp_path / "user"
+    (user / ".gemini").mkdir(parents=True)
+    (user / ".gemini" / "settings.json").write_text("{}")
+    (user / ".qwen").mkdir()
+    env = {"PATH": clis.path_env(), "HOME": str(user), "GEMINI_API_KEY": "k", "OPENAI_API_KEY": "k"}
+
+    report = run_doctor(tmp_path / "aiswarm", names=["gemini", "qwen", "opencode"], user_home=user, env=env)
+
+    assert all(c.version == get_adapter(c.name).version for c in report.clis), report.clis
+    assert _files_under(user) == [user / ".gemini" / "settings.json"]
