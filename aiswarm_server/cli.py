@@ -941,7 +941,17 @@ def for_people(refusal: str) -> str:
     return _TOOL_NAME.sub(lambda match: _COMMAND_FOR_TOOL[match.group(1)], refusal)
 
 
+DEBUG_VARIABLE = "AISWARM_DEBUG"
+"""Set (to anything) to see the traceback after the one-line error of an unforeseen failure."""
+
+_launcher_commands_registered = False
+
+
 def _register_launcher_commands() -> None:
+    global _launcher_commands_registered
+    if _launcher_commands_registered:
+        return
+    _launcher_commands_registered = True
     from aiswarm_server.workflow.cli import register as register_workflow_commands
 
     register_workflow_commands(app)
@@ -952,6 +962,37 @@ def _register_launcher_commands() -> None:
         return
     register(app)
     install_client_command(app)
+
+
+def environment_variables() -> dict[str, list[str]]:
+    """Every ``AISWARM_*`` variable aiswarm reads, each with what it stands for.
+
+    The commands' options that have a variable (``launch --cli``), the broker settings of ``config.toml``
+    (``config.toml: lease_seconds``), the providers' tables and :data:`DEBUG_VARIABLE`. The README's
+    Configuration table lists exactly these names.
+    """
+    from typer.main import get_command
+
+    _register_launcher_commands()
+    found: dict[str, list[str]] = {}
+
+    def collect(command: Any, path: tuple[str, ...]) -> None:
+        for param in command.params:
+            names = param.envvar if isinstance(param.envvar, list | tuple) else [param.envvar]
+            for name in filter(None, names):
+                found.setdefault(name, []).append(
+                    " ".join((*path, param.opts[0] if param.opts else param.name))
+                )
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            collect(sub, (*path, name))
+
+    collect(get_command(app), ())
+    prefix = BrokerSettings.model_config.get("env_prefix", "")
+    for field in BrokerSettings.model_fields:
+        found.setdefault(f"{prefix}{field.upper()}", []).append(f"config.toml: {field}")
+    found.setdefault("AISWARM_PROVIDERS__<NAME>__<FIELD>", []).append("config.toml: [providers.NAME] FIELD")
+    found.setdefault(DEBUG_VARIABLE, []).append("tracebacks")
+    return dict(sorted(found.items()))
 
 
 def _broker_command(args: list[str]) -> bool:
@@ -995,6 +1036,6 @@ def main() -> None:
         sys.exit(error.exit_code)
     except Exception as error:  # anything unforeseen: one line, never a traceback
         errors.print(f"error: {type(error).__name__}: {error}", highlight=False, markup=False)
-        if os.environ.get("AISWARM_DEBUG"):
+        if os.environ.get(DEBUG_VARIABLE):
             raise
         sys.exit(1)

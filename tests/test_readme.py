@@ -1,17 +1,21 @@
-"""The README documents every tool with all of its arguments, and its two commands exist."""
+"""The README documents every tool with all of its arguments, its commands, variables and client entries."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+from aiswarm_server.cli import environment_variables
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import Role
 from aiswarm_server.tools import BrokerRef, build_servers
+from launcher.primaries.base import AiswarmServer
+from launcher.primaries.claude import ClaudeCodeClient
+from tests.readme_blocks import README, code_blocks, commands, section
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 pytestmark = pytest.mark.anyio
 
 
@@ -45,13 +49,36 @@ async def test_every_tool_and_argument_is_documented() -> None:
         assert f"`{name}`" in README
 
 
-def test_the_two_commands_are_given() -> None:
-    block = README.split("## Two commands", 1)[1].split("##", 1)[0]
-    commands = re.findall(r"^(uv run [^#\n]+?)\s+#", block, flags=re.M)
-    assert len(commands) == 2, commands
-    assert commands[1].strip() == "uv run pytest"
+def test_getting_started_installs_uv_honestly_and_runs_the_ci_test_command() -> None:
+    [block] = code_blocks(section("Getting started"), "bash")
+    given = commands(block)
+    assert "uv run aiswarm demo" in given and "uv run pytest" in given and "uv tool install ." in given
+    # A bare `pip install uv` is refused by the Pythons most systems ship (PEP 668).
+    assert not [c for c in given if re.match(r"(python3? -m )?pip3? install .*\buv\b", c)], given
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "\nuv run pytest\n" in ci, ".ci/run must run the README's test command"
+
+
+def test_the_configuration_table_lists_exactly_the_variables_aiswarm_reads() -> None:
+    table = section("Configuration").split("| variable |", 1)[1].split("\n\n", 1)[0]
+    documented = {
+        name
+        for row in table.splitlines()[2:]
+        for name in re.findall(r"`(AISWARM_[A-Z_<>]+)`", row.split("|")[1])
+    }
+    read = set(environment_variables())
+    assert read - documented == set(), "README's Configuration table misses these"
+    assert documented - read == set(), "README's Configuration table names variables nothing reads"
+
+
+def test_the_hand_written_claude_code_entry_has_the_shape_install_client_writes() -> None:
+    [snippet] = code_blocks(section("Using it for real"), "json")
+    entry = json.loads(snippet)["mcpServers"]["aiswarm"]
+    server = AiswarmServer(transport="http", url="http://127.0.0.1:8765/mcp", token="t")
+    written = ClaudeCodeClient().server_entry(server)
+    assert entry["type"] == written["type"] == "http"
+    assert set(entry) == set(written) - {"timeout"}
+    assert entry["url"] == server.url and set(entry["headers"]) == {"Authorization"}
 
 
 async def test_the_contract_names_every_tool_with_its_arguments_and_reply_fields() -> None:
