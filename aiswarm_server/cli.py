@@ -27,7 +27,7 @@ from aiswarm_server.broker_client import (
     local_broker_url,
     local_token,
 )
-from aiswarm_server.config import DEFAULT_PORT, BrokerSettings
+from aiswarm_server.config import DEFAULT_PORT, BrokerSettings, ConfigFileError
 from aiswarm_server.errors import BrokerError, SchemaTooNew
 from aiswarm_server.limits import (
     LIST_LIMIT_MAX,
@@ -1014,7 +1014,7 @@ def main() -> None:
         code = app(standalone_mode=False)  # a typer.Exit inside a command comes back as its exit code
         if isinstance(code, int) and code:
             sys.exit(code)
-    except (CliError, BrokerError, BrokerUnreachable, SchemaTooNew) as error:
+    except (CliError, BrokerError, BrokerUnreachable, SchemaTooNew, ConfigFileError) as error:
         errors.print(f"error: {error}", highlight=False, markup=False)
         sys.exit(1)
     except BrokerCallError as error:

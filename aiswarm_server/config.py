@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tomllib
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -15,6 +17,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from typing_extensions import override
 
 DEFAULT_PORT = 8765
 # The CLIs abort a tool call after 600 s (gemini, qwen) and qwen also after 5 idle minutes, so the
@@ -37,6 +40,25 @@ def config_file(home: Path) -> Path:
     return home / CONFIG_FILE
 
 
+class ConfigFileError(ValueError):
+    """The home's ``config.toml`` cannot be read; the message names the file, the place and what to do."""
+
+
+class _ConfigFileSource(TomlConfigSettingsSource):
+    """``config.toml`` as a settings source, refusing a file that is not TOML in one line naming it."""
+
+    @override
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigFileError(
+                f"{file_path}: not valid TOML, {error}; fix it and run the command again"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigFileError(f"{file_path}: not UTF-8 text; fix it and run the command again") from None
+
+
 class HomeSettings(BaseSettings):
     """Settings read, lowest precedence first, from defaults, ``$AISWARM_HOME/config.toml``, ``AISWARM_*``, options."""
 
@@ -53,7 +75,7 @@ class HomeSettings(BaseSettings):
         given: dict[str, Any] = init_settings()
         home = given.get("home") or os.environ.get("AISWARM_HOME")
         path = config_file(Path(home).expanduser() if home else default_home())
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls, toml_file=path))
 
 
 def redact_database_url(url: str) -> str:

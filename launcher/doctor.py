@@ -162,7 +162,10 @@ def check_cli(
         )
     credentials = adapter.find_credentials(user_home or Path.home(), env)
     if not credentials:
-        problems.append(f"no login found: run `{adapter.binary_name}` once and sign in, or set an API key")
+        problems.append(
+            f"no key or login found: name a provider for it (`aiswarm launch --cli {adapter.name}@NAME`, "
+            "[providers.NAME] in config.toml) or export its API key"
+        )
     return CliCheck(
         name=adapter.name,
         package=adapter.package,
@@ -213,7 +216,7 @@ def run_doctor(
 
 
 def render_doctor(report: DoctorReport, console: Console | None = None) -> None:
-    """Print the report as a table (and the broker line)."""
+    """Print the report: a table of the CLIs, then one line per problem, per provider and for the broker."""
     console = console or Console()
     table = Table(title="aiswarm doctor", show_lines=False)
     for column in ("CLI", "installed", "version", "node", "credentials", "status"):
@@ -222,15 +225,32 @@ def render_doctor(report: DoctorReport, console: Console | None = None) -> None:
         installed = f"{c.source}: {c.binary}" if c.binary else "[red]no[/red]"
         node = "-" if c.min_node_major is None else f"{c.node_major or 'none'} (needs {c.min_node_major})"
         creds = ", ".join(sorted({f.kind for f in c.credentials})) or "[red]none[/red]"
-        status = "[green]ok[/green]" if c.ok else "[yellow]" + "; ".join(c.problems) + "[/yellow]"
+        count = len(c.problems)
+        status = (
+            "[green]ok[/green]" if c.ok else f"[yellow]{count} problem{'s' if count > 1 else ''}[/yellow]"
+        )
         table.add_row(c.name, installed, c.version or "-", node, creds, status)
     console.print(table)
+    # Problems go below the table, one line each, so a narrow terminal does not fold them into the cells.
+    for c in report.clis:
+        for problem in c.problems:
+            console.print(
+                f"{c.name}: {problem}", style="yellow", highlight=False, markup=False, soft_wrap=True
+            )
     for p in report.providers:
         colour = "green" if p.ok else "red"
-        console.print(f"provider {p.name}: [{colour}]{p.detail}[/{colour}]", highlight=False)
+        console.print(
+            f"provider {p.name}: {p.detail}", style=colour, highlight=False, markup=False, soft_wrap=True
+        )
     if report.broker is not None:
         colour = "green" if report.broker.ok else "red"
-        console.print(f"broker {report.broker.url}: [{colour}]{report.broker.detail}[/{colour}]")
+        console.print(
+            f"broker {report.broker.url}: {report.broker.detail}",
+            style=colour,
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def cli_version(binary: Path, env: Mapping[str, str]) -> str | None:

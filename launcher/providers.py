@@ -36,7 +36,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from aiswarm_server.config import HomeSettings, config_file
+from aiswarm_server.config import ConfigFileError, HomeSettings, config_file
 
 KEYRING_SERVICE = "aiswarm"
 """The OS keyring service aiswarm's provider keys are stored under (``keyring set aiswarm openrouter``)."""
@@ -159,6 +159,8 @@ def load_providers(home: Path) -> dict[str, Provider]:
     """The providers named in ``home``'s config file and environment; ProviderError (one line) on a bad one."""
     try:
         raw = ProvidersSettings(home=home).providers
+    except ConfigFileError as error:
+        raise ProviderError(str(error)) from None
     except (ValidationError, ValueError) as error:
         raise ProviderError(f"{config_file(home)}: {_first_error(error)}") from None
     providers: dict[str, Provider] = {}

@@ -136,10 +136,11 @@ class ConfigChange:
         directory.chmod(0o700)
         write_private(directory / "source", f"{self.path}\n")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        backup = directory / f"{self.path.name}.{stamp}"
+        name = _visible(self.path.name)
+        backup = directory / f"{name}.{stamp}"
         counter = 1
         while backup.exists():
-            backup = directory / f"{self.path.name}.{stamp}-{counter}"
+            backup = directory / f"{name}.{stamp}-{counter}"
             counter += 1
         # The old file may hold tokens (ours or the user's): the backup is readable by its owner only.
         write_private(backup, self.path.read_bytes())
@@ -149,11 +150,16 @@ class ConfigChange:
 def backup_dir(backups: Path, path: Path) -> Path:
     """The directory under ``backups`` (``$AISWARM_HOME/backups``) holding the backups of the config file ``path``.
 
-    One directory per file, named after the file and a digest of its absolute path (``.mcp.json-3f2a9c1b0d``), with
-    a ``source`` file naming the path; each backup is the file's name and a timestamp.
+    One directory per file, named after the file (without a leading dot, so ``ls`` shows it) and a digest of its
+    absolute path (``mcp.json-3f2a9c1b0d``), with a ``source`` file naming the path; each backup is the file's name
+    and a timestamp.
     """
     digest = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:10]
-    return backups / f"{path.name}-{digest}"
+    return backups / f"{_visible(path.name)}-{digest}"
+
+
+def _visible(name: str) -> str:
+    return name.lstrip(".") or name
 
 
 def read_config_text(path: Path) -> str | None:

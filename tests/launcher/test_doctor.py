@@ -77,7 +77,7 @@ def test_private_install_wins_and_wrong_version_and_missing_login_are_reported(t
     )
     assert check.source == "aiswarm"
     assert any("differs from the tested 1.18.33" in p for p in check.problems)
-    assert any("no login found" in p for p in check.problems)
+    assert any("no key or login found: name a provider" in p for p in check.problems)
 
 
 def test_missing_cli_points_at_install_cli(tmp_path: Path) -> None:
@@ -99,10 +99,13 @@ def test_report_renders_every_cli_and_the_broker(tmp_path: Path, health_server: 
     assert [c.name for c in report.clis] == ["claude", "codex", "gemini", "opencode", "qwen"]
     assert report.broker is not None and report.broker.ok
     assert not report.ok
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=100)
     render_doctor(report, console)
     text = console.export_text()
-    assert "gemini" in text and "api-key-env" in text and "/health" in text
+    assert "gemini" in text and "api-key" in text and "/health" in text
+    problems = [f"{c.name}: {p}" for c in report.clis for p in c.problems]
+    assert problems and all(line in text.splitlines() for line in problems), text  # one line each, unfolded
+    assert "Traceback" not in text
 
 
 def test_a_vendored_program_without_its_execute_bit_is_reported_with_the_fix(tmp_path: Path) -> None:

@@ -175,7 +175,9 @@ def aiswarm_entry(client: str, path: Path) -> Any:
 def backups(path: Path) -> list[Path]:
     """The backups install-client kept of ``path``: under the default aiswarm home, none beside the file."""
     assert not [p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.")]
-    return sorted(backup_dir(Path.home() / ".aiswarm" / BACKUPS_DIR, path.resolve()).glob(f"{path.name}.*"))
+    kept = backup_dir(Path.home() / ".aiswarm" / BACKUPS_DIR, path.resolve())
+    assert not kept.name.startswith(".")
+    return sorted(kept.glob(f"{path.name.lstrip('.')}.*"))
 
 
 def mode(path: Path) -> int:
