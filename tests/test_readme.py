@@ -69,6 +69,18 @@ def test_the_configuration_table_lists_exactly_the_variables_aiswarm_reads() -> 
     read = set(environment_variables())
     assert read - documented == set(), "README's Configuration table misses these"
     assert documented - read == set(), "README's Configuration table names variables nothing reads"
+    # A variable read straight from os.environ, not declared on an option or a setting, must be listed too.
+    root = Path(__file__).resolve().parents[1]
+    dev_tools = ("aiswarm_server/bench/", "launcher/scripted_model/")  # they document their own variables
+    named_in_code = {
+        name
+        for package in ("aiswarm_server", "launcher")
+        for path in (root / package).rglob("*.py")
+        if not str(path.relative_to(root)).startswith(dev_tools)
+        for name in re.findall(r"\bAISWARM_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(encoding="utf-8"))
+        if not name.startswith("AISWARM_PROVIDERS__")
+    }
+    assert named_in_code - documented == set(), "the code names variables README's Configuration table misses"
 
 
 def test_the_hand_written_claude_code_entry_has_the_shape_install_client_writes() -> None:
