@@ -11,12 +11,11 @@ from pathlib import Path
 
 from aiswarm_server.errors import InvalidRequest
 from aiswarm_server.files import write_private
+from aiswarm_server.home import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE, read_token_file
 from aiswarm_server.models import Identity, Role
 from aiswarm_server.store import Store
 
 AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ADMIN_TOKEN_FILE = "admin.token"
-PRIMARY_TOKEN_FILE = "primary.token"
 
 
 def hash_token(token: str) -> str:
@@ -37,15 +36,6 @@ def validate_agent_name(name: str) -> str:
             "starting with a letter or digit (e.g. qwen-1)."
         )
     return name
-
-
-def read_token_file(path: Path) -> str | None:
-    """The token in ``path``, or None when the file is missing or empty."""
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return token or None
 
 
 class TokenRegistry:

@@ -20,7 +20,7 @@ from mcp.server.stdio import stdio_server
 from aiswarm_server import __version__
 from aiswarm_server.broker_client import BrokerClient, BrokerUnreachable, local_broker_url, local_token
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.serve import read_broker_info
+from aiswarm_server.home import read_broker_info
 
 
 def broker_is_up(url: str, timeout: float = 1.0) -> bool:

@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from aiswarm_server import __version__
-from aiswarm_server.broker_client import (
+from aiswarm_server.broker_calls import (
     BrokerCallError,
-    BrokerClient,
+    BrokerCalls,
     BrokerUnreachable,
     local_broker_url,
     local_token,
@@ -38,6 +38,7 @@ from aiswarm_server.limits import (
     TITLE_MAX_CHARS,
 )
 from aiswarm_server.models import Agent, AgentState, MergeState, Task, TaskStatus
+from aiswarm_server.post_client import PostClient
 from aiswarm_server.replies import AgentStateReply, UsageSummaryReply
 
 T = TypeVar("T")
@@ -134,7 +135,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def with_broker(
-    home: Path | None, url: str | None, action: Callable[[BrokerClient], Awaitable[T]], role: str = "admin"
+    home: Path | None, url: str | None, action: Callable[[BrokerCalls], Awaitable[T]], role: str = "admin"
 ) -> T:
     """Run ``action`` against the broker of ``home`` (or at ``url``); an absent broker is one line saying how to
     start it."""
@@ -142,7 +143,7 @@ async def with_broker(
     target = url or local_broker_url(settings)
     try:
         token = local_token(settings.home, "admin" if role == "admin" else "primary")
-        async with BrokerClient(target, token) as broker:
+        async with PostClient(target, token) as broker:
             return await action(broker)
     except BrokerUnreachable as error:
         raise CliError(_unreachable(settings, home, url, error)) from None
@@ -272,7 +273,7 @@ def stop(
     ] = 30.0,
 ) -> None:
     """Stop the broker serving --home gracefully, as Ctrl-C would: waits are answered, nothing is lost."""
-    from aiswarm_server.serve import home_is_served, read_broker_info
+    from aiswarm_server.home import home_is_served, read_broker_info
 
     settings = settings_for(home)
     info = read_broker_info(settings.home)
@@ -417,7 +418,7 @@ def submit(
     if isolation not in ("auto", "worktree", "none"):
         raise CliError(f"--isolation {isolation!r}: choose auto, worktree or none")
 
-    async def send(broker: BrokerClient) -> Task:
+    async def send(broker: BrokerCalls) -> Task:
         reply = await broker.submit_task(
             title,
             text,
@@ -454,7 +455,7 @@ async def wait_until_finished(home: Path | None, url: str | None, task_id: int) 
     """Wait for a task to finish, reconnecting for as long as the broker is away (restarts included)."""
     lost_since: float | None = None
 
-    async def wait(broker: BrokerClient) -> Task:
+    async def wait(broker: BrokerCalls) -> Task:
         nonlocal lost_since
         if lost_since is not None:
             errors.print("reconnected; still waiting", highlight=False)
@@ -510,7 +511,7 @@ def merge(
 ) -> None:
     """Merge a completed task's kept branch onto the branch it was submitted from (or discard it)."""
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.merge_task(task_id, discard=discard)
         if as_json:
             print_json(reply.task)
@@ -537,7 +538,7 @@ def worktrees(
     found = Worktrees(settings_for(home).home)
     if prune:
 
-        async def pruned(broker: BrokerClient) -> list[Path]:
+        async def pruned(broker: BrokerCalls) -> list[Path]:
             return await prune_orphans(found, broker)
 
         removed = run_async(with_broker(home, url, pruned))
@@ -572,7 +573,7 @@ def tasks_command(
 ) -> None:
     """List tasks, newest first."""
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.list_tasks(status=status.value if status else None, limit=limit)
         if as_json:
             print_json([t.model_dump(mode="json") for t in reply.tasks])
@@ -592,7 +593,7 @@ def task_command(
 ) -> None:
     """Show one task (result, error, attempts), or cancel it."""
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await (
             broker.cancel_task(task_id, "cancelled from the command line")
             if cancel
@@ -657,7 +658,7 @@ def agents(
     if ctx.invoked_subcommand is not None:
         return
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.list_agents()
         if as_json:
             print_json([a.model_dump(mode="json") for a in reply.agents])
@@ -693,7 +694,7 @@ def agents_reset(
             "name the agents (aiswarm agents reset qwen-1) or a CLI (aiswarm agents reset --cli qwen)"
         )
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.call(
             "report_agent_state",
             AgentStateReply,
@@ -721,7 +722,7 @@ def usage(
     if by not in ("day", "provider", "cli", "agent", "task"):
         raise CliError(f"--by {by!r}: choose day, provider, cli, agent or task")
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.call("usage_summary", UsageSummaryReply, by=by, days=days)
         if as_json:
             print_json(reply)
@@ -747,7 +748,7 @@ def usage(
 def status(home: HomeOption = None, url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Is the broker running? Task and agent counts."""
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.broker_status()
         if as_json:
             states = [
@@ -849,7 +850,7 @@ def token_issue(
 ) -> None:
     """Issue a worker token for one agent (printed once; store it like a password)."""
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.issue_agent_token(agent)
         sys.stdout.write(reply.token + "\n")
 
@@ -864,7 +865,7 @@ def token_revoke(
 ) -> None:
     """Revoke an agent's tokens."""
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.revoke_agent_tokens(agent)
         console.print(reply.message, highlight=False, markup=False)
 
@@ -881,7 +882,7 @@ def token_list(
 ) -> None:
     """List issued tokens: fingerprint, role, agent, when issued and revoked (never the tokens themselves)."""
 
-    async def action(broker: BrokerClient) -> None:
+    async def action(broker: BrokerCalls) -> None:
         reply = await broker.list_tokens(agent, include_revoked=revoked)
         if as_json:
             print_json(reply)
@@ -995,20 +996,22 @@ def environment_variables() -> dict[str, list[str]]:
     return dict(sorted(found.items()))
 
 
-def _broker_command(args: list[str]) -> bool:
-    """Whether ``args`` run one of the broker's own commands (serve, mcp, submit, token ...)."""
+def _needs_launcher_commands(args: list[str]) -> bool:
+    """Whether ``args`` may run or list a launcher or workflow command: not when they run one of the broker's own
+    commands (serve, status, submit, token ...), nor for ``--version``."""
     own = {group.name for group in app.registered_groups}
     for command in app.registered_commands:
         callback = command.callback.__name__.replace("_", "-") if command.callback else None
         own.add(command.name or callback)
-    return bool(args) and args[0] in own
+    own.add("--version")
+    return not args or args[0] not in own
 
 
 def main() -> None:
     """Entry point: run the app, turning known failures into one clear line."""
-    # The launcher's commands are added unless a broker command runs: importing the launcher (supervisor,
-    # adapters, client installers) is about a tenth of `aiswarm serve`'s start-up, which the test suite pays often.
-    if not _broker_command(sys.argv[1:]):
+    # Commands import lazily (docs/DESIGN.md, "A command imports what it runs"): the launcher's and the workflow's
+    # commands are not even registered when the broker's own command runs.
+    if _needs_launcher_commands(sys.argv[1:]):
         _register_launcher_commands()
     try:
         code = app(standalone_mode=False)  # a typer.Exit inside a command comes back as its exit code

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from aiswarm_server.models import Agent, Role, Task, TaskStatus
+from aiswarm_server.models import Agent, BrokerModel, Role, Task, TaskStatus
 
 
-class EventView(BaseModel):
+class EventView(BrokerModel):
     """An event or an available task, as ``wait_for_next_event`` shows it."""
 
     kind: Literal["task_available", "task_cancelled", "lease_lost"]
@@ -22,7 +22,7 @@ class EventView(BaseModel):
     )
 
 
-class WaitReply(BaseModel):
+class WaitReply(BrokerModel):
     """The answer to ``wait_for_next_event``: what arrived and the cursor to pass back."""
 
     events: list[EventView]
@@ -30,7 +30,7 @@ class WaitReply(BaseModel):
     message: str
 
 
-class RegisterReply(BaseModel):
+class RegisterReply(BrokerModel):
     """The answer to ``register_agent``: the agent record and its cursor."""
 
     agent: Agent
@@ -38,7 +38,7 @@ class RegisterReply(BaseModel):
     message: str
 
 
-class ClaimedTask(BaseModel):
+class ClaimedTask(BrokerModel):
     """What a worker needs to do a task it holds: no timestamps, no bookkeeping, nothing it would have to skip."""
 
     id: int
@@ -78,7 +78,7 @@ def _attempt_dir(task: Task) -> str | None:
     return task.working_dir
 
 
-class ClaimReply(BaseModel):
+class ClaimReply(BrokerModel):
     """The answer to ``claim_task``: the task and its fence token, or why nothing was claimed."""
 
     claimed: bool
@@ -88,7 +88,7 @@ class ClaimReply(BaseModel):
     message: str
 
 
-class ProgressReply(BaseModel):
+class ProgressReply(BrokerModel):
     """The answer to ``report_progress``: the renewed lease."""
 
     task_id: int
@@ -96,7 +96,7 @@ class ProgressReply(BaseModel):
     message: str
 
 
-class CompletionReply(BaseModel):
+class CompletionReply(BrokerModel):
     """The answer to ``report_task_completion`` and ``release_task``: the task's status afterwards."""
 
     task_id: int
@@ -104,7 +104,7 @@ class CompletionReply(BaseModel):
     message: str
 
 
-class HeartbeatReply(BaseModel):
+class HeartbeatReply(BrokerModel):
     """The answer to ``update_heartbeat``: the agent and the lease of the task it holds."""
 
     agent: Agent
@@ -113,7 +113,7 @@ class HeartbeatReply(BaseModel):
     message: str
 
 
-class AgentStatusReply(BaseModel):
+class AgentStatusReply(BrokerModel):
     """The answer to ``get_agent_status``."""
 
     agent: Agent
@@ -121,21 +121,21 @@ class AgentStatusReply(BaseModel):
     message: str
 
 
-class TaskReply(BaseModel):
+class TaskReply(BrokerModel):
     """One task with its attempts (``get_task``, ``cancel_task``)."""
 
     task: Task
     message: str
 
 
-class TasksReply(BaseModel):
+class TasksReply(BrokerModel):
     """A page of tasks (``list_tasks``)."""
 
     tasks: list[Task]
     message: str
 
 
-class SubmittedTask(BaseModel):
+class SubmittedTask(BrokerModel):
     """A task as submit_task answers it: everything but the prompt the submitter just sent (no need to read it
     back) and the fields only a claim or a result fills in. get_task shows the whole task."""
 
@@ -169,14 +169,14 @@ class SubmittedTask(BaseModel):
         )
 
 
-class SubmitReply(BaseModel):
+class SubmitReply(BrokerModel):
     """The answer to ``submit_task`` and ``submit_tasks``: the tasks in the order given."""
 
     tasks: list[SubmittedTask]
     message: str
 
 
-class WaitTasksReply(BaseModel):
+class WaitTasksReply(BrokerModel):
     """The answer to ``wait_for_tasks``: the tasks, which finished, which are pending."""
 
     done: bool = Field(description="True when the wait condition (any / all finished) was met.")
@@ -186,14 +186,14 @@ class WaitTasksReply(BaseModel):
     message: str
 
 
-class AgentsReply(BaseModel):
+class AgentsReply(BrokerModel):
     """The answer to ``list_agents``."""
 
     agents: list[Agent]
     message: str
 
 
-class TokenReply(BaseModel):
+class TokenReply(BrokerModel):
     """An issued token (``issue_agent_token``) or how many were revoked (``revoke_agent_tokens``, empty token)."""
 
     agent: str
@@ -201,7 +201,7 @@ class TokenReply(BaseModel):
     message: str
 
 
-class TokenInfo(BaseModel):
+class TokenInfo(BrokerModel):
     """One issued token, without the token: only its hash is kept, and only a prefix of that is shown."""
 
     fingerprint: str = Field(description="The first 12 hex digits of the token's SHA-256.")
@@ -212,14 +212,14 @@ class TokenInfo(BaseModel):
     revoked_at: float | None
 
 
-class TokenListReply(BaseModel):
+class TokenListReply(BrokerModel):
     """The answer to ``list_tokens``."""
 
     tokens: list[TokenInfo]
     message: str
 
 
-class StatusReply(BaseModel):
+class StatusReply(BrokerModel):
     """The answer to ``broker_status``: counts by status, parked waits, where the state lives."""
 
     version: str
@@ -232,14 +232,14 @@ class StatusReply(BaseModel):
     message: str
 
 
-class AgentStateReply(BaseModel):
+class AgentStateReply(BrokerModel):
     """The agents whose launcher-reported state was set."""
 
     agents: list[Agent]
     message: str
 
 
-class UsageRow(BaseModel):
+class UsageRow(BrokerModel):
     """Tokens summed over one group (a day, a provider, a CLI, a task ...)."""
 
     key: str
@@ -251,7 +251,7 @@ class UsageRow(BaseModel):
     requests: int
 
 
-class UsageSummaryReply(BaseModel):
+class UsageSummaryReply(BrokerModel):
     """Token usage grouped as asked."""
 
     by: str
@@ -259,14 +259,14 @@ class UsageSummaryReply(BaseModel):
     message: str
 
 
-class QuotaPoolsReply(BaseModel):
+class QuotaPoolsReply(BrokerModel):
     """The quota pools' saved states, by pool name."""
 
     pools: dict[str, dict[str, Any]]
     message: str
 
 
-class UsageReply(BaseModel):
+class UsageReply(BrokerModel):
     """The answer to ``record_usage``."""
 
     message: str

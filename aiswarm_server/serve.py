@@ -15,38 +15,17 @@ from pathlib import Path
 from typing import IO, Any
 
 import uvicorn
-from pydantic import BaseModel
 
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError
 from aiswarm_server.heap import freeze_start_up_heap
+from aiswarm_server.home import BROKER_FILE, LOCK_FILE, BrokerInfo, read_broker_info
 from aiswarm_server.http_app import BrokerApp
 from aiswarm_server.store import open_store
-
-BROKER_FILE = "broker.json"
-LOCK_FILE = "broker.lock"
-
-
-class BrokerInfo(BaseModel):
-    """What a running broker advertises in its home."""
-
-    url: str
-    pid: int
-    host: str
-    port: int
-    started_at: float
 
 
 class HomeLocked(BrokerError):
     """Another broker process owns this aiswarm home."""
-
-
-def read_broker_info(home: Path) -> BrokerInfo | None:
-    """What the broker serving ``home`` advertised, or None if none has (or the file is unreadable)."""
-    try:
-        return BrokerInfo.model_validate_json((home / BROKER_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 @contextlib.contextmanager
@@ -74,21 +53,6 @@ def own_home(home: Path) -> Any:
     finally:
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         handle.close()
-
-
-def home_is_served(home: Path) -> bool:
-    """Whether a broker process holds this home's lock right now."""
-    try:
-        handle = open(home / LOCK_FILE)  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return False
 
 
 def bind_socket(settings: BrokerSettings) -> socket.socket:

@@ -21,15 +21,12 @@ from rich.console import Console
 
 from aiswarm_server.cli import HomeOption
 from aiswarm_server.config import BrokerSettings
-from aiswarm_server.tasklog import format_task_line, task_lines
-from launcher.agents import plan_agents
 from launcher.circuits import DEFAULT_PROBE_SECONDS
 from launcher.errors import LaunchError
-from launcher.isolation.attempt import MergeMode
-from launcher.supervisor import LaunchConfig, Supervisor
 
 if TYPE_CHECKING:
     from launcher.a2a_worker import A2AWorker
+    from launcher.supervisor import Supervisor
 
 
 def _settings(home: Path | None) -> BrokerSettings:
@@ -159,8 +156,11 @@ def launch(
     from aiswarm_server.bridge import broker_is_up, start_broker
     from aiswarm_server.broker_client import local_broker_url
     from launcher.adapters import GenericCliError, UnknownCliError, register_configured_clis
+    from launcher.agents import plan_agents
+    from launcher.isolation.attempt import MergeMode
     from launcher.personas import PersonaError, get_persona
     from launcher.providers import ProviderError, load_providers
+    from launcher.supervisor import LaunchConfig, Supervisor
 
     if mode not in ("per-task", "session"):
         raise LaunchError(f"--mode {mode!r}: choose per-task or session")
@@ -289,6 +289,8 @@ def logs(
     home: HomeOption = None,
 ) -> None:
     """Print an agent's log ($AISWARM_HOME/logs/<agent>.log), or with --task the story of one task."""
+    from aiswarm_server.tasklog import format_task_line, task_lines
+
     logs_dir = _settings(home).home / "logs"
     if task is not None:
         lines = task_lines(logs_dir, task) if logs_dir.is_dir() else []

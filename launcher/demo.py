@@ -24,8 +24,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from aiswarm_server.auth import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE
 from aiswarm_server.broker_client import BrokerClient
+from aiswarm_server.home import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE
 from aiswarm_server.models import Task
 from launcher.adapters import get_adapter
 from launcher.adapters.install import (

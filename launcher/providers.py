@@ -32,7 +32,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -203,6 +202,8 @@ class ProbeResult(BaseModel):
 
 def probe(endpoint: ModelEndpoint, *, headers: Mapping[str, str] | None = None) -> ProbeResult:
     """List the provider's models (no model request is spent): is it reachable and is the key accepted?"""
+    import httpx  # here: importing httpx (and the CLI it loads) costs every `aiswarm` command 40 ms otherwise
+
     url, request_headers = _models_request(endpoint)
     try:
         response = httpx.get(

@@ -67,6 +67,11 @@ def _section_rows(run: dict[str, Any]) -> dict[str, str]:
             f"store {store['store']['lifecycles_per_s']:.0f} (threaded), inline "
             f"{store['store_inline']['lifecycles_per_s']:.0f}, plain {store['plain']['lifecycles_per_s']:.0f}"
         )
+    for command, result in run.get("cli_start", {}).items():
+        if isinstance(result, dict):
+            rows[f"cli start-up: aiswarm {command} (wall / CPU p50)"] = (
+                f"{result['wall']['p50_ms']:.0f} / {result['cpu']['p50_ms']:.0f} ms"
+            )
     return rows
 
 

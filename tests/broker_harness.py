@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from aiswarm_server.auth import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE
+from aiswarm_server.home import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE
 
 
 class FakeClock:

@@ -18,7 +18,7 @@ from typing import Self
 
 import psutil
 
-from aiswarm_server.auth import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE
+from aiswarm_server.home import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE
 
 HOST = "127.0.0.1"
 

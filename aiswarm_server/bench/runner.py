@@ -17,6 +17,7 @@ import psutil
 
 from aiswarm_server import __version__
 from aiswarm_server.bench import floor, load
+from aiswarm_server.bench.cli_start import measure_cli_start
 from aiswarm_server.bench.processes import BenchBroker, NoopServer
 from aiswarm_server.bench.store import measure_store
 from aiswarm_server.bench.targets import judge
@@ -37,12 +38,13 @@ class Plan:
     scale_agents: int
     store_seconds: float
     agents_per_process: int
+    cli_runs: int
 
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
         if quick:
-            return cls(1.0, 300, (1, 10, 50), 10, 3.0, 16, 100, 40, 50, 1.0, 500)
-        return cls(5.0, 3000, (1, 100, 1000), 200, 40.0, 16, 600, 300, 1000, 6.0, 250)
+            return cls(1.0, 300, (1, 10, 50), 10, 3.0, 16, 100, 40, 50, 1.0, 500, 3)
+        return cls(5.0, 3000, (1, 100, 1000), 200, 40.0, 16, 600, 300, 1000, 6.0, 250, 15)
 
     def processes_for(self, agents: int) -> int:
         return max(1, -(-agents // self.agents_per_process))
@@ -108,6 +110,7 @@ async def _run(plan: Plan, quick: bool) -> dict[str, Any]:
                         600,
                     )
                 results["meta"]["broker_cpu_seconds_first_process"] = round(broker.cpu_seconds(), 1)
+                results["cli_start"] = await asyncio.to_thread(measure_cli_start, home, plan.cli_runs)
             # A fresh broker process on the same home (tokens kept), so memory is measured from a clean start.
             with BenchBroker(home) as broker:
                 await load.call_once(broker.port, agents[0][1], "get_agent_status")

@@ -17,6 +17,7 @@ LIFECYCLE_RATIO = 0.70
 SCALE_RSS_MB = 150.0
 SCALE_WAKE_ALL_S = 1.0
 STORE_RATIO = 0.50
+CLI_START_CPU_MS = 300.0  # the one absolute target: a person waits for it, whatever the broker's speed
 
 
 def noop_floor(results: dict[str, Any]) -> dict[str, float]:
@@ -78,6 +79,18 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{agents} parked: all woken, no errors (s)", woke_all, SCALE_WAKE_ALL_S, at_most=True, unit=" s"
         )
     )
+    cli = results.get("cli_start", {})
+    for command in ("--version", "status --help", "status"):
+        cpu = cli.get(command, {}).get("cpu", {})
+        judged.append(
+            _target(
+                f"aiswarm {command}: CPU p50 (ms)",
+                cpu.get("p50_ms") if cpu.get("n") else None,
+                CLI_START_CPU_MS,
+                at_most=True,
+                unit=" ms",
+            )
+        )
     store = results.get("store", {})
     judged.append(
         _target(
@@ -160,6 +173,20 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
             f"RSS {rss['before']} -> {rss['parked']} MB (+{scale['rss_above_idle_mb']}), fds {fds['before']} -> "
             f"{fds['parked']}; completed {scale['completed']}, errors {scale['error_count']}",
         )
+    cli = results.get("cli_start", {})
+    for command in ("--version", "status --help", "status"):
+        if command in cli:
+            wall, cpu = cli[command]["wall"], cli[command]["cpu"]
+            table.add_row(
+                f"cli start-up: aiswarm {command}",
+                str(wall["n"]),
+                f"{wall['p50_ms']:.0f}",
+                f"{wall['p99_ms']:.0f}",
+                "",
+                f"CPU p50 {cpu['p50_ms']:.0f} ms, max {cpu['max_ms']:.0f} ms",
+            )
+    if "error" in cli:
+        table.add_row("cli start-up", "", "", "", "", cli["error"])
     store = results.get("store", {})
     if "store" in store:
         table.add_row(

@@ -16,8 +16,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from aiswarm_server.broker_client import BrokerClient, local_broker_url, local_token
+from aiswarm_server.broker_calls import local_broker_url, local_token
 from aiswarm_server.config import BrokerSettings
+from aiswarm_server.post_client import PostClient
 from aiswarm_server.workflow.runner import FlowRunner, FlowSummary, StepOutcome
 from aiswarm_server.workflow.spec import Workflow, load_workflow
 
@@ -99,7 +100,7 @@ def _run_flow(
 
     async def go() -> FlowSummary:
         token = local_token(settings.home, "admin")
-        async with BrokerClient(url or local_broker_url(settings), token) as broker:
+        async with PostClient(url or local_broker_url(settings), token) as broker:
             runner = FlowRunner(
                 flow, broker, record_path(settings.home, flow, flow_file), base, on_event=say, fresh=fresh
             )
@@ -245,7 +246,7 @@ async def _record_planner_usage(
     settings: BrokerSettings, url: str | None, base_url: str, model: str, usage: dict[str, int]
 ) -> None:
     """Keep the planner's model request with the workers' (``aiswarm usage``), when a broker answers."""
-    from aiswarm_server.broker_client import BrokerCallError, BrokerUnreachable
+    from aiswarm_server.broker_calls import BrokerCallError, BrokerUnreachable
     from aiswarm_server.models import UsageRecord
 
     record = UsageRecord(
@@ -260,7 +261,7 @@ async def _record_planner_usage(
     )
     try:
         token = local_token(settings.home, "admin")
-        async with BrokerClient(url or local_broker_url(settings), token) as broker:
+        async with PostClient(url or local_broker_url(settings), token) as broker:
             await broker.record_usage(record)
     except (BrokerUnreachable, BrokerCallError):
         return
@@ -279,11 +280,11 @@ def _personas(home: Path) -> list[tuple[str, str]]:
 
 async def _agents(settings: BrokerSettings, url: str | None) -> list[tuple[str, str | None, str]]:
     """The registered agents, if a broker answers (the plan can still be made without one)."""
-    from aiswarm_server.broker_client import BrokerUnreachable
+    from aiswarm_server.broker_calls import BrokerUnreachable
 
     try:
         token = local_token(settings.home, "admin")
-        async with BrokerClient(url or local_broker_url(settings), token) as broker:
+        async with PostClient(url or local_broker_url(settings), token) as broker:
             agents = (await broker.list_agents()).agents
     except BrokerUnreachable:
         return []

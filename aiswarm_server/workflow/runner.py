@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from aiswarm_server.broker_client import BrokerCallError
+from aiswarm_server.broker_calls import BrokerCallError
 from aiswarm_server.models import Task, TaskStatus
 from aiswarm_server.replies import SubmitReply, TaskReply, WaitTasksReply
 from aiswarm_server.workflow.spec import Step, Workflow
@@ -73,7 +73,7 @@ class FlowRecord(BaseModel):
 
 
 class PrimaryBroker(Protocol):
-    """The broker calls the runner makes (``BrokerClient`` provides them)."""
+    """The broker calls the runner makes (every :class:`~aiswarm_server.broker_calls.BrokerCalls` provides them)."""
 
     async def submit_tasks(self, tasks: list[dict[str, Any]]) -> SubmitReply:
         """Submit tasks in one batch."""

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from aiswarm_server.broker_client import BrokerCallError, BrokerClient
+from aiswarm_server.broker_calls import BrokerCallError, BrokerCalls
+from aiswarm_server.broker_client import BrokerClient
 from aiswarm_server.models import Isolation, MergeState, Task, TaskStatus
 from launcher.isolation.files import first_overlap, normalize_declared
 from launcher.isolation.repository import GitContext, branch_tip, git_context
@@ -269,7 +270,7 @@ def _live(task: Task | None, fence: int) -> bool:
     )
 
 
-async def prune_orphans(worktrees: Worktrees, admin: BrokerClient) -> list[Path]:
+async def prune_orphans(worktrees: Worktrees, admin: BrokerCalls) -> list[Path]:
     """Remove every task worktree that no live attempt owns (``aiswarm worktrees --prune``)."""
     tasks: dict[int, Task | None] = {}
     for common_dir in worktrees.repositories():

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiswarm_server.auth import PRIMARY_TOKEN_FILE, read_token_file
-from aiswarm_server.broker_client import local_broker_url
+from aiswarm_server.broker_calls import local_broker_url
 from aiswarm_server.config import BrokerSettings, default_home
+from aiswarm_server.home import PRIMARY_TOKEN_FILE, read_token_file
 from launcher.primaries.base import AiswarmServer, ClientConfigError
 
 _OTHER_ROLES = {"asw_a_": "an admin", "asw_w_": "a worker"}

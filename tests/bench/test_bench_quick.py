@@ -10,7 +10,7 @@ import pytest
 
 from aiswarm_server.bench import render, run_bench
 
-SECTIONS = ("meta", "floor", "wakeup", "lifecycle", "scale", "store", "targets")
+SECTIONS = ("meta", "floor", "wakeup", "lifecycle", "scale", "store", "cli_start", "targets")
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,13 @@ def test_render_prints_every_target(
     render(quick_results[0], Console(width=200, force_terminal=False))
     printed = capsys.readouterr().out
     assert printed.count("PASS") + printed.count("MISS") == len(quick_results[0]["targets"])
+
+
+@pytest.mark.slow
+def test_cli_start_up_is_timed_for_each_command(quick_results: tuple[dict[str, Any], Path]) -> None:
+    cli = quick_results[0]["cli_start"]
+    assert "error" not in cli
+    for command in ("--version", "status --help", "status"):
+        wall, cpu = cli[command]["wall"], cli[command]["cpu"]
+        assert wall["n"] == cpu["n"] == cli["runs"]
+        assert 0 < cpu["p50_ms"] <= cpu["max_ms"] and 0 < wall["p50_ms"] <= wall["max_ms"]
