@@ -9,7 +9,8 @@ worker, a CLI per task, that does the task. Everything talks over 127.0.0.1.
 
 Headless (``-p``), Claude Code 2.1.332 does not declare the MCP Tasks extension (it does so by default only in
 its interactive entry point), so the submit is answered with the plain reply and the results come back through
-``wait_for_tasks``.
+``wait_for_tasks``. Were a later pin to declare it, the submit's result would already hold the finished task and
+the scripted model would answer without waiting: the count of ``wait_for_tasks`` calls below would say so.
 """
 
 from __future__ import annotations
