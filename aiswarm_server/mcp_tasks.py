@@ -33,6 +33,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.server import require_client_extension
 from mcp.server.subscriptions import SUBSCRIPTION_ID_META_KEY, ListenHandler, SubscriptionBus
 from mcp_types import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     CallToolRequestParams,
@@ -63,6 +64,7 @@ TTL_MS: int | None = None
 
 _HANDLE_MAC_CHARS = 32
 _MAX_SUBSCRIBED = 100
+_MAX_STREAMS = 1024  # as the SDK's own listen handler
 _MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
 
 McpTaskStatus = Literal["working", "input_required", "completed", "failed", "cancelled"]
@@ -175,7 +177,7 @@ def _call_result(reply: BaseModel, is_error: bool) -> dict[str, Any]:
     text = json.dumps(structured, indent=2, ensure_ascii=False)
     result = CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
     result.is_error = is_error
-    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True, exclude={"result_type"})
 
 
 # --- the extension -------------------------------------------------------------------------------------
@@ -283,7 +285,9 @@ def _declared(ctx: ServerRequestContext[Any, Any]) -> bool:
 def _bearer(ctx: ServerRequestContext[Any, Any]) -> str | None:
     headers = cast(Any, getattr(ctx.request, "headers", None)) or {}
     value = str(headers.get("authorization", ""))
-    return value[7:].strip() or None if value.lower().startswith("bearer ") else None
+    if not value.lower().startswith("bearer "):
+        return None
+    return value[7:].strip() or None
 
 
 def _require_bearer(ctx: ServerRequestContext[Any, Any]) -> str:
@@ -323,6 +327,8 @@ class TaskListenHandler:
             raise MCPError(INVALID_PARAMS, "notifications.taskIds must be a list of task ids (strings).")
         if ctx.request_id is None:
             raise MCPError(INVALID_REQUEST, "subscriptions/listen requires a request id")
+        if len(self._streams) >= _MAX_STREAMS:
+            raise MCPError(INTERNAL_ERROR, "Subscription limit reached")
         token = _require_bearer(ctx)
         handles = {
             h: ids

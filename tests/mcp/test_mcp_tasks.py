@@ -131,6 +131,16 @@ def _task(title: str) -> dict[str, Any]:
     return {"title": title, "prompt": f"Do {title}.", "isolation": "none"}
 
 
+class _AnyMeta:
+    """Equal to any ``_meta`` object (the server's identity stamp)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, dict)
+
+
+ANY_META: Any = _AnyMeta()
+
+
 def _scrub(raw: bytes) -> bytes:
     """A reply with its ids and times masked, so replies to two submits compare byte for byte."""
     raw = re.sub(rb'(\\?"(?:id|created_at|updated_at)\\?": ?)\d+(\.\d+)?', rb"\g<1>0", raw)
@@ -187,6 +197,9 @@ async def test_a_client_declaring_tasks_submits_polls_hears_of_progress_and_comp
     assert done["result"]["isError"] is False, done
     assert done["result"]["structuredContent"]["tasks"][0]["result"] == "done it", done
     assert (await primary.get(handle))["result"] == done["result"]
+    plain = Raw(primary.http, primary.url, primary.token, declare=False)
+    waited = await plain.tool("wait_for_tasks", {"task_ids": [task_id], "timeout_seconds": 0})
+    assert done["result"] == {k: v for k, v in waited.items() if k not in ("resultType", "_meta")}
 
     # Cancel: a second task, cancelled through tasks/cancel, is cancelled in the broker too.
     second = await primary.tool("submit_tasks", {"tasks": [_task("tasks ext two"), _task("tasks ext three")]})
@@ -258,6 +271,31 @@ async def test_a_client_that_does_not_declare_tasks_is_refused_the_task_methods(
     assert (await plain.error("tasks/cancel", {"taskId": handle}, handle))["code"] == -32021
     refused = await plain.error("subscriptions/listen", {"notifications": {"taskIds": [handle]}})
     assert refused["code"] == -32021, refused
+
+
+async def test_a_failed_broker_task_completes_the_mcp_task_with_an_error_result(
+    live_broker: BrokerProcess, http: httpx.AsyncClient
+) -> None:
+    primary = Raw(http, live_broker.url, live_broker.primary_token, declare=True)
+    handle = (await primary.tool("submit_task", _task("tasks ext failing")))["taskId"]
+    (task_id,) = handle_task_ids(live_broker.primary_token, handle) or []
+    assert await primary.call("tasks/update", {"taskId": handle, "inputResponses": {"x": {}}}, handle) == {
+        "resultType": "complete",
+        "_meta": ANY_META,
+    }
+    worker = await _worker(live_broker, "tasks-ext-3")
+    try:
+        claim = await worker.claim_task(task_id)
+        assert claim.fence_token is not None
+        await worker.report_task_completion(
+            task_id, claim.fence_token, success=False, error="no disk", retryable=False
+        )
+    finally:
+        await worker.__aexit__(None, None, None)
+    failed = await primary.get(handle)
+    assert failed["status"] == "completed" and failed["result"]["isError"] is True, failed
+    assert f"#{task_id} failed: no disk" in failed["statusMessage"], failed
+    assert failed["result"]["structuredContent"]["tasks"][0]["error"] == "no disk", failed
 
 
 async def test_a_refused_submit_stays_a_plain_tool_error_for_a_declaring_client(
