@@ -10,13 +10,15 @@ Tool docstrings are what the agents' models read: they say when to call the tool
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp import MCPError
+from mcp.server.extension import Extension
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus, SubscriptionBus
 from mcp_types import INVALID_PARAMS, GetPromptResult, ServerCapabilities
 from pydantic import Field, StrictFloat, StrictInt, ValidationError, create_model
 from typing_extensions import override
@@ -35,6 +37,7 @@ from aiswarm_server.limits import (
     PROGRESS_MAX_CHARS,
     REASON_MAX_CHARS,
 )
+from aiswarm_server.mcp_tasks import BrokerTasks, serve_task_notifications
 from aiswarm_server.models import (
     AgentState,
     Capabilities,
@@ -629,8 +632,22 @@ class ToolsOnlyServer(MCPServer):
     invalid-params error (-32602), as an unknown resource already is, instead of an internal error with a
     logged traceback."""
 
-    def __init__(self, name: str, *, instructions: str, version: str) -> None:
-        super().__init__(name, instructions=instructions, version=version)
+    def __init__(
+        self,
+        name: str,
+        *,
+        instructions: str,
+        version: str,
+        extensions: Sequence[Extension] = (),
+        subscriptions: SubscriptionBus | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            instructions=instructions,
+            version=version,
+            extensions=extensions,
+            subscriptions=subscriptions,
+        )
         lowlevel = self._lowlevel_server
         declared = lowlevel.get_capabilities
 
@@ -663,12 +680,24 @@ class ToolsOnlyServer(MCPServer):
 
 
 def build_servers(ref: BrokerRef, settings: BrokerSettings) -> dict[Role, MCPServer]:
-    """One MCP server per role, each with only that role's tools."""
+    """One MCP server per role, each with only that role's tools; the primary's and the admin's also answer
+    submits with MCP tasks when the client declares the extension (:mod:`aiswarm_server.mcp_tasks`)."""
     servers: dict[Role, MCPServer] = {}
     for role in Role:
-        server = ToolsOnlyServer(
-            f"aiswarm-{role.value}", instructions=INSTRUCTIONS[role], version=__version__
-        )
+        if role is Role.WORKER:
+            server = ToolsOnlyServer(
+                f"aiswarm-{role.value}", instructions=INSTRUCTIONS[role], version=__version__
+            )
+        else:
+            tasks, bus = BrokerTasks(ref.get), InMemorySubscriptionBus()
+            server = ToolsOnlyServer(
+                f"aiswarm-{role.value}",
+                instructions=INSTRUCTIONS[role],
+                version=__version__,
+                extensions=[tasks],
+                subscriptions=bus,
+            )
+            serve_task_notifications(server, tasks, bus, ref.get)
         if role is Role.WORKER:
             _add_worker_tools(server, ref)
         else:

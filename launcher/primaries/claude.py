@@ -3,6 +3,11 @@
 ``CLAUDE_CONFIG_DIR`` moves the user file to ``$CLAUDE_CONFIG_DIR/.claude.json``. Claude Code speaks streamable
 HTTP (``"type": "http"`` with ``headers``) and honours a per-server ``timeout`` in milliseconds for tool calls.
 Claude Code rewrites ``~/.claude.json`` while it runs: install while it is stopped, or restart it afterwards.
+
+MCP Tasks need no setting: Claude Code (2.1.332, read from its bundle) declares the
+``io.modelcontextprotocol/tasks`` extension by default in interactive sessions, over ``type: "http"`` entries, and the broker answers its submits with task handles;
+``CLAUDE_CODE_DISABLE_MCP_TASKS`` turns that off, and headless ``claude -p`` does not declare it (it calls
+``wait_for_tasks``). The ``timeout`` still matters for that long call.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Which script runs depends on the user prompt (the text the launcher or the user 
 * **primary**: the prompt names ``submit_tasks`` and holds a fenced ``json`` block with a list
   of tasks (or ``{"tasks": [...]}``). The agent calls ``submit_tasks`` with them, then
   ``wait_for_tasks`` with the returned ids (``mode: "all"``) until ``done`` (at most 4 waits),
-  then answers with one line per task.
+  then answers with one line per task. When the submit's result already holds the finished tasks (a client
+  speaking MCP Tasks followed the task handle itself), it answers at once.
 * **session**: the prompt names ``wait_for_next_event``. The agent calls it in a loop,
   passing back the returned ``cursor``; on a ``task_available`` event it claims that task,
   does it and reports; it stops after N consecutive idle waits, where N comes from the
@@ -269,6 +270,10 @@ def _primary(tools: Toolbox, tasks: list[Any], timeout: int | None) -> Script:
     payload = result_payload(submitted.text)
     listed = payload.get("tasks") if payload else None
     ids = [t["id"] for t in listed or [] if isinstance(t, dict) and "id" in t]
+    if payload is not None and payload.get("done") is True and ids:
+        # A client speaking MCP Tasks followed the task itself: the submit's result is the finished tasks.
+        yield Answer(_summary(payload))
+        return
     if submitted.is_error or not ids:
         yield Answer(f"Submitting the tasks failed: {_first_line(submitted.text)}")
         return
@@ -285,6 +290,11 @@ def _primary(tools: Toolbox, tasks: list[Any], timeout: int | None) -> Script:
         if waited.get("done"):
             break
     assert waited is not None
+    yield Answer(_summary(waited))
+
+
+def _summary(waited: dict[str, Any]) -> str:
+    """The primary's answer from a ``wait_for_tasks`` reply: a head line, then one line per task."""
     lines = [
         f"Task {t.get('id')} ({t.get('title')}): {t.get('status')} - {t.get('result') or t.get('error') or ''}".rstrip(
             " -"
@@ -293,7 +303,7 @@ def _primary(tools: Toolbox, tasks: list[Any], timeout: int | None) -> Script:
         if isinstance(t, dict)
     ]
     head = "All tasks finished." if waited.get("done") else f"Still pending: {waited.get('pending')}."
-    yield Answer("\n".join([head, *lines]))
+    return "\n".join([head, *lines])
 
 
 # --- doing one claimed task ---------------------------------------------------------------

@@ -267,6 +267,21 @@ def test_primary_submits_the_json_tasks_waits_for_all_and_summarises() -> None:
     assert answer == "All tasks finished.\nTask 41 (A): completed - Wrote a"
 
 
+def test_primary_answers_at_once_when_its_client_followed_the_mcp_task_to_the_results() -> None:
+    tasks = [{"title": "A", "prompt": "Create the file a containing exactly: 1"}]
+    prompt = f"Delegate with submit_tasks:\n```json\n{json.dumps(tasks)}\n```\nthen wait_for_tasks."
+    finished = {"done": True, "tasks": [{"id": 7, "title": "A", "status": "completed", "result": "Wrote a"}]}
+    seen: list[str] = []
+
+    def execute(name: str, args: dict[str, Any]) -> str:
+        seen.append(name)
+        return json.dumps({**finished, "finished": [7], "pending": [], "message": "1 task(s) finished."})
+
+    answer, _ = play(conversation("claude", prompt, broker=PRIMARY), execute)
+    assert seen == ["mcp__aiswarm__submit_tasks"]
+    assert answer == "All tasks finished.\nTask 7 (A): completed - Wrote a"
+
+
 def test_unknown_instructions_get_a_plain_answer() -> None:
     step = decide(conversation("qwen", "Tell me a joke."))
     assert isinstance(step, Answer) and "no instructions I can follow" in step.text
