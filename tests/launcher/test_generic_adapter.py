@@ -71,6 +71,10 @@ where = { type = "result" }
 input_tokens = "usage.input_tokens"
 output_tokens = "usage.output_tokens"
 
+[clis.qwen-plain.answer]
+where = { type = "result", is_error = false }
+text = "result"
+
 [clis.qwen-plain.errors]
 exit_codes = { 53 = "turn_limit", 55 = "turn_limit" }
 where = { type = "result", is_error = true }
@@ -116,6 +120,10 @@ sum = true
 where = { type = "step_finish" }
 input_tokens = "part.tokens.input"
 output_tokens = "part.tokens.output"
+
+[clis.opencode-plain.answer]
+where = { type = "text" }
+text = "part.text"
 
 [clis.opencode-plain.errors]
 where = { type = "error" }
