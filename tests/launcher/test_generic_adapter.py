@@ -289,6 +289,15 @@ def test_usage_and_errors_are_read_where_the_description_says() -> None:
     assert get_adapter("tomly").parse_usage("no json") is None
 
 
+def test_the_final_answer_is_read_where_the_description_says_else_it_is_the_whole_output() -> None:
+    answered = json.dumps([{"type": "result", "is_error": False, "result": "Wrote a.txt"}])
+    assert get_adapter("qwen-plain").final_answer(answered) == "Wrote a.txt"
+    assert get_adapter("qwen-plain").final_answer(QWEN_401) == ""
+    texts = "\n".join(json.dumps({"type": "text", "part": {"text": t}}) for t in ("first", "last"))
+    assert get_adapter("opencode-plain").final_answer(texts) == "last"
+    assert get_adapter("tomly").final_answer("  plain words\n") == "plain words"
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
