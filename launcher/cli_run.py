@@ -80,6 +80,8 @@ class RunResult:
     seconds: float
     retry_after: float | None = None
     """The provider's ``Retry-After`` on the 429 that stopped the run, when it sent one."""
+    answer: str = ""
+    """The model's final answer, from the CLI's output ("" when it gave none); a per-task run's result."""
 
     @classmethod
     def not_started(cls, cli: str, command: str, error: OSError) -> RunResult:
@@ -289,6 +291,7 @@ class CliRun:
             stopped=self.stopped,
             seconds=time.monotonic() - self._started,
             retry_after=self.retry_after,
+            answer=self.adapter.final_answer(stdout),
         )
 
     def _running(self) -> asyncio.subprocess.Process:

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiswarm_server.broker_client import BrokerCallError, BrokerClient, BrokerUnreachable
 from aiswarm_server.models import AgentState as BrokerAgentState
-from aiswarm_server.models import UsageRecord
+from aiswarm_server.models import AttemptOutcome, Task, UsageRecord
 from aiswarm_server.replies import (
     AgentStateReply,
     ClaimedTask,
@@ -56,6 +56,7 @@ from launcher.adapters.base import (
     TokenUsage,
 )
 from launcher.agents import AgentNameLocks, AgentPlan, agent_capabilities, reserve_names
+from launcher.changes import DeclaredFiles
 from launcher.circuits import (
     DEFAULT_BREAKER_SECONDS,
     DEFAULT_BREAKER_THRESHOLD,
@@ -67,7 +68,7 @@ from launcher.circuits import (
 )
 from launcher.cli_run import AgentLog, CliRun, Drain, RunPlace, RunResult
 from launcher.cool_downs import CoolDowns, backoff_delay
-from launcher.decisions import Pacing, TaskAction, decide
+from launcher.decisions import Pacing, TaskAction, TaskRun, decide
 from launcher.isolation.attempt import MergeMode, TaskIsolation
 from launcher.isolation.git import GitError
 from launcher.isolation.worktrees import Worktrees
@@ -760,10 +761,15 @@ class Supervisor:
             )
 
     async def _run_in(self, agent: AgentRun, task: ClaimedTask, fence: int, workdir: Path | None) -> None:
-        """Run the CLI on the reserved task in ``workdir``; report it failed if the CLI left it unreported."""
+        """Run the CLI on the reserved task in ``workdir`` (else the launch directory), then report the task from
+        the CLI's final answer: completed, or failed; or release it when the run failed through no fault of the
+        task. A task the CLI reported itself is left as it reported it."""
         name = agent.name
         timeout = self.config.task_timeout or float(task.timeout_seconds)
-        prompt = task_prompt(name, task.id, agent.plan.persona)
+        cwd = (workdir or self.config.workdir).absolute()
+        record = await self._task_record(agent, task.id)
+        declared = await DeclaredFiles.watch(cwd, record.files) if record is not None else None
+        prompt = task_prompt(name, task, fence, cwd, agent.plan.persona, _earlier_errors(task, record))
         result = await self._run_cli(agent, prompt, workdir, timeout)
         usage = result.usage
         if usage is not None:
@@ -774,13 +780,26 @@ class Supervisor:
             f"task #{task.id} run ended: {result.outcome.kind.value} ({result.outcome.reason}) "
             f"after {result.seconds:.1f}s{tokens}",
         )
-        decision = decide(result, await self._still_holds(agent.worker, task.id))
+        changed = await declared.changed() if declared is not None else None
+        decision = decide(
+            result, await self._still_holds(agent.worker, task.id), TaskRun(result.answer, changed)
+        )
+        data = {"usage": usage.model_dump()} if usage else None
         if decision.task is TaskAction.RELEASE:
             why = decision.why
             await agent.admin.release_task(name, task.id, f"{name}: {why}; released without a failure")
             self._note(name, f"task #{task.id} released ({why})")
+        elif decision.task is TaskAction.COMPLETE:
+            # Before isolation.finish: it lands the worktree of a task completed under this fence.
+            try:
+                await agent.worker.report_task_completion(
+                    task.id, fence, success=True, result=result.answer.strip(), data=data
+                )
+            except BrokerCallError as error:
+                self._note(name, f"task #{task.id} could not be reported completed: {error}")
+            else:
+                self._note(name, f"task #{task.id} reported completed: {_short(result.answer)}")
         elif decision.task is TaskAction.FAIL:
-            data = {"usage": usage.model_dump()} if usage else None
             reason = f"{name} ({agent.plan.cli}): {decision.why}"
             with contextlib.suppress(BrokerCallError):
                 await agent.worker.report_task_completion(
@@ -788,6 +807,13 @@ class Supervisor:
                 )
             self._note(name, f"task #{task.id} reported failed: {reason}")
         self._pace(agent, result, decision.pacing)
+
+    async def _task_record(self, agent: AgentRun, task_id: int) -> Task | None:
+        """The task as the broker keeps it (its declared files, its attempts), or None when it cannot be read."""
+        try:
+            return (await agent.admin.get_task(task_id)).task
+        except (BrokerCallError, BrokerUnreachable):
+            return None
 
     async def _still_holds(self, worker: BrokerClient, task_id: int) -> bool:
         try:
@@ -1029,6 +1055,20 @@ class Supervisor:
                     pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await work
+
+
+def _earlier_errors(task: ClaimedTask, record: Task | None) -> list[str]:
+    """How earlier attempts at the task failed, one line each (the last error alone when the record is unknown)."""
+    if record is None:
+        return [task.error] if task.error and task.failures else []
+    return [
+        f"attempt {a.number} ({a.agent}, {a.outcome.value}): {a.error or 'no error recorded'}"
+        for a in record.attempts
+        if a.outcome in _FAILED_ATTEMPTS
+    ]
+
+
+_FAILED_ATTEMPTS = frozenset({AttemptOutcome.FAILED, AttemptOutcome.EXPIRED, AttemptOutcome.AGENT_LOST})
 
 
 def _inside(directory: Path, path: str) -> bool:

@@ -334,6 +334,11 @@ class CliAdapter(ABC):
     def parse_usage(self, stdout: str) -> TokenUsage | None:
         """Tokens used by the run, from the CLI's JSON output; None when the output has none."""
 
+    @abstractmethod
+    def final_answer(self, stdout: str) -> str:
+        """The model's final answer of the run (the text it ended with), from the CLI's output; "" when there is
+        none. In per-task mode it becomes the task's result."""
+
     def find_credentials(self, user_home: Path, env: Mapping[str, str]) -> list[CredentialFinding]:
         """The logins the user already has for this CLI (files under ``user_home``, keys in ``env``)."""
         found = [

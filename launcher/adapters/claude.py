@@ -201,6 +201,15 @@ class ClaudeAdapter(CliAdapter):
         return f"{text} (HTTP {status})" if status else text
 
     @override
+    def final_answer(self, stdout: str) -> str:
+        """The ``result`` of Claude Code's result object, when the run did not end in an error."""
+        value = last_json_value(stdout)
+        if not isinstance(value, dict) or value.get("is_error"):
+            return ""
+        text = value.get("result")
+        return text if isinstance(text, str) else ""
+
+    @override
     def parse_usage(self, stdout: str) -> TokenUsage | None:
         """From the result object's ``usage`` (input, output, cache reads and writes) and ``num_turns``."""
         value = last_json_value(stdout)

@@ -184,6 +184,20 @@ class CodexAdapter(CliAdapter):
         return ""
 
     @override
+    def final_answer(self, stdout: str) -> str:
+        """The text of codex's last ``agent_message`` item."""
+        answer = ""
+        for event in json_lines(stdout):
+            item = event.get("item") if event.get("type") == "item.completed" else None
+            if (
+                isinstance(item, dict)
+                and item.get("type") == "agent_message"
+                and isinstance(item.get("text"), str)
+            ):
+                answer = item["text"]
+        return answer
+
+    @override
     def parse_usage(self, stdout: str) -> TokenUsage | None:
         """Summed over the ``turn.completed`` events: ``usage.input_tokens``, ``cached_input_tokens``, output."""
         usage: TokenUsage | None = None

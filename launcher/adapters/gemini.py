@@ -146,6 +146,12 @@ class GeminiAdapter(CliAdapter):
                 return f"{error.get('message', '')} (code {error.get('code')})"
         return ""
 
+    def final_answer(self, stdout: str) -> str:
+        """The ``response`` of gemini's JSON output."""
+        value = last_json_value(stdout)
+        response = value.get("response") if isinstance(value, dict) else None
+        return response if isinstance(response, str) else ""
+
     def parse_usage(self, stdout: str) -> TokenUsage | None:
         """From ``stats.models.<model>.tokens`` (prompt, candidates, cached, total) summed over models."""
         value = last_json_value(stdout)

@@ -22,6 +22,10 @@ writes how to run it headless, where its MCP entry for the broker goes, and how 
     output_tokens = "usage.output_tokens"
     sum = false                                      # true: add up every matching object (one per request)
 
+    [clis.qwen-plain.answer]                         # the model's final answer (the task's result in per-task mode)
+    where = { type = "result" }                      # only objects with these fields
+    text = "result"                                  # dotted path inside the last matching object
+
     [clis.qwen-plain.errors]
     exit_codes = { 53 = "turn_limit" }               # codes with a fixed meaning
     message = "error.message"                        # the error text in the output, checked for auth / 429
@@ -140,6 +144,18 @@ class UsageSpec(_Strict):
     """Add up every matching object (a CLI that reports each model request); else the last one counts."""
 
 
+class AnswerSpec(_Strict):
+    """Where the model's final answer is in the CLI's JSON output."""
+
+    text: str
+    """Dotted path of the answer's text inside the matching output objects."""
+    where: dict[str, str | int | bool] = Field(default_factory=dict)
+    """Only output objects whose top-level fields have these values (``{type = "result"}``)."""
+    join: bool = False
+    """Join the texts of every matching object, one per line (a CLI that prints the answer in parts); else the
+    last one is the answer."""
+
+
 class ErrorsSpec(_Strict):
     """How the CLI says a run failed, beyond a non-zero exit code."""
 
@@ -176,6 +192,8 @@ class GenericCliSpec(_Strict):
     """Variables for every run, with placeholders (point the CLI at ``{home}``, the endpoint, ...)."""
     mcp: McpFileSpec
     usage: UsageSpec | None = None
+    answer: AnswerSpec | None = None
+    """Where the final answer is; without it the CLI's whole standard output (stripped) is the answer."""
     errors: ErrorsSpec = Field(default_factory=ErrorsSpec)
     credential_env: list[str] = Field(default_factory=list)
     """Environment variables holding an API key this CLI uses (reported by ``aiswarm doctor``)."""
@@ -366,6 +384,16 @@ class GenericAdapter(CliAdapter):
             return ""
         found = [_at(obj, path) for obj in _output_objects(stdout, self.spec.errors.where)]
         return " | ".join(str(m) for m in found if isinstance(m, str | int) and str(m))
+
+    @override
+    def final_answer(self, stdout: str) -> str:
+        """From the ``[clis.<name>.answer]`` path in the matching output objects; else the whole output."""
+        spec = self.spec.answer
+        if spec is None:
+            return stdout.strip()
+        texts = [_at(obj, spec.text) for obj in _output_objects(stdout, spec.where)]
+        found = [t for t in texts if isinstance(t, str)]
+        return "\n".join(found) if spec.join else (found[-1] if found else "")
 
     @override
     def parse_usage(self, stdout: str) -> TokenUsage | None:

@@ -225,6 +225,19 @@ class OpencodeAdapter(CliAdapter):
             )
         return " | ".join(texts)
 
+    def final_answer(self, stdout: str) -> str:
+        """The ``text`` parts opencode printed after the run's last tool call (earlier text was commentary)."""
+        parts: list[str] = []
+        for event in json_lines(stdout):
+            if event.get("type") == "tool_use":
+                parts = []
+            elif event.get("type") == "text":
+                part = event.get("part")
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str):
+                    parts.append(text)
+        return "\n".join(parts)
+
     def parse_usage(self, stdout: str) -> TokenUsage | None:
         """Summed over the ``step_finish`` events: ``part.tokens`` (input, output, reasoning, cache.read)."""
         usage: TokenUsage | None = None

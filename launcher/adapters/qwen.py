@@ -183,6 +183,15 @@ class QwenAdapter(CliAdapter):
             texts.append(stderr.strip().splitlines()[-1])
         return " | ".join(t for t in texts if t)
 
+    def final_answer(self, stdout: str) -> str:
+        """The ``result`` of the successful ``result`` event in qwen's JSON event array."""
+        events = last_json_value(stdout)
+        for event in reversed(events if isinstance(events, list) else [events]):
+            if isinstance(event, dict) and event.get("type") == "result":
+                text = event.get("result")
+                return text if isinstance(text, str) and not event.get("is_error") else ""
+        return ""
+
     def parse_usage(self, stdout: str) -> TokenUsage | None:
         """From the ``result`` event of qwen's JSON event array: ``usage.input_tokens`` etc."""
         events = last_json_value(stdout)

@@ -13,6 +13,11 @@ Which script runs depends on the user prompt (the text the launcher or the user 
   ``wait_for_tasks`` with the returned ids (``mode: "all"``) until ``done`` (at most 4 waits),
   then answers with one line per task. When the submit's result already holds the finished tasks (a client
   speaking MCP Tasks followed the task handle itself), it answers at once.
+* **assigned** (per-task mode): the prompt carries the task itself, between ``<task id="N">`` and
+  ``</task>``, with a ``Working directory:`` line and the ``fence_token`` to report progress with. The agent
+  does the task and gives its final answer, which the launcher reports: the result (the files written, or
+  ``RESULT``'s text), ``FAILED: <why>`` when it could not, or nothing at all after ``SILENT``. It calls no
+  broker tool unless the task asks for one (``PROGRESS``, ``CALL``).
 * **session**: the prompt names ``wait_for_next_event``. The agent calls it in a loop,
   passing back the returned ``cursor``; on a ``task_available`` event it claims that task,
   does it and reports; it stops after N consecutive idle waits, where N comes from the
@@ -46,12 +51,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from launcher.prompts import FAILED_PREFIX
 from launcher.scripted_model.conversation import Conversation, ToolDeclaration, ToolResult, result_payload
 from launcher.scripted_model.task_grammar import (
     CallMcpTool,
     Fail,
     ReportProgress,
     ReportResult,
+    Silent,
     TaskPromptError,
     WriteFile,
     parse_task_prompt,
@@ -147,6 +154,8 @@ def decide(conversation: Conversation) -> Step:
 def _choose_script(conversation: Conversation) -> Script:
     prompt = conversation.prompt
     tools = Toolbox(conversation)
+    if (assigned := _assigned_task(prompt)) is not None:
+        return _assigned(tools, conversation, *assigned)
     if "submit_tasks" in prompt and (tasks := _tasks_block(prompt)) is not None:
         return _primary(tools, tasks, _int_after(prompt, r"timeout_seconds"))
     if re.search(r"claim_task with task_id \d+", prompt):
@@ -228,6 +237,40 @@ def _worker(tools: Toolbox, conversation: Conversation, task_id: int | None) -> 
     claim = yield tools.call("claim_task", {} if task_id is None else {"task_id": task_id})
     summary = yield from _handle_claim(tools, conversation, claim)
     yield Answer(summary)
+
+
+def _assigned(
+    tools: Toolbox, conversation: Conversation, task: dict[str, Any], fence_token: int | None
+) -> Script:
+    outcome = yield from _perform(tools, conversation, task, fence_token)
+    if outcome.cancelled:
+        yield Answer(f"{FAILED_PREFIX} the task was cancelled")
+    elif not outcome.success:
+        yield Answer(f"{FAILED_PREFIX} {outcome.error}")
+    elif outcome.silent:
+        yield Answer("")
+    else:
+        yield Answer(_summary(outcome))
+
+
+_ASSIGNED_TASK = re.compile(r'<task id="(?P<id>\d+)">\n(?P<prompt>.*)\n</task>', re.DOTALL)
+_WORKING_DIRECTORY = re.compile(r"^Working directory: (?P<path>/.*?)\s*$", re.MULTILINE)
+
+
+def _assigned_task(prompt: str) -> tuple[dict[str, Any], int | None] | None:
+    """The task a per-task prompt carries (id, prompt, working_dir) and the fence to report with, or None."""
+    task = _ASSIGNED_TASK.search(prompt)
+    if task is None:
+        return None
+    directory = _WORKING_DIRECTORY.search(prompt)
+    return (
+        {
+            "id": int(task["id"]),
+            "prompt": task["prompt"],
+            "working_dir": directory["path"] if directory else None,
+        },
+        _int_after(prompt, "fence_token"),
+    )
 
 
 def _session(tools: Toolbox, conversation: Conversation, idle_limit: int, timeout: int | None) -> Script:
@@ -316,6 +359,12 @@ class _Outcome:
     error: str | None = None
     cancelled: bool = False
     result: str | None = None
+    silent: bool = False
+
+
+def _summary(outcome: _Outcome) -> str:
+    """What a successful task's result says: ``RESULT``'s text or what the tools answered, else the files written."""
+    return outcome.result or (f"Wrote {', '.join(outcome.written)}" if outcome.written else "Done.")
 
 
 def _handle_claim(
@@ -336,9 +385,7 @@ def _handle_claim(
         return f"Task {task_id}: cannot report, report_task_completion is not declared."
     arguments: dict[str, Any] = {"task_id": task_id, "fence_token": fence_token, "success": outcome.success}
     if outcome.success:
-        arguments["result"] = outcome.result or (
-            f"Wrote {', '.join(outcome.written)}" if outcome.written else "Done."
-        )
+        arguments["result"] = _summary(outcome)
     else:
         arguments["result"] = f"Failed: {outcome.error}"
         arguments["error"] = outcome.error
@@ -359,9 +406,13 @@ def _perform(
     written: list[str] = []
     reported: str | None = None
     called: list[str] = []
+    silent = False
     for op in operations:
         if isinstance(op, Fail):
             return _Outcome(False, written, op.reason)
+        if isinstance(op, Silent):
+            silent = True
+            continue
         if isinstance(op, ReportResult):
             reported = op.text
             continue
@@ -369,7 +420,8 @@ def _perform(
             name = tools.broker(op.tool)
             if name is None:
                 return _Outcome(False, written, f"the tool {op.tool} is not declared")
-            answer = yield CallTool(name, tools.complete(name, dict(op.arguments)), StepKind.WORK)
+            kind = StepKind.COORDINATION if op.tool in BROKER_TOOLS else StepKind.WORK
+            answer = yield CallTool(name, tools.complete(name, dict(op.arguments)), kind)
             if answer.is_error:
                 return _Outcome(False, written, f"{op.tool} failed: {_first_line(answer.text)}")
             called.append(f"{op.tool}: {_first_line(answer.text)}")
@@ -413,7 +465,7 @@ def _perform(
         if _failed(result):
             return _Outcome(False, written, f"writing {op.path} failed: {_first_line(result.text)}")
         written.append(op.path)
-    return _Outcome(True, written, result=reported or ("; ".join(called) if called else None))
+    return _Outcome(True, written, result=reported or ("; ".join(called) if called else None), silent=silent)
 
 
 def cli_working_dir(conversation: Conversation) -> str | None:

@@ -26,6 +26,9 @@ ignored; every other line must be one of these directives (keywords are case-ins
 ``FAIL <reason>``
     Stop and report the task as failed with this reason (for tests of failure handling).
 
+``SILENT``
+    End the run with an empty final answer (for tests of how an empty answer is handled); the work is done.
+
 ``CALL <tool> <json object>``
     Call the MCP tool ``<tool>`` (under whatever prefix the CLI gives MCP tools) with these arguments, e.g.
     ``CALL files__echo {"text": "hi"}``; the task's result then says what it answered. A tool error fails the task.
@@ -54,6 +57,7 @@ _CREATE = re.compile(
 _PROGRESS = re.compile(r"^PROGRESS\s+(?P<message>\S.*?)\s*$", re.IGNORECASE)
 _FAIL = re.compile(r"^FAIL\s+(?P<reason>\S.*?)\s*$", re.IGNORECASE)
 _CALL = re.compile(r"^CALL\s+(?P<tool>[A-Za-z0-9_.-]+)(?:\s+(?P<arguments>\{.*\}))?\s*$", re.IGNORECASE)
+_SILENT = re.compile(r"^SILENT$", re.IGNORECASE)
 _RESULT = re.compile(r"^RESULT\s+(?P<text>\S.*?)\s*$", re.IGNORECASE)
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[^`]*$")
 
@@ -95,7 +99,12 @@ class CallMcpTool:
     arguments: dict[str, object]
 
 
-Operation = WriteFile | ReportProgress | Fail | ReportResult | CallMcpTool
+@dataclass(frozen=True)
+class Silent:
+    """End with an empty final answer."""
+
+
+Operation = WriteFile | ReportProgress | Fail | ReportResult | CallMcpTool | Silent
 
 
 class TaskPromptError(ValueError):
@@ -149,15 +158,17 @@ def parse_task_prompt(prompt: str) -> list[Operation]:
             operations.append(CallMcpTool(m["tool"], arguments))
         elif m := _RESULT.match(line):
             operations.append(ReportResult(m["text"]))
+        elif _SILENT.match(line):
+            operations.append(Silent())
         else:
             raise TaskPromptError(
                 f"line {number}: cannot understand {line[:80]!r} "
                 "(expected WRITE <path> + fenced block, 'Create the file <path> containing exactly: <text>', "
-                "PROGRESS <message>, FAIL <reason>, CALL <tool> <json> or RESULT <text>)"
+                "PROGRESS <message>, FAIL <reason>, CALL <tool> <json>, RESULT <text> or SILENT)"
             )
     if not operations:
         raise TaskPromptError(
-            "the task prompt asks for nothing (no WRITE, Create, PROGRESS, FAIL, CALL or RESULT line)"
+            "the task prompt asks for nothing (no WRITE, Create, PROGRESS, FAIL, CALL, RESULT or SILENT line)"
         )
     return operations
 

@@ -1,7 +1,229 @@
-"""Fixtures for the launcher tests: the real CLIs (installed once per session, see ``tests/clis.py``)."""
+"""Fixtures for the launcher tests: the real CLIs (installed once per session, see ``tests/clis.py``) and the
+harness of the end-to-end tests that run ``aiswarm launch`` as a process against a real broker process and the
+scripted model (``launch_swarm``)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+from aiswarm_server.broker_client import BrokerClient
+from aiswarm_server.models import Task
+from launcher.scripted_model import ScriptedModelServer
+from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis, clis
 
-__all__ = ["InstalledClis", "clis"]
+__all__ = ["InstalledClis", "LaunchedSwarm", "clis", "launch_swarm", "poll", "started_by"]
+
+T = TypeVar("T")
+TASK_WAIT = 300.0
+
+
+def poll(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll until ``condition()`` is truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def started_by(home: Path) -> list[psutil.Process]:
+    """Every live process whose environment or command line mentions ``home`` (the agents' CLIs)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any(str(home) in v for v in proc.environ().values()) or str(home) in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@dataclass
+class LaunchedSwarm:
+    """A broker process, the scripted model and one ``aiswarm launch`` process working in ``workdir``."""
+
+    broker: BrokerProcess
+    model: ScriptedModelServer
+    launcher: subprocess.Popen[bytes]
+    workdir: Path
+    env: dict[str, str]
+    launcher_log: Path
+    agents: tuple[str, ...]
+    owns_services: bool = True
+    """Whether stopping the swarm stops the broker and the model too (else they serve other launches)."""
+    stopped: bool = field(default=False, init=False)
+
+    @property
+    def home(self) -> Path:
+        """The aiswarm home the broker and the launcher share."""
+        return self.broker.home
+
+    def agent_log(self, agent: str) -> Path:
+        """The launcher's log of ``agent``."""
+        return self.home / "logs" / f"{agent}.log"
+
+    def call(self, action: Callable[[BrokerClient], Awaitable[T]], token: str | None = None) -> T:
+        """Run one broker call as the admin (or the given token)."""
+
+        async def run() -> T:
+            async with BrokerClient(self.broker.url, token or self.broker.admin_token) as client:
+                return await action(client)
+
+        return asyncio.run(run())
+
+    def submit_specs(self, specs: list[dict[str, Any]]) -> list[int]:
+        """Submit tasks (``working_dir`` defaults to the swarm's) through the primary token; returns the ids."""
+        specs = [{"working_dir": str(self.workdir), **spec} for spec in specs]
+        reply = self.call(lambda b: b.submit_tasks(specs), token=self.broker.primary_token)
+        return [t.id for t in reply.tasks]
+
+    def submit(self, files: dict[str, str], title: str = "write") -> list[int]:
+        """Submit one task per file (path → content) in the scripted model's grammar; returns the ids."""
+        return self.submit_specs(
+            [
+                {"title": f"{title} {path}", "prompt": f"WRITE {path}\n```\n{content}\n```\n"}
+                for path, content in files.items()
+            ]
+        )
+
+    def wait_done(self, ids: list[int], timeout: float = TASK_WAIT) -> list[Task]:
+        """Wait until every task finished (completed, failed, dead or cancelled); each task read in full."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reply = self.call(lambda b: b.wait_for_tasks(ids, mode="all", timeout_seconds=20))
+            if reply.done:  # the wait's summaries carry no attempts
+                return [self.call(lambda b, i=i: b.get_task(i)).task for i in ids]
+            self.check_alive()
+        raise AssertionError(f"tasks {ids} not done in {timeout:.0f}s; launcher log:\n{self.tail()}")
+
+    def wait_parked(self, count: int | None = None, timeout: float = 120.0) -> None:
+        """Wait until ``count`` agents (default: all of this launch's) are parked in ``wait_for_next_event``."""
+        wanted = len(self.agents) if count is None else count
+        poll(lambda: self.call(lambda b: b.broker_status()).parked_waits >= wanted, timeout, "agents parked")
+
+    def check_alive(self) -> None:
+        """Fail with the launcher's output if it exited."""
+        if self.launcher.poll() is not None:
+            raise AssertionError(f"launcher exited {self.launcher.returncode}:\n{self.tail()}")
+
+    def tail(self) -> str:
+        """The end of the launcher's output and of each agent log."""
+        parts = [self.launcher_log.read_text(errors="replace")[-3000:]]
+        for agent in self.agents:
+            if self.agent_log(agent).exists():
+                parts.append(f"--- {agent}\n" + self.agent_log(agent).read_text(errors="replace")[-4000:])
+        return "\n".join(parts)
+
+    def cli_process(self, agent: str) -> psutil.Process | None:
+        """The running CLI of ``agent``: the launcher's child whose environment points at the agent's home."""
+        root = str(self.home / "agents" / agent)
+        for child in psutil.Process(self.launcher.pid).children():
+            try:
+                if root in child.environ().values():
+                    return child
+            except psutil.Error:
+                continue
+        return None
+
+    def stop(self) -> None:
+        """SIGINT the launcher (killed if it lingers), kill what its agents left, then stop what it owns (once)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.launcher.poll() is None:
+            self.launcher.send_signal(signal.SIGINT)
+            try:
+                self.launcher.wait(60)
+            except subprocess.TimeoutExpired:
+                self.launcher.kill()
+                self.launcher.wait()
+        broker_pid = self.broker.process.pid if self.broker.process else None
+        for agent in self.agents:
+            for proc in started_by(self.home / "agents" / agent):
+                if proc.pid != broker_pid:
+                    proc.kill()
+        if self.owns_services:
+            self.model.stop()
+            self.broker.stop()
+
+
+LaunchSwarm = Callable[..., LaunchedSwarm]
+
+
+@pytest.fixture(scope="module")
+def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchSwarm]:
+    """Start ``aiswarm launch --cli MIX`` (``agents`` names what it runs) against a broker and the scripted model.
+
+    ``launch_swarm(cli="qwen,gemini", agents=("qwen-1", "gemini-1"))`` starts a new broker and model for that
+    launch; pass ``broker=`` and ``model=`` to share running ones between launches. ``args`` are added to the
+    command line, ``broker_env`` to the broker's. Every launch is stopped when the module ends.
+    """
+    started: list[LaunchedSwarm] = []
+
+    def launch(
+        *,
+        cli: str,
+        agents: tuple[str, ...],
+        args: tuple[str, ...] = (),
+        broker: BrokerProcess | None = None,
+        model: ScriptedModelServer | None = None,
+        broker_env: dict[str, str] | None = None,
+        name: str = "launch",
+    ) -> LaunchedSwarm:
+        root = tmp_path_factory.mktemp(name)
+        workdir, user_home = root / "work", root / "user"
+        for directory in (workdir, user_home):
+            directory.mkdir()
+        owns = broker is None
+        if broker is None:
+            env = {"AISWARM_LEASE_SECONDS": "120", "AISWARM_LOG_FORMAT": "json", **(broker_env or {})}
+            broker = BrokerProcess(root / "home", env).start()
+        model = model or ScriptedModelServer().start()
+        env = {
+            **os.environ,
+            "PATH": clis.path_env(),
+            "HOME": str(user_home),  # no user logins are carried into the agents' homes
+            "AISWARM_HOME": str(broker.home),
+            "NO_COLOR": "1",
+            "AISWARM_LOG_FORMAT": "json",
+        }
+        env.pop("AISWARM_TOKEN", None)
+        launcher_log = root / "launcher.log"
+        with open(launcher_log, "wb") as out:
+            launcher = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "aiswarm_server", "launch", "--agents", str(len(agents))),
+                    *("--cli", cli, "--url", broker.url, "--model-endpoint", model.url),
+                    *("--dir", str(workdir), "--grace", "5", "--no-ui", *args),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        swarm = LaunchedSwarm(broker, model, launcher, workdir, env, launcher_log, agents, owns)
+        started.append(swarm)
+        return swarm
+
+    try:
+        yield launch
+    finally:
+        for swarm in reversed(started):
+            swarm.stop()

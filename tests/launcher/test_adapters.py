@@ -631,3 +631,69 @@ def test_real_cli_starts_from_the_private_home(
         config = json.loads(resolved.stdout)
         assert config["mcp"]["aiswarm"]["url"] == BROKER
         assert config["model"] == "anthropic/claude-sonnet-4"
+
+
+# --- final answer (the task's result in per-task mode) ------------------------------------------
+
+FINAL_ANSWERS = [
+    (
+        "qwen",
+        json.dumps(
+            [
+                {"type": "system", "subtype": "init"},
+                {"type": "assistant", "message": {"content": [{"type": "text", "text": "Writing it."}]}},
+                {
+                    "type": "result",
+                    "subtype": "success",
+                    "is_error": False,
+                    "result": "Wrote a.txt\nall good",
+                },
+            ]
+        ),
+        "Wrote a.txt\nall good",
+    ),
+    ("qwen", json.dumps([{"type": "result", "is_error": True, "result": "API Error: 401"}]), ""),
+    ("gemini", json.dumps({"session_id": "s", "response": "Wrote a.txt", "stats": {}}), "Wrote a.txt"),
+    ("gemini", json.dumps({"error": {"message": "quota", "code": 429}}), ""),
+    (
+        "opencode",
+        "\n".join(
+            json.dumps(e)
+            for e in [
+                {"type": "step_start", "part": {"type": "step-start"}},
+                {"type": "text", "part": {"type": "text", "text": "Let me write it."}},
+                {"type": "tool_use", "part": {"type": "tool", "tool": "write"}},
+                {"type": "step_finish", "part": {"type": "step-finish"}},
+                {"type": "step_start", "part": {"type": "step-start"}},
+                {"type": "text", "part": {"type": "text", "text": "Wrote a.txt"}},
+                {"type": "step_finish", "part": {"type": "step-finish"}},
+            ]
+        ),
+        "Wrote a.txt",
+    ),
+    (
+        "codex",
+        "\n".join(
+            [
+                '{"type":"item.completed","item":{"id":"i0","type":"agent_message","text":"On it."}}',
+                '{"type":"item.completed","item":{"id":"i1","type":"command_execution","command":"ls"}}',
+                '{"type":"item.completed","item":{"id":"i2","type":"agent_message","text":"Wrote a.txt"}}',
+                '{"type":"turn.completed","usage":{"input_tokens":1,"output_tokens":1}}',
+            ]
+        ),
+        "Wrote a.txt",
+    ),
+    ("claude", json.dumps({"type": "result", "is_error": False, "result": "Wrote a.txt"}), "Wrote a.txt"),
+    ("claude", json.dumps({"type": "result", "is_error": True, "result": "API Error: 401"}), ""),
+]
+
+
+@pytest.mark.parametrize(("cli", "stdout", "answer"), FINAL_ANSWERS)
+def test_the_final_answer_is_the_text_the_model_ended_with(cli: str, stdout: str, answer: str) -> None:
+    assert get_adapter(cli).final_answer(stdout) == answer
+
+
+@pytest.mark.parametrize("cli", ["qwen", "gemini", "opencode", "codex", "claude"])
+def test_no_final_answer_when_the_output_has_none(cli: str) -> None:
+    assert get_adapter(cli).final_answer("") == ""
+    assert get_adapter(cli).final_answer("not json at all") == ""

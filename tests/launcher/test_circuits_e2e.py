@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import pytest
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis
-from tests.launcher.test_launch_e2e import Swarm, poll, started_by
+from tests.launcher.conftest import LaunchedSwarm, poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -38,7 +37,7 @@ def launched(
     args: list[str],
     config: str = "",
     extra_env: dict[str, str] | None = None,
-) -> Iterator[Swarm]:
+) -> Iterator[LaunchedSwarm]:
     """A broker, the scripted model (``{model}`` in ``config`` and ``args`` is its URL) and ``aiswarm launch ARGS``."""
     home, workdir, user_home = root / "home", root / "work", root / "user"
     for d in (home, workdir, user_home):
@@ -77,23 +76,11 @@ def launched(
             stdin=subprocess.DEVNULL,
             env=env,
         )
-    swarm = Swarm(broker, model, launcher, home, workdir, env, launcher_log)
+    swarm = LaunchedSwarm(broker, model, launcher, workdir, env, launcher_log, ("qwen-1", "gemini-1"))
     try:
         yield swarm
     finally:
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGINT)
-            try:
-                launcher.wait(30)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.wait()
-        broker_pid = broker.process.pid if broker.process else None
-        for proc in started_by(home):
-            if proc.pid != broker_pid:
-                proc.kill()
-        model.stop()
-        broker.stop()
+        swarm.stop()
 
 
 PROVIDERS = """
@@ -181,7 +168,7 @@ def test_a_401_mid_run_releases_the_task_opens_the_circuit_and_the_probe_closes_
         assert {f"#{t.id}" for t in [*tasks, task]} <= by_task
 
 
-def aiswarm(swarm: Swarm, *args: str) -> str:
+def aiswarm(swarm: LaunchedSwarm, *args: str) -> str:
     """Run an ``aiswarm`` command against the swarm's broker; its stdout."""
     done = subprocess.run(
         [sys.executable, "-m", "aiswarm_server", *args, "--url", swarm.broker.url],

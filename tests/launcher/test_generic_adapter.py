@@ -71,6 +71,10 @@ where = { type = "result" }
 input_tokens = "usage.input_tokens"
 output_tokens = "usage.output_tokens"
 
+[clis.qwen-plain.answer]
+where = { type = "result", is_error = false }
+text = "result"
+
 [clis.qwen-plain.errors]
 exit_codes = { 53 = "turn_limit", 55 = "turn_limit" }
 where = { type = "result", is_error = true }
@@ -116,6 +120,10 @@ sum = true
 where = { type = "step_finish" }
 input_tokens = "part.tokens.input"
 output_tokens = "part.tokens.output"
+
+[clis.opencode-plain.answer]
+where = { type = "text" }
+text = "part.text"
 
 [clis.opencode-plain.errors]
 where = { type = "error" }
@@ -279,6 +287,15 @@ def test_usage_and_errors_are_read_where_the_description_says() -> None:
     assert summed is not None
     assert (summed.input_tokens, summed.output_tokens, summed.total_tokens, summed.requests) == (60, 6, 66, 3)
     assert get_adapter("tomly").parse_usage("no json") is None
+
+
+def test_the_final_answer_is_read_where_the_description_says_else_it_is_the_whole_output() -> None:
+    answered = json.dumps([{"type": "result", "is_error": False, "result": "Wrote a.txt"}])
+    assert get_adapter("qwen-plain").final_answer(answered) == "Wrote a.txt"
+    assert get_adapter("qwen-plain").final_answer(QWEN_401) == ""
+    texts = "\n".join(json.dumps({"type": "text", "part": {"text": t}}) for t in ("first", "last"))
+    assert get_adapter("opencode-plain").final_answer(texts) == "last"
+    assert get_adapter("tomly").final_answer("  plain words\n") == "plain words"
 
 
 @pytest.mark.parametrize(

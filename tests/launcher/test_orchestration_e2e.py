@@ -29,7 +29,7 @@ from aiswarm_server.broker_client import BrokerClient
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis
-from tests.launcher.test_launch_e2e import started_by
+from tests.launcher.conftest import started_by
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,6 @@ from launcher.cli_run import RunResult
 from launcher.cool_downs import CoolDowns, backoff_delay
 from launcher.errors import LaunchError
 from launcher.personas import Persona
-from launcher.prompts import session_prompt, task_prompt
 from launcher.supervisor import AgentRun, LaunchConfig, Supervisor
 
 REVIEWER = Persona(
@@ -56,15 +55,6 @@ def test_bad_mixes_are_refused_with_one_line(count: int, mix: str, error: type[E
     with pytest.raises(error) as raised:
         plan_agents(count, mix, [])
     assert "\n" not in str(raised.value)
-
-
-def test_task_prompt_names_the_reserved_task_and_never_the_wait_tool() -> None:
-    prompt = task_prompt("qwen-1", 42, REVIEWER)
-    assert "claim_task with task_id 42" in prompt
-    assert "report_task_completion with task_id 42" in prompt
-    assert "Review carefully." in prompt
-    assert "wait_for_next_event" not in prompt  # a per-task run must not start polling the broker itself
-    assert "wait_for_next_event" in session_prompt("qwen-1", None)
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -140,6 +130,9 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Pat
 
         def parse_usage(self, stdout: str) -> None:
             return None
+
+        def final_answer(self, stdout: str) -> str:
+            return stdout
 
         def return_logins(self, home: object) -> list[Path]:
             return []
@@ -218,6 +211,9 @@ def test_a_prompt_on_stdin_reaches_the_cli_whole(tmp_path: Path) -> None:
         def parse_usage(self, stdout: str) -> None:
             seen.append(stdout)
 
+        def final_answer(self, stdout: str) -> str:
+            return stdout
+
         def return_logins(self, home: object) -> list[Path]:
             return []
 
@@ -267,6 +263,9 @@ def test_refreshed_logins_are_returned_while_the_cli_runs_and_after(
 
         def parse_usage(self, stdout: str) -> None:
             return None
+
+        def final_answer(self, stdout: str) -> str:
+            return stdout
 
         def return_logins(self, home: object) -> list[Path]:
             calls.append(supervisor.views["qwen-1"].pid is not None)

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from aiswarm_server.replies import ClaimedTask
+from launcher.prompts import task_prompt
 from launcher.scripted_model.conversation import (
     Conversation,
     ToolCall,
@@ -129,6 +131,57 @@ def test_worker_claims_named_task_writes_with_own_tool_and_reports(cli: str, tmp
         {"task_id": 12, "fence_token": 5, "success": True, "result": "Wrote out/hello.txt"}
     ]
     assert "Wrote out/hello.txt" in answer
+
+
+def assigned_prompt(prompt: str, working_dir: Path, task_id: int = 12) -> str:
+    """What the launcher tells a per-task CLI (the real prompt, so the policy and the prompt cannot drift)."""
+    task = ClaimedTask(
+        id=task_id, title="t", prompt=prompt, priority=0, persona=None, capabilities=[], depends_on=[],
+        working_dir=str(working_dir), timeout_seconds=60, failures=0, error=None,
+    )  # fmt: skip
+    return task_prompt("qwen-1", task, 7, working_dir, None)
+
+
+@pytest.mark.parametrize("cli", ["qwen", "gemini", "opencode", "claude", "codex"])
+def test_a_per_task_prompt_is_done_from_the_prompt_with_no_broker_call_and_answered(
+    cli: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "a dir with spaces"
+    world = FakeWorld(tmp_path, "unused")
+    answer, calls = play(conversation(cli, assigned_prompt(WRITE_TASK, work)), world)
+
+    assert (work / "out" / "hello.txt").read_text() == "hi\n"
+    assert [c.kind for c in calls] == [StepKind.WORK]
+    assert answer == "Wrote out/hello.txt" and world.reports == []
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answer"),
+    [
+        ("FAIL the disk is on fire", "FAILED: the disk is on fire"),
+        ("WRITE a.txt\n```\nx\n```\nSILENT", ""),
+        ("RESULT looks good to me", "looks good to me"),
+        ("Do something vague.", "FAILED: cannot do this task: line 1: cannot understand"),
+    ],
+)
+def test_a_per_task_answer_is_the_result_or_says_failed_on_its_first_line(
+    prompt: str, answer: str, tmp_path: Path
+) -> None:
+    said, calls = play(conversation("qwen", assigned_prompt(prompt, tmp_path)), FakeWorld(tmp_path, "unused"))
+    assert said.startswith(answer) and (said == "") == (answer == "")
+    assert all(c.kind is StepKind.WORK for c in calls)
+
+
+def test_a_per_task_progress_line_reports_with_the_fence_from_the_prompt(tmp_path: Path) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def world(name: str, args: dict[str, Any]) -> str:
+        seen.append((name, args))
+        return '{"task_id": 3, "lease_expires_at": 1.0, "message": "ok"}'
+
+    answer, calls = play(conversation("gemini", assigned_prompt("PROGRESS half way", tmp_path, 3)), world)
+    assert seen == [("mcp_aiswarm_report_progress", {"task_id": 3, "fence_token": 7, "message": "half way"})]
+    assert [c.kind for c in calls] == [StepKind.COORDINATION] and answer == "Done."
 
 
 def test_worker_without_a_task_id_claims_with_no_arguments(tmp_path: Path) -> None:
