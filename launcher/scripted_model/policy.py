@@ -315,7 +315,7 @@ def _primary(tools: Toolbox, tasks: list[Any], timeout: int | None) -> Script:
     ids = [t["id"] for t in listed or [] if isinstance(t, dict) and "id" in t]
     if payload is not None and payload.get("done") is True and ids:
         # A client speaking MCP Tasks followed the task itself: the submit's result is the finished tasks.
-        yield Answer(_summary(payload))
+        yield Answer(_primary_summary(payload))
         return
     if submitted.is_error or not ids:
         yield Answer(f"Submitting the tasks failed: {_first_line(submitted.text)}")
@@ -333,10 +333,10 @@ def _primary(tools: Toolbox, tasks: list[Any], timeout: int | None) -> Script:
         if waited.get("done"):
             break
     assert waited is not None
-    yield Answer(_summary(waited))
+    yield Answer(_primary_summary(waited))
 
 
-def _summary(waited: dict[str, Any]) -> str:
+def _primary_summary(waited: dict[str, Any]) -> str:
     """The primary's answer from a ``wait_for_tasks`` reply: a head line, then one line per task."""
     lines = [
         f"Task {t.get('id')} ({t.get('title')}): {t.get('status')} - {t.get('result') or t.get('error') or ''}".rstrip(
