@@ -95,6 +95,10 @@ class EventKind(StrEnum):
     TASK_AVAILABLE = "task_available"
     TASK_CANCELLED = "task_cancelled"
     LEASE_LOST = "lease_lost"
+    QUESTION_ANSWERED = "question_answered"  # the primary answered the agent's question (detail: the answer)
+    QUESTION_EXPIRED = (
+        "question_expired"  # its deadline passed unanswered (detail: continue, or the attempt failed)
+    )
 
 
 class AttemptOutcome(StrEnum):
@@ -107,6 +111,50 @@ class AttemptOutcome(StrEnum):
     AGENT_LOST = "agent_lost"
     RELEASED = "released"  # handed back cleanly (graceful stop); does not count as a failure
     CANCELLED = "cancelled"
+    UNANSWERED = "unanswered"  # its question said to fail without an answer, and none came by the deadline
+
+
+class QuestionStatus(StrEnum):
+    """Where a worker's question to the primary is: waiting for an answer, or closed and how."""
+
+    OPEN = "open"
+    ANSWERED = "answered"
+    EXPIRED = "expired"  # its deadline passed unanswered
+    WITHDRAWN = "withdrawn"  # the attempt that asked it ended first (completed, cancelled, expired ...)
+
+
+class OnUnanswered(StrEnum):
+    """What happens when a question's deadline passes unanswered."""
+
+    CONTINUE = "continue"  # the worker carries on with its own judgement
+    FAIL = "fail"  # the attempt fails, and the task with it (not retried: a new attempt would ask again)
+
+
+class Question(BaseModel):
+    """A question a worker asked the primary about the task it holds, under the fence of its attempt."""
+
+    id: int
+    task_id: int
+    fence_token: int
+    agent: str
+    question: str
+    options: list[str] = Field(default_factory=list)
+    on_timeout: OnUnanswered = OnUnanswered.CONTINUE
+    status: QuestionStatus = QuestionStatus.OPEN
+    asked_at: float
+    deadline_at: float = Field(description="Answer by then, or on_timeout applies.")
+    answer: str | None = None
+    answered_by: str | None = None
+    answered_at: float | None = None
+
+
+class NewQuestion(BaseModel):
+    """A question as the service passes it to the store (checked, deadline not yet capped by the task's)."""
+
+    question: str
+    options: list[str] = Field(default_factory=list)
+    on_timeout: OnUnanswered = OnUnanswered.CONTINUE
+    answer_within_seconds: float
 
 
 class Identity(BaseModel):
@@ -219,6 +267,12 @@ class Task(BaseModel):
     merge_detail: str | None = None
     conflict_files: list[str] = Field(default_factory=list)
     diff_stat: str | None = None
+    question: Question | None = Field(
+        default=None, description="The open question its worker asked you: answer it with answer_question."
+    )
+    questions: list[Question] = Field(
+        default_factory=list, description="Every question asked about the task (get_task only), oldest first."
+    )
 
     def fits(self, persona: str | None, capabilities: Iterable[str]) -> bool:
         """Whether an agent with this persona and these capabilities may take the task."""
@@ -401,3 +455,4 @@ class TaskChange(BaseModel):
     claimable: list[Task] = Field(default_factory=list)  # tasks that became pending
     finished: list[int] = Field(default_factory=list)  # tasks that reached a terminal status
     notified_agents: list[str] = Field(default_factory=list)  # agents that got a new event
+    questions: list[int] = Field(default_factory=list)  # tasks whose question was asked, answered or closed

@@ -19,6 +19,9 @@ from aiswarm_server.models import (
     Event,
     EventKind,
     Identity,
+    OnUnanswered,
+    Question,
+    QuestionStatus,
     Role,
     Task,
     TaskStatus,
@@ -130,6 +133,25 @@ def event_from_row(row: Row) -> Event:
         task_id=row["task_id"],
         detail=row["detail"],
         created_at=row["created_at"],
+    )
+
+
+def question_from_row(row: Row) -> Question:
+    """A question row."""
+    return Question(
+        id=row["id"],
+        task_id=row["task_id"],
+        fence_token=row["fence_token"],
+        agent=row["agent"],
+        question=row["question"],
+        options=labels(row["options"]),
+        on_timeout=OnUnanswered(row["on_timeout"]),
+        status=QuestionStatus(row["status"]),
+        asked_at=row["asked_at"],
+        deadline_at=row["deadline_at"],
+        answer=row["answer"],
+        answered_by=row["answered_by"],
+        answered_at=row["answered_at"],
     )
 
 
