@@ -23,6 +23,8 @@ from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import UsageRecord
 from aiswarm_server.replies import (
     AgentsReply,
+    AnswerReply,
+    AskReply,
     AgentStatusReply,
     ClaimReply,
     CompletionReply,
@@ -187,6 +189,13 @@ class BrokerClient:
             "report_task_completion", CompletionReply, task_id=task_id, fence_token=fence_token, **kwargs
         )
 
+    async def ask_primary(self, task_id: int, fence_token: int, question: str, **kwargs: Any) -> AskReply:
+        """Ask the primary about a held task and wait for the answer (``options``, ``on_timeout``,
+        ``answer_within_seconds``, ``wait_seconds`` as the tool takes them)."""
+        return await self.call(
+            "ask_primary", AskReply, task_id=task_id, fence_token=fence_token, question=question, **kwargs
+        )
+
     async def update_heartbeat(self) -> HeartbeatReply:
         """Tell the broker this worker is alive; renews its lease."""
         return await self.call("update_heartbeat", HeartbeatReply)
@@ -219,6 +228,10 @@ class BrokerClient:
         return await self.call(
             "wait_for_tasks", WaitTasksReply, task_ids=task_ids, mode=mode, timeout_seconds=timeout_seconds
         )
+
+    async def answer_question(self, task_id: int, answer: str) -> AnswerReply:
+        """Answer the open question of a task's worker."""
+        return await self.call("answer_question", AnswerReply, task_id=task_id, answer=answer)
 
     async def cancel_task(self, task_id: int, reason: str | None = None) -> TaskReply:
         """Cancel a task that has not finished."""
