@@ -1149,6 +1149,11 @@ def _describe_task(task: Task) -> str:
             return f"Task #{task.id} {task.status.value}: {task.error}. Resubmit it (changed) if it still matters."
         case TaskStatus.CANCELLED:
             return f"Task #{task.id} was cancelled: {task.error}."
+        case TaskStatus.CLAIMED if task.question is not None:
+            return (
+                f"Task #{task.id}'s worker {task.claimed_by} asks: {task.question.question!r}. Answer with "
+                f"answer_question(task_id={task.id}, answer=...)."
+            )
         case TaskStatus.CLAIMED:
             return f"Task #{task.id} is being worked on by {task.claimed_by}. Call wait_for_tasks to wait for it."
         case TaskStatus.BLOCKED:

@@ -23,9 +23,9 @@ from aiswarm_server.config import BrokerSettings
 from aiswarm_server.models import UsageRecord
 from aiswarm_server.replies import (
     AgentsReply,
+    AgentStatusReply,
     AnswerReply,
     AskReply,
-    AgentStatusReply,
     ClaimReply,
     CompletionReply,
     HeartbeatReply,

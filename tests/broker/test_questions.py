@@ -37,13 +37,16 @@ async def test_an_answer_reaches_the_worker_waiting_in_ask_primary_and_its_next_
     asking = asyncio.create_task(
         abroker.ask_primary(worker("a"), task_id, fence, QUESTION, options=["keep", "break"], wait_seconds=30)
     )
-    for _ in range(200):  # the question is on the task, for the primary to see
-        task = (await abroker.get_task(task_id)).task
+    task = (await abroker.get_task(task_id)).task
+    for _ in range(500):  # the question is on the task, for the primary to see
         if task.question is not None:
             break
         await asyncio.sleep(0.01)
+        task = (await abroker.get_task(task_id)).task
     assert task.question is not None and task.question.options == ["keep", "break"]
-    assert [t.question.question for t in (await abroker.list_tasks(None, 10)).tasks if t.question] == [QUESTION]
+    assert [t.question.question for t in (await abroker.list_tasks(None, 10)).tasks if t.question] == [
+        QUESTION
+    ]
 
     answered = await abroker.answer_question(PRIMARY, task_id, "keep")
     reply = await asyncio.wait_for(asking, 10)
@@ -88,9 +91,13 @@ async def test_asking_again_keeps_waiting_on_the_same_question_and_one_is_open_a
     assert len((await abroker.get_task(task_id)).task.questions) == 1
 
 
-async def test_the_lease_holds_while_the_worker_waits_for_an_answer(abroker: Broker, clock: FakeClock) -> None:
+async def test_the_lease_holds_while_the_worker_waits_for_an_answer(
+    abroker: Broker, clock: FakeClock
+) -> None:
     task_id, fence = await claimed(abroker, "a")  # lease 60 s in the test settings
-    await abroker.ask_primary(worker("a"), task_id, fence, QUESTION, answer_within_seconds=600, wait_seconds=0)
+    await abroker.ask_primary(
+        worker("a"), task_id, fence, QUESTION, answer_within_seconds=600, wait_seconds=0
+    )
     clock.advance(300)
     await abroker.sweep()
     task = (await abroker.get_task(task_id)).task
@@ -101,7 +108,9 @@ async def test_an_unanswered_question_that_says_continue_lets_the_worker_go_on(
     abroker: Broker, clock: FakeClock
 ) -> None:
     task_id, fence = await claimed(abroker, "a")
-    await abroker.ask_primary(worker("a"), task_id, fence, QUESTION, answer_within_seconds=120, wait_seconds=0)
+    await abroker.ask_primary(
+        worker("a"), task_id, fence, QUESTION, answer_within_seconds=120, wait_seconds=0
+    )
     clock.advance(121)
     await abroker.sweep()
 
@@ -116,7 +125,9 @@ async def test_an_unanswered_question_that_says_continue_lets_the_worker_go_on(
     assert again.status is QuestionStatus.EXPIRED and "own judgement" in again.message
     with pytest.raises(InvalidRequest, match="went unanswered past its deadline"):
         await abroker.answer_question(PRIMARY, task_id, "too late")
-    done = await abroker.report_task_completion(worker("a"), task_id, fence, success=True, result="chose keep")
+    done = await abroker.report_task_completion(
+        worker("a"), task_id, fence, success=True, result="chose keep"
+    )
     assert done.status is TaskStatus.COMPLETED
 
 
@@ -145,7 +156,9 @@ async def test_an_unanswered_question_that_says_fail_fails_the_task_without_retr
         await abroker.report_task_completion(worker("a"), task_id, fence, success=True, result="late")
 
 
-async def test_the_question_deadline_never_outlives_the_task_timeout(abroker: Broker, clock: FakeClock) -> None:
+async def test_the_question_deadline_never_outlives_the_task_timeout(
+    abroker: Broker, clock: FakeClock
+) -> None:
     task_id, fence = await claimed(abroker, "a", timeout_seconds=100)
     reply = await abroker.ask_primary(
         worker("a"), task_id, fence, QUESTION, answer_within_seconds=3600, wait_seconds=0
@@ -166,7 +179,9 @@ async def test_a_stale_fence_cannot_ask(abroker: Broker, clock: FakeClock) -> No
     assert (await abroker.get_task(task_id)).task.questions == []
 
 
-async def test_a_worker_cannot_answer_and_a_task_without_a_question_refuses_an_answer(abroker: Broker) -> None:
+async def test_a_worker_cannot_answer_and_a_task_without_a_question_refuses_an_answer(
+    abroker: Broker,
+) -> None:
     task_id, fence = await claimed(abroker, "a")
     with pytest.raises(InvalidRequest, match="asked none"):
         await abroker.answer_question(PRIMARY, task_id, "yes")
