@@ -36,7 +36,9 @@ async def test_a_question_wakes_wait_for_tasks_and_the_answer_ends_the_workers_a
     ):
         task_id, fence = await holding(primary, worker, f"decide {mode}")
         asking = asyncio.create_task(
-            worker.ask_primary(task_id, fence, "Keep the old API?", options=["keep", "break"], wait_seconds=120)
+            worker.ask_primary(
+                task_id, fence, "Keep the old API?", options=["keep", "break"], wait_seconds=120
+            )
         )
         waited = await primary.wait_for_tasks([task_id], timeout_seconds=120)
         assert not waited.done and [q.question for q in waited.questions] == ["Keep the old API?"]
@@ -71,7 +73,9 @@ async def test_an_answer_given_after_the_ask_returned_reaches_the_workers_next_w
         await primary.answer_question(task_id, "8080")
         event = await asyncio.wait_for(waiting, 120)
 
-        assert [(e.kind, e.task_id, e.detail) for e in event.events] == [("question_answered", task_id, "8080")]
+        assert [(e.kind, e.task_id, e.detail) for e in event.events] == [
+            ("question_answered", task_id, "8080")
+        ]
 
 
 async def test_an_unanswered_question_lets_the_waiting_worker_continue_at_its_deadline(
