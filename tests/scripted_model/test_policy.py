@@ -369,19 +369,19 @@ def test_an_open_question_is_waited_for_with_a_new_cursor_each_time(tmp_path: Pa
     assert world.reports[0]["result"] == "port 8080"
 
 
-def test_a_question_past_its_deadline_goes_on_by_its_own_judgement_or_stops(tmp_path: Path) -> None:
-    for on_timeout, success in (("continue", True), ("fail", False)):
-        world = FakeWorld(tmp_path, "ASK Which port?\nRESULT port {answer}")
+@pytest.mark.parametrize("on_timeout", ["continue", "fail"])
+def test_a_question_past_its_deadline_goes_on_by_its_own_judgement_or_stops(
+    on_timeout: str, tmp_path: Path
+) -> None:
+    world = FakeWorld(tmp_path, "ASK Which port?\nRESULT port {answer}")
 
-        def execute(name: str, args: dict[str, Any], on_timeout: str = on_timeout) -> str:
-            if name.endswith("ask_primary"):
-                return json.dumps(
-                    {"status": "expired", "on_timeout": on_timeout, "message": "attempt failed"}
-                )
-            return world(name, args)
+    def execute(name: str, args: dict[str, Any]) -> str:
+        if name.endswith("ask_primary"):
+            return json.dumps({"status": "expired", "on_timeout": on_timeout, "message": "attempt failed"})
+        return world(name, args)
 
-        answer, _ = play(conversation("qwen", "Call claim_task with task_id 4.", ASKING), execute)
-        if success:
-            assert world.reports[0]["result"] == "port (no answer: my own judgement)"
-        else:
-            assert world.reports == [] and "cancelled" in answer  # the attempt is over: nothing to report
+    answer, _ = play(conversation("qwen", "Call claim_task with task_id 4.", ASKING), execute)
+    if on_timeout == "continue":
+        assert world.reports[0]["result"] == "port (no answer: my own judgement)"
+    else:
+        assert world.reports == [] and "cancelled" in answer  # the attempt is over: nothing to report
