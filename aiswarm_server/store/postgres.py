@@ -429,7 +429,7 @@ class PostgresStore(PostgresDatabase, Store):
                 fence,
                 agent,
             )
-            await _close_questions(db, task_id, fence)
+            await _close_question(db, task_id, row["question_id"])
             change.task = task_from_row(updated)
             change.finished.append(task_id)
             await _unblock_dependents(db, task_id, now, change)
@@ -498,7 +498,9 @@ class PostgresStore(PostgresDatabase, Store):
             return change
         holder = row["claimed_by"] if status is TaskStatus.CLAIMED else None
         if holder:
-            await _end_attempt(db, task_id, row["fence_token"], AttemptOutcome.CANCELLED, reason, now)
+            await _end_attempt(
+                db, task_id, row["fence_token"], AttemptOutcome.CANCELLED, reason, now, row["question_id"]
+            )
             await _free_agent(db, holder, task_id)
             await _append_event(db, holder, EventKind.TASK_CANCELLED, task_id, reason, now)
             change.notified_agents.append(holder)
@@ -884,7 +886,13 @@ async def _expire_question(db: Db, question: Question, now: float, lease: float,
 
 
 async def _end_attempt(
-    db: Db, task_id: int, fence: int, outcome: AttemptOutcome, error: str | None, now: float
+    db: Db,
+    task_id: int,
+    fence: int,
+    outcome: AttemptOutcome,
+    error: str | None,
+    now: float,
+    question_id: int | None = None,
 ) -> None:
     await db.execute(
         "UPDATE attempts SET outcome = $1, error = $2, finished_at = $3 WHERE task_id = $4 AND fence_token = $5",
@@ -894,20 +902,17 @@ async def _end_attempt(
         task_id,
         fence,
     )
-    # A question the attempt left open closes with it (nobody is left to read its answer).
-    await _close_questions(db, task_id, fence)
+    await _close_question(db, task_id, question_id)
 
 
-async def _close_questions(db: Db, task_id: int, fence: int) -> None:
-    withdrawn = await db.fetchval(
-        "UPDATE tasks SET question_id = NULL WHERE id = $1 AND question_id IS NOT NULL RETURNING id", task_id
-    )
-    if withdrawn is not None:
+async def _close_question(db: Db, task_id: int, question_id: int | None) -> None:
+    """The question an ending attempt left open (``question_id``, the task row's) closes with it: nobody is left
+    to read its answer. No statement for a task without one: this is the hot path."""
+    if question_id is not None:
         await db.execute(
-            "UPDATE questions SET status = 'withdrawn' WHERE task_id = $1 AND fence_token = $2 AND status = 'open'",
-            task_id,
-            fence,
+            "UPDATE questions SET status = 'withdrawn' WHERE id = $1 AND status = 'open'", question_id
         )
+        await db.execute("UPDATE tasks SET question_id = NULL WHERE id = $1", task_id)
 
 
 async def _free_agent(db: Db, agent: str, task_id: int) -> None:
@@ -980,7 +985,7 @@ async def _requeue_or_bury(
 ) -> None:
     """End the running attempt and put the task back in the queue, or end it, as :func:`rules.after_attempt` says."""
     task_id, agent = row["id"], row["claimed_by"]
-    await _end_attempt(db, task_id, row["fence_token"], ended, why, now)
+    await _end_attempt(db, task_id, row["fence_token"], ended, why, now, row["question_id"])
     if agent:
         await _free_agent(db, agent, task_id)
     delay = rules.RetryDelay(row["retry_delay_seconds"], row["retry_backoff"])

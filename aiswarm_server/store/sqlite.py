@@ -365,7 +365,7 @@ class SqliteStore(SqliteDatabase, Store):
                 return change
             raise
         if report.success:
-            _end_attempt(db, task_id, fence, AttemptOutcome.COMPLETED, None, now)
+            _end_attempt(db, task_id, fence, AttemptOutcome.COMPLETED, None, now, row["question_id"])
             _free_agent(db, agent, task_id)
             updated = db.execute(
                 """UPDATE tasks SET status = 'completed', result = ?, data = ?, error = NULL, lease_expires_at = NULL,
@@ -421,7 +421,9 @@ class SqliteStore(SqliteDatabase, Store):
             return change
         holder = row["claimed_by"] if status is TaskStatus.CLAIMED else None
         if holder:
-            _end_attempt(db, task_id, row["fence_token"], AttemptOutcome.CANCELLED, reason, now)
+            _end_attempt(
+                db, task_id, row["fence_token"], AttemptOutcome.CANCELLED, reason, now, row["question_id"]
+            )
             _free_agent(db, holder, task_id)
             _append_event(db, holder, EventKind.TASK_CANCELLED, task_id, reason, now)
             change.notified_agents.append(holder)
@@ -766,22 +768,25 @@ def _start_attempt(db: Db, task: sqlite3.Row, agent: str, now: float) -> None:
 
 
 def _end_attempt(
-    db: Db, task_id: int, fence: int, outcome: AttemptOutcome, error: str | None, now: float
+    db: Db,
+    task_id: int,
+    fence: int,
+    outcome: AttemptOutcome,
+    error: str | None,
+    now: float,
+    question_id: int | None = None,
 ) -> None:
+    """End the attempt under ``fence``; the question it left open (``question_id``, the task row's) closes with
+    it, since nobody is left to read its answer. No statement for a task without one: this is the hot path."""
     db.execute(
         "UPDATE attempts SET outcome = ?, error = ?, finished_at = ? WHERE task_id = ? AND fence_token = ?",
         (outcome.value, error, now, task_id, fence),
     )
-    # A question the attempt left open closes with it (nobody is left to read its answer).
-    withdrawn = db.execute(
-        "UPDATE tasks SET question_id = NULL WHERE id = ? AND question_id IS NOT NULL RETURNING id",
-        (task_id,),
-    ).fetchone()
-    if withdrawn is not None:
+    if question_id is not None:
         db.execute(
-            "UPDATE questions SET status = 'withdrawn' WHERE task_id = ? AND fence_token = ? AND status = 'open'",
-            (task_id, fence),
+            "UPDATE questions SET status = 'withdrawn' WHERE id = ? AND status = 'open'", (question_id,)
         )
+        db.execute("UPDATE tasks SET question_id = NULL WHERE id = ?", (task_id,))
 
 
 def _free_agent(db: Db, agent: str, task_id: int) -> None:
@@ -840,7 +845,7 @@ def _requeue_or_bury(
 ) -> None:
     """End the running attempt and put the task back in the queue, or end it, as :func:`rules.after_attempt` says."""
     task_id, agent = row["id"], row["claimed_by"]
-    _end_attempt(db, task_id, row["fence_token"], ended, why, now)
+    _end_attempt(db, task_id, row["fence_token"], ended, why, now, row["question_id"])
     if agent:
         _free_agent(db, agent, task_id)
     delay = rules.RetryDelay(row["retry_delay_seconds"], row["retry_backoff"])
