@@ -25,7 +25,6 @@ from aiswarm_server.isolation import (
 )
 from aiswarm_server.limits import (
     ANSWER_MAX_CHARS,
-    ANSWER_WITHIN_DEFAULT_SECONDS,
     CURSOR_MAX_CHARS,
     LABEL_MAX_CHARS,
     LIST_LIMIT_MAX,
@@ -528,12 +527,13 @@ class Broker:
         question: str,
         *,
         options: Sequence[str] = (),
-        on_timeout: OnUnanswered = OnUnanswered.CONTINUE,
-        answer_within_seconds: float = ANSWER_WITHIN_DEFAULT_SECONDS,
+        on_timeout: OnUnanswered | None = None,
+        answer_within_seconds: float | None = None,
         wait_seconds: float = 0.0,
     ) -> AskReply:
         """Ask the primary a question about the task the caller holds under ``fence_token``, and wait up to
-        ``wait_seconds`` (capped at ``max_wait_seconds``) for the answer.
+        ``wait_seconds`` (capped at ``max_wait_seconds``) for the answer. ``on_timeout`` and
+        ``answer_within_seconds`` left None take the task's policy (:func:`rules.question_policy`).
 
         One store transaction records the question (the same question asked again by the attempt is the recorded
         one: asking again is how a worker keeps waiting) and holds the task's lease until the question's deadline;
@@ -828,6 +828,8 @@ class Broker:
             submitted_by=submitter,
             isolation=spec.isolation,
             files=check_declared_files(spec.files),
+            answer_within_seconds=spec.answer_within_seconds,
+            on_unanswered=spec.on_unanswered,
         )
 
     async def submit_tasks(self, identity: Identity, specs: Sequence[TaskRequest]) -> SubmitReply:
@@ -1057,6 +1059,8 @@ class Broker:
             working_dir=task.working_dir,
             max_attempts=task.max_attempts,
             timeout_seconds=task.timeout_seconds,
+            answer_within_seconds=task.answer_within_seconds,
+            on_unanswered=task.on_unanswered,
         )
         reply = await self.submit_tasks(identity, [spec])
         new_id = reply.tasks[0].id

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from aiswarm_server.limits import (
+    ANSWER_WITHIN_DEFAULT_SECONDS,
+    ANSWER_WITHIN_MAX_SECONDS,
     DEPENDENCIES_MAX,
     LABEL_MAX_CHARS,
     MAX_ATTEMPTS_LIMIT,
@@ -149,12 +151,13 @@ class Question(BaseModel):
 
 
 class NewQuestion(BaseModel):
-    """A question as the service passes it to the store (checked, deadline not yet capped by the task's)."""
+    """A question as the service passes it to the store (checked); ``None`` takes the task's policy, then the
+    broker's default (the store reads the task)."""
 
     question: str
     options: list[str] = Field(default_factory=list)
-    on_timeout: OnUnanswered = OnUnanswered.CONTINUE
-    answer_within_seconds: float
+    on_timeout: OnUnanswered | None = None
+    answer_within_seconds: float | None = None
 
 
 class Identity(BaseModel):
@@ -267,6 +270,8 @@ class Task(BaseModel):
     merge_detail: str | None = None
     conflict_files: list[str] = Field(default_factory=list)
     diff_stat: str | None = None
+    answer_within_seconds: int | None = None  # its workers' questions stay open this long (None: their own)
+    on_unanswered: OnUnanswered | None = None  # and then continue or fail (None: as each question says)
     question: Question | None = Field(
         default=None, description="The open question its worker asked you: answer it with answer_question."
     )
@@ -301,6 +306,13 @@ class NewTask(BaseModel):
     files: list[str] = Field(default_factory=list)
     base_commit: str | None = None
     target_branch: str | None = None
+    answer_within_seconds: int | None = None
+    on_unanswered: OnUnanswered | None = None
+
+    @property
+    def records_question_policy(self) -> bool:
+        """Whether the submitter set a policy for its workers' questions (written after the row)."""
+        return self.answer_within_seconds is not None or self.on_unanswered is not None
 
     @property
     def records_isolation(self) -> bool:
@@ -360,6 +372,7 @@ RetryBackoff = Annotated[
     ),
 ]
 TaskTimeout = Annotated[StrictInt, Field(ge=1, le=TASK_TIMEOUT_LIMIT_SECONDS)]
+AnswerWithin = Annotated[StrictInt, Field(ge=1, le=ANSWER_WITHIN_MAX_SECONDS)]
 
 _ASCII_ID = re.compile(r"-?[0-9]{1,19}")
 
@@ -408,6 +421,16 @@ class TaskRequest(BaseModel):
         max_length=100,
         description="Paths or globs (relative to working_dir) the task will change, e.g. ['src/api/', "
         "'tests/test_api.py']. Tasks whose files overlap do not run at the same time: the later one waits.",
+    )
+    answer_within_seconds: AnswerWithin | None = Field(
+        default=None,
+        description="If its worker asks you a question (ask_primary), how long you take at most to answer "
+        f"(default: the worker's choice, else {ANSWER_WITHIN_DEFAULT_SECONDS}).",
+    )
+    on_unanswered: OnUnanswered | None = Field(
+        default=None,
+        description="What its worker does when you leave a question unanswered that long: 'continue' on its own "
+        "judgement, or 'fail' the task (default: the worker's choice, else continue).",
     )
 
     @field_validator("depends_on")

@@ -44,6 +44,7 @@ from aiswarm_server.limits import (
 )
 from aiswarm_server.models import (
     AgentState,
+    AnswerWithin,
     Capabilities,
     Identity,
     Isolation,
@@ -101,6 +102,8 @@ AgentName = Annotated[
 Reason = Annotated[str, Field(max_length=REASON_MAX_CHARS, description="Why; the worker is told.")]
 ISOLATION_HELP = TaskRequest.model_fields["isolation"].description
 FILES_HELP = TaskRequest.model_fields["files"].description
+ANSWER_WITHIN_HELP = TaskRequest.model_fields["answer_within_seconds"].description
+ON_UNANSWERED_HELP = TaskRequest.model_fields["on_unanswered"].description
 
 
 @dataclass
@@ -275,16 +278,22 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
             ),
         ] = [],  # noqa: B006
         on_timeout: Annotated[
-            OnUnanswered,
+            OnUnanswered | None,
             Field(
                 description="If nobody answers in time: 'continue' (you go on with your own judgement) or "
-                "'fail' (this attempt fails; only when going on without the answer would do harm)."
+                "'fail' (this attempt fails; only when going on without the answer would do harm). Omit to "
+                "follow the task's policy (else continue)."
             ),
-        ] = OnUnanswered.CONTINUE,
+        ] = None,
         answer_within_seconds: Annotated[
-            StrictInt,
-            Field(ge=1, le=ANSWER_WITHIN_MAX_SECONDS, description="How long the primary has to answer."),
-        ] = ANSWER_WITHIN_DEFAULT_SECONDS,
+            StrictInt | None,
+            Field(
+                ge=1,
+                le=ANSWER_WITHIN_MAX_SECONDS,
+                description=f"How long the primary has to answer (omit: the task's, else "
+                f"{ANSWER_WITHIN_DEFAULT_SECONDS}).",
+            ),
+        ] = None,
         wait_seconds: Annotated[
             StrictInt,
             Field(ge=0, le=MAX_WAIT_SECONDS, description="How long this call waits for the answer."),
@@ -383,6 +392,8 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
         timeout_seconds: TaskTimeout | None = None,
         isolation: Annotated[Isolation, Field(description=ISOLATION_HELP)] = Isolation.AUTO,
         files: Annotated[list[str], Field(max_length=100, description=FILES_HELP)] = [],  # noqa: B006
+        answer_within_seconds: Annotated[AnswerWithin | None, Field(description=ANSWER_WITHIN_HELP)] = None,
+        on_unanswered: Annotated[OnUnanswered | None, Field(description=ON_UNANSWERED_HELP)] = None,
     ) -> SubmitReply:
         """Give one task to the swarm of worker agents. Returns the task with its id.
 
@@ -401,6 +412,8 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
             timeout_seconds=timeout_seconds,
             isolation=isolation,
             files=files,
+            answer_within_seconds=answer_within_seconds,
+            on_unanswered=on_unanswered,
         )
         return await ref.get().submit_tasks(identity, [request])
 

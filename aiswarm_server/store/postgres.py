@@ -278,6 +278,13 @@ class PostgresStore(PostgresDatabase, Store):
                     *submitted_values(spec),
                     row["id"],
                 )
+            if spec.records_question_policy:
+                row = await db.fetchrow(
+                    "UPDATE tasks SET answer_within_seconds = $1, on_unanswered = $2 WHERE id = $3 RETURNING *",
+                    spec.answer_within_seconds,
+                    spec.on_unanswered.value if spec.on_unanswered else None,
+                    row["id"],
+                )
             if deps:
                 insert_deps = "INSERT INTO task_deps (task_id, depends_on) SELECT $1, unnest($2::bigint[])"
                 await db.execute(insert_deps, row["id"], deps)
@@ -612,11 +619,12 @@ class PostgresStore(PostgresDatabase, Store):
         again = rules.asked_again(asked, question_from_row(latest) if latest else None)
         if again is not None:
             return QuestionResult(again, TaskChange())
-        deadline = rules.question_deadline(now, asked, row["deadline_at"])
+        on_timeout, within = rules.question_policy(asked, row["answer_within_seconds"], row["on_unanswered"])
+        deadline = rules.question_deadline(now, within, row["deadline_at"])
         found = await db.fetchrow(
             """INSERT INTO questions (task_id, fence_token, agent, question, options, on_timeout, asked_at, deadline_at)
                VALUES ($1, $2, $3, $4, $5::text[], $6, $7, $8) RETURNING *""",
-            *(task_id, fence, agent, asked.question, asked.options, asked.on_timeout.value, now, deadline),
+            *(task_id, fence, agent, asked.question, asked.options, on_timeout.value, now, deadline),
         )
         held_until = rules.lease_while_asking(now, lease, deadline, row["deadline_at"])
         await db.execute(

@@ -79,6 +79,8 @@ def task_from_row(
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
         attempts=attempts or [],
+        answer_within_seconds=row["answer_within_seconds"],
+        on_unanswered=OnUnanswered(row["on_unanswered"]) if row["on_unanswered"] is not None else None,
         **isolation_fields(row, labels),
     )
 

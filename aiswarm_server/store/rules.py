@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiswarm_server.errors import InvalidRequest, NotFound, StaleClaim, TaskCancelled
+from aiswarm_server.limits import ANSWER_WITHIN_DEFAULT_SECONDS
 from aiswarm_server.models import (
     AttemptOutcome,
     Claim,
     NewQuestion,
+    OnUnanswered,
     Question,
     QuestionStatus,
     Task,
@@ -301,10 +303,20 @@ def stale_report(
 
 
 # --- questions -------------------------------------------------------------------------------------------------
-def question_deadline(now: float, asked: NewQuestion, attempt_deadline: float | None) -> float:
-    """When a question closes unanswered: after its ``answer_within_seconds``, never after the attempt's own
-    deadline (the task's timeout keeps running while its worker waits, and wins)."""
-    deadline = now + asked.answer_within_seconds
+def question_policy(
+    asked: NewQuestion, task_within: float | None, task_on_unanswered: str | None
+) -> tuple[OnUnanswered, float]:
+    """How long a question stays open and what its deadline does: what the worker asked for (it knows what rides
+    on this question), else what the submitter set on the task, else continue after the broker's default."""
+    on_timeout = asked.on_timeout or (OnUnanswered(task_on_unanswered) if task_on_unanswered else None)
+    within = asked.answer_within_seconds or task_within or ANSWER_WITHIN_DEFAULT_SECONDS
+    return on_timeout or OnUnanswered.CONTINUE, float(within)
+
+
+def question_deadline(now: float, within: float, attempt_deadline: float | None) -> float:
+    """When a question closes unanswered: ``within`` seconds from now, never after the attempt's own deadline (the
+    task's timeout keeps running while its worker waits, and wins)."""
+    deadline = now + within
     return deadline if attempt_deadline is None else min(deadline, attempt_deadline)
 
 

@@ -236,6 +236,15 @@ class SqliteStore(SqliteDatabase, Store):
                     "RETURNING *",
                     (isolation, dumps(files), base_commit, target_branch, row["id"]),
                 ).fetchone()
+            if spec.records_question_policy:
+                row = db.execute(
+                    "UPDATE tasks SET answer_within_seconds = ?, on_unanswered = ? WHERE id = ? RETURNING *",
+                    (
+                        spec.answer_within_seconds,
+                        spec.on_unanswered.value if spec.on_unanswered else None,
+                        row["id"],
+                    ),
+                ).fetchone()
             db.executemany(
                 "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)", [(row["id"], d) for d in deps]
             )
@@ -506,7 +515,8 @@ class SqliteStore(SqliteDatabase, Store):
         again = rules.asked_again(asked, question_from_row(latest) if latest else None)
         if again is not None:
             return QuestionResult(again, TaskChange())
-        deadline = rules.question_deadline(now, asked, row["deadline_at"])
+        on_timeout, within = rules.question_policy(asked, row["answer_within_seconds"], row["on_unanswered"])
+        deadline = rules.question_deadline(now, within, row["deadline_at"])
         found = db.execute(
             """INSERT INTO questions (task_id, fence_token, agent, question, options, on_timeout, asked_at, deadline_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *""",
@@ -516,7 +526,7 @@ class SqliteStore(SqliteDatabase, Store):
                 agent,
                 asked.question,
                 dumps(asked.options),
-                asked.on_timeout.value,
+                on_timeout.value,
                 now,
                 deadline,
             ),

@@ -200,3 +200,24 @@ async def test_a_question_left_open_is_withdrawn_when_its_attempt_ends(abroker: 
     assert reply.status is QuestionStatus.WITHDRAWN and "Stop working on it" in reply.message
     with pytest.raises(InvalidRequest, match="withdrawn when its attempt ended"):
         await abroker.answer_question(PRIMARY, task_id, "keep")
+
+
+async def test_the_tasks_policy_applies_to_a_question_that_sets_none_and_the_questions_own_wins(
+    abroker: Broker, clock: FakeClock
+) -> None:
+    policy = {"answer_within_seconds": 30, "on_unanswered": OnUnanswered.FAIL}
+    task_id, fence = await claimed(abroker, "a", **policy)
+    assert (await abroker.get_task(task_id)).task.on_unanswered is OnUnanswered.FAIL
+    asked = await abroker.ask_primary(worker("a"), task_id, fence, QUESTION, wait_seconds=0)
+    assert asked.on_timeout is OnUnanswered.FAIL and asked.deadline_at == clock.now + 30
+
+    other_id, other_fence = await claimed(abroker, "b", **policy)
+    own = await abroker.ask_primary(
+        worker("b"), other_id, other_fence, QUESTION, on_timeout=OnUnanswered.CONTINUE, wait_seconds=0
+    )
+    assert own.on_timeout is OnUnanswered.CONTINUE and own.deadline_at == clock.now + 30
+
+    clock.advance(31)
+    await abroker.sweep()
+    assert (await abroker.get_task(task_id)).task.status is TaskStatus.FAILED
+    assert (await abroker.get_task(other_id)).task.status is TaskStatus.CLAIMED

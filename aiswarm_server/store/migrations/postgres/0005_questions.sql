@@ -19,3 +19,6 @@ CREATE TABLE questions (
 CREATE INDEX questions_by_task ON questions (task_id, id);
 CREATE INDEX questions_open ON questions (deadline_at) WHERE status = 'open';
 ALTER TABLE tasks ADD COLUMN question_id bigint;       -- the open question, NULL when none
+-- The submitter's policy for its workers' questions (NULL: the question's own, else the broker's defaults).
+ALTER TABLE tasks ADD COLUMN answer_within_seconds integer;   -- how long a question on it stays open
+ALTER TABLE tasks ADD COLUMN on_unanswered text;           -- continue | fail
