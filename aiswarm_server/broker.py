@@ -232,7 +232,7 @@ class Broker:
         change = await self.store.sweep(
             now,
             now - self.settings.agent_lost_seconds,
-            keep_alive=self.agent_waiters.parked_agents(),
+            keep_alive=self.agent_waiters.parked_agents() + self.answer_waiters.parked_agents(),
             lease=self.settings.lease_seconds,
         )
         self._apply(change, "swept")

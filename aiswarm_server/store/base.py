@@ -166,7 +166,8 @@ class Store(ABC):
     async def heartbeat(self, name: str, now: float, lease: float) -> tuple[Agent, Task | None]:
         """Mark the agent seen and renew the lease of the task it holds, if any, by ``lease`` seconds.
 
-        A lease never runs past the task's deadline (claim time + its timeout). Returns the agent and the task
+        A lease never runs past the task's deadline (claim time + its timeout), and a renewal never shortens it
+        (a question holds it until its deadline: a heartbeat meanwhile must not undo that). Returns the agent and the task
         whose lease was renewed (None when it holds none, or the deadline has passed).
         """
 

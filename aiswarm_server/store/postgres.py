@@ -386,7 +386,7 @@ class PostgresStore(PostgresDatabase, Store):
         await _touch_agent(db, agent, now)
         await _held(db, agent, task_id, fence)
         row = await db.fetchrow(
-            """UPDATE tasks SET lease_expires_at = LEAST($2::float8 + $3::float8, deadline_at), updated_at = $2::float8,
+            """UPDATE tasks SET lease_expires_at = LEAST(GREATEST(COALESCE(lease_expires_at, 0), $2::float8 + $3::float8), deadline_at), updated_at = $2::float8,
                    progress = COALESCE($4, progress)
                WHERE id = $1 RETURNING *""",
             task_id,
@@ -809,7 +809,7 @@ async def _append_event(
 
 async def _renew_current(db: Db, agent: str, now: float, lease: float) -> Task | None:
     row = await db.fetchrow(
-        """UPDATE tasks SET lease_expires_at = LEAST($2::float8 + $3::float8, deadline_at), updated_at = $2::float8
+        """UPDATE tasks SET lease_expires_at = LEAST(GREATEST(COALESCE(lease_expires_at, 0), $2::float8 + $3::float8), deadline_at), updated_at = $2::float8
            WHERE status = 'claimed' AND claimed_by = $1 AND deadline_at > $2::float8 RETURNING *""",
         agent,
         now,

@@ -348,7 +348,7 @@ class SqliteStore(SqliteDatabase, Store):
         _touch_agent(db, agent, now)
         _held(db, agent, task_id, fence)
         row = db.execute(
-            """UPDATE tasks SET lease_expires_at = MIN(:now + :lease, deadline_at), updated_at = :now,
+            """UPDATE tasks SET lease_expires_at = MIN(MAX(COALESCE(lease_expires_at, 0), :now + :lease), deadline_at), updated_at = :now,
                    progress = COALESCE(:progress, progress)
                WHERE id = :id RETURNING *""",
             {"now": now, "lease": lease, "id": task_id, "progress": progress},
@@ -680,7 +680,7 @@ def _append_event(db: Db, agent: str, kind: EventKind, task_id: int | None, deta
 
 def _renew_current(db: Db, agent: str, now: float, lease: float) -> Task | None:
     row = db.execute(
-        """UPDATE tasks SET lease_expires_at = MIN(:now + :lease, deadline_at), updated_at = :now
+        """UPDATE tasks SET lease_expires_at = MIN(MAX(COALESCE(lease_expires_at, 0), :now + :lease), deadline_at), updated_at = :now
            WHERE status = 'claimed' AND claimed_by = :agent AND deadline_at > :now RETURNING *""",
         {"now": now, "lease": lease, "agent": agent},
     ).fetchone()
