@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aiswarm_server.errors import InvalidRequest
+from aiswarm_server.errors import Forbidden, InvalidRequest
 from aiswarm_server.files import write_private
 from aiswarm_server.home import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE, read_token_file
 from aiswarm_server.models import Identity, Role
@@ -36,6 +36,16 @@ def validate_agent_name(name: str) -> str:
             "starting with a letter or digit (e.g. qwen-1)."
         )
     return name
+
+
+def answerer_of(identity: Identity) -> str:
+    """Who answers a worker's question, as recorded with the answer: the primary (or the local admin), never a
+    worker (a worker deciding another's question would be the swarm talking to itself). Raises :class:`Forbidden`."""
+    if identity.role is Role.WORKER:
+        raise Forbidden(
+            "Only the primary answers workers' questions. If you need a decision yourself, call ask_primary."
+        )
+    return identity.label or identity.role.value
 
 
 class TokenRegistry:

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from aiswarm_server import __version__
-from aiswarm_server.auth import TokenRegistry, validate_agent_name
+from aiswarm_server.auth import TokenRegistry, answerer_of, validate_agent_name
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError, InvalidRequest, NotFound, StaleClaim
 from aiswarm_server.isolation import (
@@ -24,6 +24,7 @@ from aiswarm_server.isolation import (
     submitter_git,
 )
 from aiswarm_server.limits import (
+    ANSWER_MAX_CHARS,
     CURSOR_MAX_CHARS,
     LABEL_MAX_CHARS,
     LIST_LIMIT_MAX,
@@ -31,6 +32,7 @@ from aiswarm_server.limits import (
     PRIORITY_MAX,
     PRIORITY_MIN,
     PROGRESS_MAX_CHARS,
+    QUESTION_MAX_CHARS,
     REASON_MAX_CHARS,
     RETRY_BACKOFF_MAX,
     RETRY_DELAY_LIMIT_SECONDS,
@@ -38,11 +40,18 @@ from aiswarm_server.limits import (
     TITLE_MAX_CHARS,
 )
 from aiswarm_server.models import (
+    Agent,
     AgentState,
+    Event,
+    EventKind,
     Identity,
     IsolationUpdate,
     MergeState,
+    NewQuestion,
     NewTask,
+    OnUnanswered,
+    Question,
+    QuestionStatus,
     Role,
     Task,
     TaskChange,
@@ -54,6 +63,8 @@ from aiswarm_server.replies import (
     AgentsReply,
     AgentStateReply,
     AgentStatusReply,
+    AnswerReply,
+    AskReply,
     ClaimedTask,
     ClaimReply,
     CompletionReply,
@@ -76,6 +87,7 @@ from aiswarm_server.replies import (
     WaitTasksReply,
 )
 from aiswarm_server.store import Store
+from aiswarm_server.store.rules import unanswered_continue
 from aiswarm_server.waiters import AgentWaiters, TaskWatchers
 
 log = logging.getLogger("aiswarm.broker")
@@ -130,6 +142,7 @@ NewsKind = Literal[
     "offline",
     "model_usage",
     "remote",
+    "question",
 ]
 
 
@@ -173,6 +186,7 @@ class Broker:
         self.tokens = TokenRegistry(store)
         self.agent_waiters = AgentWaiters()
         self.task_watchers = TaskWatchers()
+        self.answer_waiters = AgentWaiters()  # ask_primary calls waiting for their answer, per agent
         self._offers: dict[int, tuple[str, float]] = {}  # task id -> (agent woken for it, when)
         self._offered_to: dict[str, int] = {}  # agent -> the task it was last woken for
         self._sweeper: asyncio.Task[None] | None = None
@@ -216,7 +230,10 @@ class Broker:
         woken per requeued task. Parked agents count as alive. Raises :class:`StoreUnavailable`."""
         now = self.clock()
         change = await self.store.sweep(
-            now, now - self.settings.agent_lost_seconds, keep_alive=self.agent_waiters.parked_agents()
+            now,
+            now - self.settings.agent_lost_seconds,
+            keep_alive=self.agent_waiters.parked_agents() + self.answer_waiters.parked_agents(),
+            lease=self.settings.lease_seconds,
         )
         self._apply(change, "swept")
         await self._reoffer(now)
@@ -246,6 +263,9 @@ class Broker:
                 self._record_offer(task.id, agent, now)
         for agent in change.notified_agents:
             self.agent_waiters.wake_agent(agent)
+            self.answer_waiters.wake_agent(agent)
+        if change.questions:  # something the primary must act on (or a question it saw closed)
+            self.task_watchers.notify(change.questions)
         finished = list(change.finished)
         if change.task is not None:
             finished.append(change.task.id)
@@ -256,7 +276,14 @@ class Broker:
         if len(self._offers) > 10_000:
             self._offers.clear()
             self._offered_to.clear()
-        if change.task or change.created or change.claimable or change.finished or change.notified_agents:
+        if (
+            change.task
+            or change.created
+            or change.claimable
+            or change.finished
+            or change.notified_agents
+            or change.questions
+        ):
             self._tell(BrokerNews(kind, change, actor, self._cli_of.get(actor or ""), at=now))
 
     def _tell(self, news: BrokerNews) -> None:
@@ -371,11 +398,20 @@ class Broker:
                 self.agent_waiters.remember(name, poll.agent.persona, poll.agent.capabilities)
                 self._cli_of[name] = poll.agent.cli
                 ack = poll.cursor
+                events = [e for e in poll.events if not _about_a_task_left(e, poll.agent)]
+                if poll.events and not events:
+                    ack = poll.events[-1].id  # acknowledged by the next read: nothing the agent must act on
+                    continue
                 claimable = self._not_offered_elsewhere(poll.claimable, name)
                 if not claimable and poll.agent.current_task_id is None:
                     claimable = await self._task_offered_to(name)
-                if poll.events or claimable:
-                    return self._wait_reply(poll.cursor, sequence, poll.events, claimable)
+                if events or claimable:
+                    return self._wait_reply(
+                        max(poll.cursor, poll.events[-1].id if poll.events else 0),
+                        sequence,
+                        events,
+                        claimable,
+                    )
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     return self._wait_reply(poll.cursor, sequence, [], [])
@@ -481,6 +517,71 @@ class Broker:
             task_id=task_id,
             lease_expires_at=task.lease_expires_at,
             message="Progress recorded and lease renewed. Carry on; report completion when done.",
+        )
+
+    async def ask_primary(
+        self,
+        identity: Identity,
+        task_id: int,
+        fence_token: int,
+        question: str,
+        *,
+        options: Sequence[str] = (),
+        on_timeout: OnUnanswered | None = None,
+        answer_within_seconds: float | None = None,
+        wait_seconds: float = 0.0,
+    ) -> AskReply:
+        """Ask the primary a question about the task the caller holds under ``fence_token``, and wait up to
+        ``wait_seconds`` (capped at ``max_wait_seconds``) for the answer. ``on_timeout`` and
+        ``answer_within_seconds`` left None take the task's policy (:func:`rules.question_policy`).
+
+        One store transaction records the question (the same question asked again by the attempt is the recorded
+        one: asking again is how a worker keeps waiting) and holds the task's lease until the question's deadline;
+        primaries waiting on the task are woken. The wait parks before it reads, so an answer committed in between
+        still ends it; an answer, the deadline or the attempt ending wakes it. Raises :class:`StaleClaim` /
+        :class:`TaskCancelled` (not the holder under that fence), :class:`NotFound`, or :class:`InvalidRequest`
+        (empty or oversized question, another question still open)."""
+        name = self.agent_of(identity)
+        text = question.strip()
+        if not text or "\x00" in text:
+            raise InvalidRequest("question must be non-empty text (no NUL bytes): what do you need decided?")
+        self._check_size("question", text, QUESTION_MAX_CHARS)
+        choices = list(dict.fromkeys(o.strip() for o in options if o.strip()))
+        asked = NewQuestion(
+            question=text, options=choices, on_timeout=on_timeout, answer_within_seconds=answer_within_seconds
+        )
+        result = await self.store.ask_question(
+            name, task_id, fence_token, asked, self.clock(), self.settings.lease_seconds
+        )
+        self._apply(result.change, "question", name)
+        current = result.question
+        deadline = self.clock() + min(max(wait_seconds, 0.0), float(self.settings.max_wait_seconds))
+        while current.status is QuestionStatus.OPEN:
+            # Park before reading, so an answer committed after the read still wakes this wait.
+            with self.answer_waiters.park(name) as woken:
+                current = await self.store.get_question(current.id) or current
+                remaining = deadline - self.clock()
+                if current.status is not QuestionStatus.OPEN or remaining <= 0:
+                    break
+                timer = asyncio.get_running_loop().call_later(remaining, _expire, woken)
+                try:
+                    await woken
+                finally:
+                    timer.cancel()
+        cursor = None
+        if current.status is QuestionStatus.OPEN:
+            agent = await self.store.get_agent(name)
+            cursor = format_cursor(agent.cursor if agent else 0, int(self.clock()) % 1_000_000)
+        return AskReply(
+            question_id=current.id,
+            task_id=current.task_id,
+            status=current.status,
+            answer=current.answer,
+            options=current.options,
+            on_timeout=current.on_timeout,
+            deadline_at=current.deadline_at,
+            cursor=cursor,
+            message=_describe_question(current, self.clock(), cursor),
         )
 
     async def report_task_completion(
@@ -727,6 +828,8 @@ class Broker:
             submitted_by=submitter,
             isolation=spec.isolation,
             files=check_declared_files(spec.files),
+            answer_within_seconds=spec.answer_within_seconds,
+            on_unanswered=spec.on_unanswered,
         )
 
     async def submit_tasks(self, identity: Identity, specs: Sequence[TaskRequest]) -> SubmitReply:
@@ -857,12 +960,17 @@ class Broker:
         return TasksReply(tasks=tasks, message=f"{len(tasks)} task(s), newest first.")
 
     async def wait_for_tasks(
-        self, task_ids: Sequence[int], mode: Literal["all", "any"], timeout_seconds: float
+        self,
+        task_ids: Sequence[int],
+        mode: Literal["all", "any"],
+        timeout_seconds: float,
+        questions: bool = True,
     ) -> WaitTasksReply:
-        """Wait until all (or any) of the tasks reach a final status, or the timeout passes.
+        """Wait until all (or any) of the tasks reach a final status, one of them has an open question from its
+        worker (unless ``questions`` is false: the primary must act on it), or the timeout passes.
 
-        Watches before it reads, so a completion committed in between still ends the wait; the timeout is capped at
-        ``max_wait_seconds``. Reads only. Raises :class:`InvalidRequest` (empty or oversized list) or
+        Watches before it reads, so a completion or question committed in between still ends the wait; the
+        timeout is capped at ``max_wait_seconds``. Reads only. Raises :class:`InvalidRequest` (empty or oversized list) or
         :class:`NotFound` (an unknown id)."""
         ids = list(dict.fromkeys(task_ids))
         if not ids:
@@ -879,11 +987,36 @@ class Broker:
                 tasks = await self.store.get_tasks(ids)
                 finished = [t.id for t in tasks if t.status.is_terminal]
                 met = len(finished) == len(ids) if mode == "all" else bool(finished)
+                asked = [t.question for t in tasks if t.question is not None] if questions else []
                 remaining = deadline - self.clock()
-                if met or remaining <= 0:
-                    return _wait_tasks_reply(tasks, finished, met)
+                if met or asked or remaining <= 0:
+                    return _wait_tasks_reply(tasks, finished, met, asked)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed, remaining)
+
+    async def answer_question(self, identity: Identity, task_id: int, answer: str) -> AnswerReply:
+        """Answer the open question of a task's worker, in one store transaction: the worker's waiting
+        ``ask_primary`` returns the answer, and its durable log gets a ``question_answered`` event (for its next
+        ``wait_for_next_event``). Only a primary or admin answers (:func:`auth.answerer_of`). Raises
+        :class:`Forbidden`, :class:`NotFound`, or :class:`InvalidRequest` (empty or oversized answer, no open
+        question)."""
+        answered_by = answerer_of(identity)
+        text = answer.strip()
+        if not text or "\x00" in text:
+            raise InvalidRequest(
+                "answer must be non-empty text (no NUL bytes): the decision the worker asked for."
+            )
+        self._check_size("answer", text, ANSWER_MAX_CHARS)
+        answered = await self.store.answer_question(
+            task_id, text, answered_by, self.clock(), self.settings.lease_seconds
+        )
+        question = answered.question
+        self._apply(answered.change, "question", question.agent)
+        return AnswerReply(
+            question=question,
+            message=f"Answer recorded; {question.agent} has it now. Call wait_for_tasks(task_ids=[{task_id}]) "
+            "for the result.",
+        )
 
     async def cancel_task(self, task_id: int, reason: str | None) -> TaskReply:
         """Cancel a task that has not finished, in one store transaction: its holder (if any) gets a ``task_cancelled``
@@ -926,6 +1059,8 @@ class Broker:
             working_dir=task.working_dir,
             max_attempts=task.max_attempts,
             timeout_seconds=task.timeout_seconds,
+            answer_within_seconds=task.answer_within_seconds,
+            on_unanswered=task.on_unanswered,
         )
         reply = await self.submit_tasks(identity, [spec])
         new_id = reply.tasks[0].id
@@ -1018,6 +1153,11 @@ def _describe_task(task: Task) -> str:
             return f"Task #{task.id} {task.status.value}: {task.error}. Resubmit it (changed) if it still matters."
         case TaskStatus.CANCELLED:
             return f"Task #{task.id} was cancelled: {task.error}."
+        case TaskStatus.CLAIMED if task.question is not None:
+            return (
+                f"Task #{task.id}'s worker {task.claimed_by} asks: {task.question.question!r}. Answer with "
+                f"answer_question(task_id={task.id}, answer=...)."
+            )
         case TaskStatus.CLAIMED:
             return f"Task #{task.id} is being worked on by {task.claimed_by}. Call wait_for_tasks to wait for it."
         case TaskStatus.BLOCKED:
@@ -1043,7 +1183,49 @@ def _describe_merge(task: Task) -> str:
             return " Its branch was discarded."
 
 
-def _wait_tasks_reply(tasks: list[Task], finished: list[int], met: bool) -> WaitTasksReply:
+def _about_a_task_left(event: Event, agent: Agent) -> bool:
+    """A question's answer or expiry for a task the agent no longer holds: nothing it can act on any more (it had
+    the answer from ask_primary, or the attempt ended), so its wait passes over it."""
+    kinds = (EventKind.QUESTION_ANSWERED, EventKind.QUESTION_EXPIRED)
+    return event.kind in kinds and event.task_id != agent.current_task_id
+
+
+def _describe_question(question: Question, now: float, cursor: str | None) -> str:
+    """What a worker that asked does next, by the state of its question."""
+    match question.status:
+        case QuestionStatus.ANSWERED:
+            return f"The primary answered: {question.answer} -- Carry on with the task following this answer."
+        case QuestionStatus.OPEN:
+            left = max(0, round(question.deadline_at - now))
+            after = (
+                "you continue with your own judgement"
+                if question.on_timeout is OnUnanswered.CONTINUE
+                else "this attempt fails"
+            )
+            return (
+                f"Not answered yet (the primary has {left} s more; then {after}). To keep waiting, call "
+                f"wait_for_next_event(cursor={cursor!r}, timeout_seconds=50): a question_answered event brings the "
+                "answer (or ask_primary again with the same question). Meanwhile you may do the parts of the task "
+                "that do not depend on the answer."
+            )
+        case QuestionStatus.EXPIRED if question.on_timeout is OnUnanswered.CONTINUE:
+            return unanswered_continue(question)
+        case QuestionStatus.EXPIRED:
+            return (
+                f"No answer by the deadline, and your question said to fail without one: the attempt at task "
+                f"#{question.task_id} failed. Stop working on it and do not report it."
+            )
+        case _:
+            return (
+                f"Your attempt at task #{question.task_id} ended before an answer came (completed, cancelled or "
+                "expired). Stop working on it."
+            )
+
+
+def _wait_tasks_reply(
+    tasks: list[Task], finished: list[int], met: bool, asked: list[Question] | None = None
+) -> WaitTasksReply:
+    asked = asked or []
     pending = [t.id for t in tasks if not t.status.is_terminal]
     failed = [t.id for t in tasks if t.status in (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)]
     if met:
@@ -1052,9 +1234,22 @@ def _wait_tasks_reply(tasks: list[Task], finished: list[int], met: bool) -> Wait
             message += f" Not completed: {failed} (see each task's error)."
         if pending:
             message += f" Still running: {pending}."
-    else:
+    elif not asked:
         message = (
             f"Timed out waiting; still running: {pending}. Call wait_for_tasks again to keep waiting "
             "(or cancel_task to give up on one)."
         )
-    return WaitTasksReply(done=met, tasks=tasks, finished=finished, pending=pending, message=message)
+    else:
+        message = ""
+    for question in asked:
+        choices = f" (options: {', '.join(question.options)})" if question.options else ""
+        message += (
+            f" Task #{question.task_id}'s worker {question.agent} asks: {question.question!r}{choices}. Answer with "
+            f"answer_question(task_id={question.task_id}, answer=...); unanswered by its deadline, the worker "
+            f"{'continues on its own judgement' if question.on_timeout is OnUnanswered.CONTINUE else 'fails'}."
+        )
+    if asked:
+        message += " Then call wait_for_tasks again."
+    return WaitTasksReply(
+        done=met, tasks=tasks, finished=finished, pending=pending, questions=asked, message=message.strip()
+    )

@@ -20,6 +20,8 @@ from aiswarm_server.home import ADMIN_TOKEN_FILE, PRIMARY_TOKEN_FILE, read_broke
 from aiswarm_server.replies import (
     AgentsReply,
     AgentStatusReply,
+    AnswerReply,
+    AskReply,
     ClaimReply,
     CompletionReply,
     HeartbeatReply,
@@ -126,6 +128,13 @@ class BrokerCalls(ABC):
             "report_task_completion", CompletionReply, task_id=task_id, fence_token=fence_token, **kwargs
         )
 
+    async def ask_primary(self, task_id: int, fence_token: int, question: str, **kwargs: Any) -> AskReply:
+        """Ask the primary about a held task and wait for the answer (``options``, ``on_timeout``,
+        ``answer_within_seconds``, ``wait_seconds`` as the tool takes them)."""
+        return await self.call(
+            "ask_primary", AskReply, task_id=task_id, fence_token=fence_token, question=question, **kwargs
+        )
+
     async def update_heartbeat(self) -> HeartbeatReply:
         """Tell the broker this worker is alive; renews its lease."""
         return await self.call("update_heartbeat", HeartbeatReply)
@@ -158,6 +167,10 @@ class BrokerCalls(ABC):
         return await self.call(
             "wait_for_tasks", WaitTasksReply, task_ids=task_ids, mode=mode, timeout_seconds=timeout_seconds
         )
+
+    async def answer_question(self, task_id: int, answer: str) -> AnswerReply:
+        """Answer the open question of a task's worker."""
+        return await self.call("answer_question", AnswerReply, task_id=task_id, answer=answer)
 
     async def cancel_task(self, task_id: int, reason: str | None = None) -> TaskReply:
         """Cancel a task that has not finished."""

@@ -37,7 +37,16 @@ from aiswarm_server.limits import (
     TASK_TIMEOUT_LIMIT_SECONDS,
     TITLE_MAX_CHARS,
 )
-from aiswarm_server.models import Agent, AgentState, MergeState, Task, TaskStatus
+from aiswarm_server.models import (
+    Agent,
+    AgentState,
+    MergeState,
+    OnUnanswered,
+    Question,
+    QuestionStatus,
+    Task,
+    TaskStatus,
+)
 from aiswarm_server.post_client import PostClient
 from aiswarm_server.replies import AgentStateReply, UsageSummaryReply
 
@@ -172,10 +181,12 @@ def task_table(tasks: list[Task]) -> Table:
     table = Table("id", "status", "title", "persona", "agent", "tries", "result / error", box=None)
     for t in tasks:
         outcome = t.result if t.status is TaskStatus.COMPLETED else (t.error or t.progress or "")
+        if t.question is not None:
+            outcome = f"asks: {t.question.question}"
         agent = t.claimed_by or (t.attempts[-1].agent if t.attempts else "")
         table.add_row(
             str(t.id),
-            t.status.value,
+            t.status.value + (" (asks)" if t.question is not None else ""),
             t.title[:50],
             t.persona or "",
             agent,
@@ -489,6 +500,8 @@ def describe_task(task: Task) -> str:
             return f"Task #{task.id} {task.status.value}: {task.error}"
         case TaskStatus.CANCELLED:
             return f"Task #{task.id} was cancelled: {task.error}"
+        case TaskStatus.CLAIMED if task.question is not None:
+            return f'{task.claimed_by} waits for your answer: aiswarm answer {task.id} "..."'
         case TaskStatus.CLAIMED:
             return f"Task #{task.id} is being worked on by {task.claimed_by}. `aiswarm task {task.id}` shows it later."
         case TaskStatus.BLOCKED:
@@ -618,6 +631,18 @@ def task_command(
                 highlight=False,
                 markup=False,
             )
+        for question in task.questions:
+            asked = (
+                f"  question #{question.id} ({question.agent}, {question.status.value}): {question.question}"
+            )
+            if question.options:
+                asked += f" [options: {' | '.join(question.options)}]"
+            if question.answer is not None:
+                asked += f"\n    answer ({question.answered_by}): {question.answer}"
+            elif question.status is QuestionStatus.OPEN:
+                left = max(0, round(question.deadline_at - time.time()))
+                asked += f"\n    open for {left}s more; then the worker {_after_deadline(question)}"
+            console.print(asked, highlight=False, markup=False)
         for attempt in task.attempts:
             took = f"{attempt.finished_at - attempt.claimed_at:.1f}s" if attempt.finished_at else "running"
             console.print(
@@ -626,6 +651,35 @@ def task_command(
                 markup=False,
             )
         console.print(describe_task(task), style="dim", highlight=False, markup=False)
+
+    run_async(with_broker(home, url, action))
+
+
+def _after_deadline(question: Question) -> str:
+    return "continues on its own judgement" if question.on_timeout is OnUnanswered.CONTINUE else "fails"
+
+
+@app.command("answer")
+def answer_command(
+    task_id: Annotated[int, typer.Argument(metavar="TASK_ID", callback=_within(1), help="The task id.")],
+    text: Annotated[str, typer.Argument(metavar="ANSWER", help="Your answer to its worker's question.")],
+    home: HomeOption = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Answer the question a task's worker asked (`aiswarm tasks` marks such tasks "asks")."""
+
+    async def action(broker: BrokerCalls) -> None:
+        reply = await broker.answer_question(task_id, text)
+        if as_json:
+            print_json(reply.question)
+            return
+        question = reply.question
+        console.print(
+            f"answered question #{question.id} of task #{task_id} ({question.agent}): {question.question}",
+            highlight=False,
+            markup=False,
+        )
 
     run_async(with_broker(home, url, action))
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from aiswarm_server.limits import (
+    ANSWER_WITHIN_DEFAULT_SECONDS,
+    ANSWER_WITHIN_MAX_SECONDS,
     DEPENDENCIES_MAX,
     LABEL_MAX_CHARS,
     MAX_ATTEMPTS_LIMIT,
@@ -95,6 +97,10 @@ class EventKind(StrEnum):
     TASK_AVAILABLE = "task_available"
     TASK_CANCELLED = "task_cancelled"
     LEASE_LOST = "lease_lost"
+    QUESTION_ANSWERED = "question_answered"  # the primary answered the agent's question (detail: the answer)
+    QUESTION_EXPIRED = (
+        "question_expired"  # its deadline passed unanswered (detail: continue, or the attempt failed)
+    )
 
 
 class AttemptOutcome(StrEnum):
@@ -107,6 +113,51 @@ class AttemptOutcome(StrEnum):
     AGENT_LOST = "agent_lost"
     RELEASED = "released"  # handed back cleanly (graceful stop); does not count as a failure
     CANCELLED = "cancelled"
+    UNANSWERED = "unanswered"  # its question said to fail without an answer, and none came by the deadline
+
+
+class QuestionStatus(StrEnum):
+    """Where a worker's question to the primary is: waiting for an answer, or closed and how."""
+
+    OPEN = "open"
+    ANSWERED = "answered"
+    EXPIRED = "expired"  # its deadline passed unanswered
+    WITHDRAWN = "withdrawn"  # the attempt that asked it ended first (completed, cancelled, expired ...)
+
+
+class OnUnanswered(StrEnum):
+    """What happens when a question's deadline passes unanswered."""
+
+    CONTINUE = "continue"  # the worker carries on with its own judgement
+    FAIL = "fail"  # the attempt fails, and the task with it (not retried: a new attempt would ask again)
+
+
+class Question(BaseModel):
+    """A question a worker asked the primary about the task it holds, under the fence of its attempt."""
+
+    id: int
+    task_id: int
+    fence_token: int
+    agent: str
+    question: str
+    options: list[str] = Field(default_factory=list)
+    on_timeout: OnUnanswered = OnUnanswered.CONTINUE
+    status: QuestionStatus = QuestionStatus.OPEN
+    asked_at: float
+    deadline_at: float = Field(description="Answer by then, or on_timeout applies.")
+    answer: str | None = None
+    answered_by: str | None = None
+    answered_at: float | None = None
+
+
+class NewQuestion(BaseModel):
+    """A question as the service passes it to the store (checked); ``None`` takes the task's policy, then the
+    broker's default (the store reads the task)."""
+
+    question: str
+    options: list[str] = Field(default_factory=list)
+    on_timeout: OnUnanswered | None = None
+    answer_within_seconds: float | None = None
 
 
 class BrokerModel(BaseModel):
@@ -228,6 +279,14 @@ class Task(BrokerModel):
     merge_detail: str | None = None
     conflict_files: list[str] = Field(default_factory=list)
     diff_stat: str | None = None
+    answer_within_seconds: int | None = None  # its workers' questions stay open this long (None: their own)
+    on_unanswered: OnUnanswered | None = None  # and then continue or fail (None: as each question says)
+    question: Question | None = Field(
+        default=None, description="The open question its worker asked you: answer it with answer_question."
+    )
+    questions: list[Question] = Field(
+        default_factory=list, description="Every question asked about the task (get_task only), oldest first."
+    )
 
     def fits(self, persona: str | None, capabilities: Iterable[str]) -> bool:
         """Whether an agent with this persona and these capabilities may take the task."""
@@ -256,6 +315,13 @@ class NewTask(BrokerModel):
     files: list[str] = Field(default_factory=list)
     base_commit: str | None = None
     target_branch: str | None = None
+    answer_within_seconds: int | None = None
+    on_unanswered: OnUnanswered | None = None
+
+    @property
+    def records_question_policy(self) -> bool:
+        """Whether the submitter set a policy for its workers' questions (written after the row)."""
+        return self.answer_within_seconds is not None or self.on_unanswered is not None
 
     @property
     def records_isolation(self) -> bool:
@@ -315,6 +381,7 @@ RetryBackoff = Annotated[
     ),
 ]
 TaskTimeout = Annotated[StrictInt, Field(ge=1, le=TASK_TIMEOUT_LIMIT_SECONDS)]
+AnswerWithin = Annotated[StrictInt, Field(ge=1, le=ANSWER_WITHIN_MAX_SECONDS)]
 
 _ASCII_ID = re.compile(r"-?[0-9]{1,19}")
 
@@ -364,6 +431,16 @@ class TaskRequest(BrokerModel):
         description="Paths or globs (relative to working_dir) the task will change, e.g. ['src/api/', "
         "'tests/test_api.py']. Tasks whose files overlap do not run at the same time: the later one waits.",
     )
+    answer_within_seconds: AnswerWithin | None = Field(
+        default=None,
+        description="If its worker asks you a question (ask_primary), how long you take at most to answer "
+        f"(default: the worker's choice, else {ANSWER_WITHIN_DEFAULT_SECONDS}).",
+    )
+    on_unanswered: OnUnanswered | None = Field(
+        default=None,
+        description="What its worker does when you leave a question unanswered that long: 'continue' on its own "
+        "judgement, or 'fail' the task (default: the worker's choice, else continue).",
+    )
 
     @field_validator("depends_on")
     @classmethod
@@ -410,3 +487,4 @@ class TaskChange(BrokerModel):
     claimable: list[Task] = Field(default_factory=list)  # tasks that became pending
     finished: list[int] = Field(default_factory=list)  # tasks that reached a terminal status
     notified_agents: list[str] = Field(default_factory=list)  # agents that got a new event
+    questions: list[int] = Field(default_factory=list)  # tasks whose question was asked, answered or closed

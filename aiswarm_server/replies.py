@@ -7,13 +7,22 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from aiswarm_server.models import Agent, BrokerModel, Role, Task, TaskStatus
+from aiswarm_server.models import (
+    Agent,
+    BrokerModel,
+    OnUnanswered,
+    Question,
+    QuestionStatus,
+    Role,
+    Task,
+    TaskStatus,
+)
 
 
 class EventView(BrokerModel):
     """An event or an available task, as ``wait_for_next_event`` shows it."""
 
-    kind: Literal["task_available", "task_cancelled", "lease_lost"]
+    kind: Literal["task_available", "task_cancelled", "lease_lost", "question_answered", "question_expired"]
     task_id: int | None = None
     title: str | None = None
     detail: str = ""
@@ -183,6 +192,10 @@ class WaitTasksReply(BrokerModel):
     tasks: list[Task]
     finished: list[int]
     pending: list[int]
+    questions: list[Question] = Field(
+        default_factory=list,
+        description="Open questions the workers of these tasks ask you: answer each with answer_question.",
+    )
     message: str
 
 
@@ -269,4 +282,30 @@ class QuotaPoolsReply(BrokerModel):
 class UsageReply(BrokerModel):
     """The answer to ``record_usage``."""
 
+    message: str
+
+
+class AskReply(BrokerModel):
+    """The answer to ``ask_primary``: the question's state, with the primary's answer once there is one."""
+
+    question_id: int
+    task_id: int
+    status: QuestionStatus = Field(
+        description="answered: read `answer`; open: not answered yet; expired: the deadline passed (see "
+        "on_timeout); withdrawn: your attempt ended."
+    )
+    answer: str | None = None
+    options: list[str]
+    on_timeout: OnUnanswered
+    deadline_at: float
+    cursor: str | None = Field(
+        default=None, description="While open: pass it to wait_for_next_event to wait for the answer there."
+    )
+    message: str
+
+
+class AnswerReply(BrokerModel):
+    """The answer to ``answer_question``: the question, now answered."""
+
+    question: Question
     message: str

@@ -28,24 +28,33 @@ from aiswarm_server.broker import Broker, UsageGrouping
 from aiswarm_server.config import DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS, BrokerSettings
 from aiswarm_server.errors import BrokerError
 from aiswarm_server.limits import (
+    ANSWER_MAX_CHARS,
+    ANSWER_WAIT_DEFAULT_SECONDS,
+    ANSWER_WITHIN_DEFAULT_SECONDS,
+    ANSWER_WITHIN_MAX_SECONDS,
     COUNT_MAX,
     CURSOR_MAX_CHARS,
     DEPENDENCIES_MAX,
     ID_MAX,
     LABEL_MAX_CHARS,
     LIST_LIMIT_MAX,
+    OPTION_MAX_CHARS,
     PROGRESS_MAX_CHARS,
+    QUESTION_MAX_CHARS,
+    QUESTION_OPTIONS_MAX,
     REASON_MAX_CHARS,
 )
 from aiswarm_server.mcp_tasks import BrokerTasks, serve_task_notifications
 from aiswarm_server.models import (
     AgentState,
+    AnswerWithin,
     Capabilities,
     Identity,
     Isolation,
     IsolationUpdate,
     MaxAttempts,
     MergeState,
+    OnUnanswered,
     PersonaName,
     Priority,
     Role,
@@ -61,6 +70,8 @@ from aiswarm_server.replies import (
     AgentsReply,
     AgentStateReply,
     AgentStatusReply,
+    AnswerReply,
+    AskReply,
     ClaimReply,
     CompletionReply,
     HeartbeatReply,
@@ -94,6 +105,8 @@ AgentName = Annotated[
 Reason = Annotated[str, Field(max_length=REASON_MAX_CHARS, description="Why; the worker is told.")]
 ISOLATION_HELP = TaskRequest.model_fields["isolation"].description
 FILES_HELP = TaskRequest.model_fields["files"].description
+ANSWER_WITHIN_HELP = TaskRequest.model_fields["answer_within_seconds"].description
+ON_UNANSWERED_HELP = TaskRequest.model_fields["on_unanswered"].description
 
 
 @dataclass
@@ -209,7 +222,8 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
         waits until one arrives or the timeout passes.
 
         Events: `task_available` (call claim_task with its task_id), `task_cancelled` (stop working on that task),
-        `lease_lost` (your claim expired; drop that task). Always pass back the `cursor` from the previous reply:
+        `lease_lost` (your claim expired; drop that task), `question_answered` (the primary's answer to your
+        ask_primary question is in `detail`), `question_expired` (no answer in time; `detail` says what now). Always pass back the `cursor` from the previous reply:
         it acknowledges what you have seen. If nothing arrived, simply call again with the new cursor."""
         return await ref.get().wait_for_next_event(_identity(ref, ctx), cursor, timeout_seconds)
 
@@ -245,6 +259,67 @@ def _add_worker_tools(server: MCPServer, ref: BrokerRef) -> None:
 
         Call it every few minutes during long work, or you may lose the task to another agent."""
         return await ref.get().report_progress(_identity(ref, ctx), task_id, fence_token, message, percent)
+
+    @server.tool()
+    @_refusals
+    async def ask_primary(
+        ctx: Context[Any, Any],
+        task_id: TaskId,
+        fence_token: FenceToken,
+        question: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=QUESTION_MAX_CHARS,
+                description="What you need decided, with the context the primary needs to answer it.",
+            ),
+        ],
+        options: Annotated[
+            list[Annotated[str, Field(max_length=OPTION_MAX_CHARS)]],
+            Field(
+                max_length=QUESTION_OPTIONS_MAX, description="The choices, when the answer is one of a few."
+            ),
+        ] = [],  # noqa: B006
+        on_timeout: Annotated[
+            OnUnanswered | None,
+            Field(
+                description="If nobody answers in time: 'continue' (you go on with your own judgement) or "
+                "'fail' (this attempt fails; only when going on without the answer would do harm). Omit to "
+                "follow the task's policy (else continue)."
+            ),
+        ] = None,
+        answer_within_seconds: Annotated[
+            StrictInt | None,
+            Field(
+                ge=1,
+                le=ANSWER_WITHIN_MAX_SECONDS,
+                description=f"How long the primary has to answer (omit: the task's, else "
+                f"{ANSWER_WITHIN_DEFAULT_SECONDS}).",
+            ),
+        ] = None,
+        wait_seconds: Annotated[
+            StrictInt,
+            Field(ge=0, le=MAX_WAIT_SECONDS, description="How long this call waits for the answer."),
+        ] = ANSWER_WAIT_DEFAULT_SECONDS,
+    ) -> AskReply:
+        """Ask the primary (the user's agent that submitted the work) a question about the task you hold, and
+        wait for the answer. Only for decisions you cannot make yourself (a choice between designs, missing
+        information, something risky); not for things you can find out by reading the code.
+
+        Pass the task_id and fence_token from claim_task. If `status` is 'answered', follow `answer`. If 'open',
+        nobody answered yet: follow `message` (wait with wait_for_next_event and the given cursor, or call
+        ask_primary again with the same question). 'expired' means the deadline passed: go on by your own
+        judgement, or stop if the message says the attempt failed. One open question at a time."""
+        return await ref.get().ask_primary(
+            _identity(ref, ctx),
+            task_id,
+            fence_token,
+            question,
+            options=options,
+            on_timeout=on_timeout,
+            answer_within_seconds=answer_within_seconds,
+            wait_seconds=wait_seconds,
+        )
 
     @server.tool()
     @_refusals
@@ -320,6 +395,8 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
         timeout_seconds: TaskTimeout | None = None,
         isolation: Annotated[Isolation, Field(description=ISOLATION_HELP)] = Isolation.AUTO,
         files: Annotated[list[str], Field(max_length=100, description=FILES_HELP)] = [],  # noqa: B006
+        answer_within_seconds: Annotated[AnswerWithin | None, Field(description=ANSWER_WITHIN_HELP)] = None,
+        on_unanswered: Annotated[OnUnanswered | None, Field(description=ON_UNANSWERED_HELP)] = None,
     ) -> SubmitReply:
         """Give one task to the swarm of worker agents. Returns the task with its id.
 
@@ -338,6 +415,8 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
             timeout_seconds=timeout_seconds,
             isolation=isolation,
             files=files,
+            answer_within_seconds=answer_within_seconds,
+            on_unanswered=on_unanswered,
         )
         return await ref.get().submit_tasks(identity, [request])
 
@@ -399,13 +478,39 @@ def _add_primary_tools(server: MCPServer, ref: BrokerRef, settings: BrokerSettin
             StrictInt,
             Field(ge=0, le=MAX_WAIT_SECONDS, description="Give up waiting after this many seconds."),
         ] = DEFAULT_WAIT_SECONDS,
+        questions: Annotated[
+            bool,
+            Field(
+                description="Also return as soon as a worker of these tasks asks you a question (default)."
+            ),
+        ] = True,
     ) -> WaitTasksReply:
         """Wait until all (or any) of the tasks finish, then return them with their results and errors.
 
-        If `done` is false the wait timed out: call it again to keep waiting. Finished tasks have status
-        completed, failed, dead (every attempt failed) or cancelled."""
+        It also returns early when a worker asks you a question (`questions` lists them): answer each with
+        answer_question, then wait again. If `done` is false and no question is listed, the wait timed out: call
+        it again to keep waiting. Finished tasks have status completed, failed, dead (every attempt failed) or
+        cancelled."""
         _identity(ref, ctx)
-        return await ref.get().wait_for_tasks(task_ids, mode, timeout_seconds)
+        return await ref.get().wait_for_tasks(task_ids, mode, timeout_seconds, questions)
+
+    @server.tool()
+    @_refusals
+    async def answer_question(
+        ctx: Context[Any, Any],
+        task_id: TaskId,
+        answer: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=ANSWER_MAX_CHARS,
+                description="Your decision, written so the worker can act on it (one of its options, if it gave some).",
+            ),
+        ],
+    ) -> AnswerReply:
+        """Answer the question a task's worker asked you (get_task, list_tasks and wait_for_tasks show it as the
+        task's `question`). The worker gets the answer at once and carries on."""
+        return await ref.get().answer_question(_identity(ref, ctx), task_id, answer)
 
     @server.tool()
     @_refusals
@@ -603,11 +708,13 @@ def _add_admin_tools(server: MCPServer, ref: BrokerRef) -> None:
 INSTRUCTIONS = {
     Role.WORKER: (
         "You are a worker agent in an aiswarm swarm. Loop: wait_for_next_event -> claim_task -> do the work with "
-        "your own tools -> report_task_completion. Always pass back the cursor and the fence_token you were given."
+        "your own tools -> report_task_completion. Always pass back the cursor and the fence_token you were given. "
+        "A decision only the user can make: ask_primary."
     ),
     Role.PRIMARY: (
         "aiswarm runs tasks on a swarm of worker agents. submit_task / submit_tasks to hand work out, "
-        "wait_for_tasks to collect results, get_task / list_tasks / list_agents to look, cancel_task to stop one."
+        "wait_for_tasks to collect results (and workers' questions: answer_question), get_task / list_tasks / "
+        "list_agents to look, cancel_task to stop one."
     ),
     Role.ADMIN: "aiswarm administration: everything a primary can do, plus tokens and leases.",
 }

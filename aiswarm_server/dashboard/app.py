@@ -81,6 +81,14 @@ class ReasonForm(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
+class AnswerForm(BaseModel):
+    """The primary's answer to a worker's question, from the task page."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    answer: str = Field(min_length=1)
+
+
 def _static(name: str) -> bytes:
     return resources.files("aiswarm_server.dashboard").joinpath("static", name).read_bytes()
 
@@ -96,6 +104,7 @@ def task_card(task: Task) -> dict[str, Any]:
         "agent": task.claimed_by,
         "failures": task.failures,
         "progress": task.progress,
+        "question": task.question.question if task.question is not None else None,
         "updated_at": task.updated_at,
     }
 
@@ -143,6 +152,7 @@ class Dashboard:
                 Route("/ui/api/tasks/{task_id:int}/cancel", self.api_cancel, methods=["POST"]),
                 Route("/ui/api/tasks/{task_id:int}/release", self.api_release, methods=["POST"]),
                 Route("/ui/api/tasks/{task_id:int}/requeue", self.api_requeue, methods=["POST"]),
+                Route("/ui/api/tasks/{task_id:int}/answer", self.api_answer, methods=["POST"]),
                 Route("/ui/api/events", self.api_events),
             ]
         )
@@ -356,6 +366,17 @@ class Dashboard:
 
         async def act(broker: Broker, caller: Caller) -> dict[str, Any]:
             reply = await broker.requeue_task(caller.identity, task_id)
+            return reply.model_dump(mode="json")
+
+        return await self._json(request, act, action=True)
+
+    async def api_answer(self, request: Request) -> Response:
+        """Answer the open question of the task's worker."""
+        task_id: int = request.path_params["task_id"]
+
+        async def act(broker: Broker, caller: Caller) -> dict[str, Any]:
+            form = await _form(request, AnswerForm)
+            reply = await broker.answer_question(caller.identity, task_id, form.answer)
             return reply.model_dump(mode="json")
 
         return await self._json(request, act, action=True)

@@ -28,7 +28,9 @@ from aiswarm_server.models import (
     Event,
     Identity,
     IsolationUpdate,
+    NewQuestion,
     NewTask,
+    Question,
     Task,
     TaskChange,
     TaskStatus,
@@ -53,6 +55,14 @@ class ClaimResult:
 
     claim: Claim | None
     reason: str = ""
+
+
+@dataclass(slots=True)
+class QuestionResult:
+    """A question as a store operation left it, and what changed (nothing for a repeated ask)."""
+
+    question: Question
+    change: TaskChange
 
 
 @dataclass(slots=True)
@@ -156,7 +166,8 @@ class Store(ABC):
     async def heartbeat(self, name: str, now: float, lease: float) -> tuple[Agent, Task | None]:
         """Mark the agent seen and renew the lease of the task it holds, if any, by ``lease`` seconds.
 
-        A lease never runs past the task's deadline (claim time + its timeout). Returns the agent and the task
+        A lease never runs past the task's deadline (claim time + its timeout), and a renewal never shortens it
+        (a question holds it until its deadline: a heartbeat meanwhile must not undo that). Returns the agent and the task
         whose lease was renewed (None when it holds none, or the deadline has passed).
         """
 
@@ -260,12 +271,47 @@ class Store(ABC):
         task's current fence token is another one."""
 
     @abstractmethod
-    async def sweep(self, now: float, agent_lost_before: float, keep_alive: Sequence[str] = ()) -> TaskChange:
-        """Mark agents not seen since ``agent_lost_before`` lost and requeue (or dead-letter) expired leases.
+    async def sweep(
+        self, now: float, agent_lost_before: float, keep_alive: Sequence[str] = (), lease: float = 300.0
+    ) -> TaskChange:
+        """Close questions past their deadline, mark agents not seen since ``agent_lost_before`` lost and requeue
+        (or dead-letter) expired leases.
 
-        ``keep_alive`` names agents known to be alive (parked in a wait on this broker). Each ended attempt gives
-        its agent a ``lease_lost`` event. Safe to run from several brokers at once: each lease is swept once.
+        An overdue question that says ``continue`` expires, its asker gets a ``question_expired`` event and the
+        task's lease is renewed by ``lease`` seconds (so the worker can act on it); one that says ``fail`` ends
+        the attempt as ``unanswered`` and fails the task (not retried), with the same event. ``keep_alive``
+        names agents known to be alive (parked in a wait on this broker). Each ended attempt gives its agent a
+        ``lease_lost`` event. Safe to run from several brokers at once: each lease and question is swept once.
         """
+
+    # questions --------------------------------------------------------------------------------------------
+    @abstractmethod
+    async def ask_question(
+        self, agent: str, task_id: int, fence: int, asked: NewQuestion, now: float, lease: float
+    ) -> QuestionResult:
+        """Record the question of the attempt the agent holds under ``fence``, and hold its lease until the
+        question's deadline (:func:`rules.question_deadline`, :func:`rules.lease_while_asking`).
+
+        The same question asked again by the attempt is answered with the recorded one as it is now (open,
+        answered or expired), not recorded twice; a different one while one is open is refused
+        (:func:`rules.asked_again`). The task's ``question`` is the open one until it closes; ``questions`` in
+        the change names the task. Raises as :meth:`renew` does when the agent does not hold the task.
+        """
+
+    @abstractmethod
+    async def answer_question(
+        self, task_id: int, answer: str, answered_by: str, now: float, lease: float
+    ) -> QuestionResult:
+        """Record the answer to the task's open question: the asker gets a ``question_answered`` event whose
+        detail is the answer (``notified_agents``), and the task's lease is renewed by ``lease`` seconds.
+
+        Raises :class:`NotFound` for an unknown task and :class:`InvalidRequest` when it has no open question
+        (:func:`rules.no_open_question`).
+        """
+
+    @abstractmethod
+    async def get_question(self, question_id: int) -> Question | None:
+        """The question with that id, or None."""
 
     @abstractmethod
     async def next_lease_expiry(self) -> float | None:

@@ -20,7 +20,7 @@ other brokers on commit (:mod:`.postgres_notify`, which also holds the listening
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
@@ -31,12 +31,14 @@ from aiswarm_server.models import (
     AgentState,
     AttemptOutcome,
     EventKind,
+    OnUnanswered,
+    QuestionStatus,
     TaskChange,
     TaskStatus,
     UsageRecord,
 )
 from aiswarm_server.store import rows, rules
-from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
+from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, QuestionResult, Store, StoreStats
 from aiswarm_server.store.isolation import submitted_values, update_assignments
 from aiswarm_server.store.postgres_database import Db, PostgresDatabase, Row, migrations, reads, writes
 from aiswarm_server.store.postgres_notify import ChangeListener
@@ -46,12 +48,13 @@ from aiswarm_server.store.rows import (
     dumps,
     event_from_row,
     identity_from_row,
+    question_from_row,
     task_from_row,
     usage_from_row,
 )
 
 if TYPE_CHECKING:
-    from aiswarm_server.models import Agent, Identity, IsolationUpdate, NewTask, Task
+    from aiswarm_server.models import Agent, Identity, IsolationUpdate, NewQuestion, NewTask, Question, Task
 
 __all__ = ["PostgresStore", "migrations"]
 
@@ -275,6 +278,13 @@ class PostgresStore(PostgresDatabase, Store):
                     *submitted_values(spec),
                     row["id"],
                 )
+            if spec.records_question_policy:
+                row = await db.fetchrow(
+                    "UPDATE tasks SET answer_within_seconds = $1, on_unanswered = $2 WHERE id = $3 RETURNING *",
+                    spec.answer_within_seconds,
+                    spec.on_unanswered.value if spec.on_unanswered else None,
+                    row["id"],
+                )
             if deps:
                 insert_deps = "INSERT INTO task_deps (task_id, depends_on) SELECT $1, unnest($2::bigint[])"
                 await db.execute(insert_deps, row["id"], deps)
@@ -299,7 +309,8 @@ class PostgresStore(PostgresDatabase, Store):
             list(found),
         ):
             deps.setdefault(r["task_id"], []).append(r["depends_on"])
-        return [task_from_row(found[i], deps.get(i, [])) for i in task_ids if i in found]
+        tasks = [task_from_row(found[i], deps.get(i, [])) for i in task_ids if i in found]
+        return await _with_open_questions(db, tasks, found.values())
 
     @override
     @reads
@@ -313,7 +324,7 @@ class PostgresStore(PostgresDatabase, Store):
                 limit,
                 offset,
             )
-        return [task_from_row(r) for r in found]
+        return await _with_open_questions(db, [task_from_row(r) for r in found], found)
 
     @override
     @reads
@@ -375,7 +386,7 @@ class PostgresStore(PostgresDatabase, Store):
         await _touch_agent(db, agent, now)
         await _held(db, agent, task_id, fence)
         row = await db.fetchrow(
-            """UPDATE tasks SET lease_expires_at = LEAST($2::float8 + $3::float8, deadline_at), updated_at = $2::float8,
+            """UPDATE tasks SET lease_expires_at = LEAST(GREATEST(COALESCE(lease_expires_at, 0), $2::float8 + $3::float8), deadline_at), updated_at = $2::float8,
                    progress = COALESCE($4, progress)
                WHERE id = $1 RETURNING *""",
             task_id,
@@ -425,6 +436,7 @@ class PostgresStore(PostgresDatabase, Store):
                 fence,
                 agent,
             )
+            await _close_question(db, task_id, row["question_id"])
             change.task = task_from_row(updated)
             change.finished.append(task_id)
             await _unblock_dependents(db, task_id, now, change)
@@ -493,7 +505,9 @@ class PostgresStore(PostgresDatabase, Store):
             return change
         holder = row["claimed_by"] if status is TaskStatus.CLAIMED else None
         if holder:
-            await _end_attempt(db, task_id, row["fence_token"], AttemptOutcome.CANCELLED, reason, now)
+            await _end_attempt(
+                db, task_id, row["fence_token"], AttemptOutcome.CANCELLED, reason, now, row["question_id"]
+            )
             await _free_agent(db, holder, task_id)
             await _append_event(db, holder, EventKind.TASK_CANCELLED, task_id, reason, now)
             change.notified_agents.append(holder)
@@ -512,10 +526,32 @@ class PostgresStore(PostgresDatabase, Store):
     @override
     @writes
     async def sweep(
-        self, db: Db, now: float, agent_lost_before: float, keep_alive: Sequence[str] = ()
+        self,
+        db: Db,
+        now: float,
+        agent_lost_before: float,
+        keep_alive: Sequence[str] = (),
+        lease: float = 300.0,
     ) -> TaskChange:
-        """Several brokers may sweep at once: each lost agent and each expired lease is handled by exactly one."""
+        """Several brokers may sweep at once: each lost agent, expired lease and overdue question is handled by
+        exactly one."""
         change = TaskChange()
+        # Questions first: one that lets its worker continue renews the lease before the leases are looked at.
+        overdue = await db.fetch(
+            "SELECT id, agent, task_id FROM questions WHERE status = 'open' AND deadline_at <= $1::float8 "
+            "ORDER BY deadline_at",
+            now,
+        )
+        for found in overdue:
+            # Agent, task, question: the lock order of every other call. A busy agent is left to the next sweep.
+            if not await _lock_agent(db, found["agent"], skip_locked=True):
+                continue
+            await db.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", found["task_id"])
+            still = await db.fetchrow(
+                "SELECT * FROM questions WHERE id = $1 AND status = 'open' FOR UPDATE", found["id"]
+            )
+            if still is not None:
+                await _expire_question(db, question_from_row(still), now, lease, change)
         alive = list(keep_alive)
         if alive:
             # Agents parked on this broker are alive, but other brokers judge them by last_seen_at: refresh it once
@@ -566,6 +602,86 @@ class PostgresStore(PostgresDatabase, Store):
         )
         change.claimable.extend(task_from_row(r) for r in due)
         return change
+
+    # questions ----------------------------------------------------------------------------------------------
+    @override
+    @writes
+    async def ask_question(
+        self, db: Db, agent: str, task_id: int, fence: int, asked: NewQuestion, now: float, lease: float
+    ) -> QuestionResult:
+        await _touch_agent(db, agent, now)
+        row = await _held(db, agent, task_id, fence)
+        latest = await db.fetchrow(
+            "SELECT * FROM questions WHERE task_id = $1 AND fence_token = $2 ORDER BY id DESC LIMIT 1",
+            task_id,
+            fence,
+        )
+        again = rules.asked_again(asked, question_from_row(latest) if latest else None)
+        if again is not None:
+            return QuestionResult(again, TaskChange())
+        on_timeout, within = rules.question_policy(asked, row["answer_within_seconds"], row["on_unanswered"])
+        deadline = rules.question_deadline(now, within, row["deadline_at"])
+        found = await db.fetchrow(
+            """INSERT INTO questions (task_id, fence_token, agent, question, options, on_timeout, asked_at, deadline_at)
+               VALUES ($1, $2, $3, $4, $5::text[], $6, $7, $8) RETURNING *""",
+            *(task_id, fence, agent, asked.question, asked.options, on_timeout.value, now, deadline),
+        )
+        held_until = rules.lease_while_asking(now, lease, deadline, row["deadline_at"])
+        await db.execute(
+            "UPDATE tasks SET question_id = $1, lease_expires_at = $2, updated_at = $3 WHERE id = $4",
+            *(found["id"], held_until, now, task_id),
+        )
+        return QuestionResult(question_from_row(found), TaskChange(questions=[task_id]))
+
+    @override
+    @writes
+    async def answer_question(
+        self, db: Db, task_id: int, answer: str, answered_by: str, now: float, lease: float
+    ) -> QuestionResult:
+        # Lock the asker before the task (agent, then task, then question); if the question changed in between,
+        # look again.
+        while True:
+            peek = await db.fetchrow(
+                "SELECT t.status, t.question_id, q.agent FROM tasks AS t "
+                "LEFT JOIN questions AS q ON q.id = t.question_id WHERE t.id = $1",
+                task_id,
+            )
+            if peek is None:
+                raise rules.unknown_task_answered(task_id)
+            if peek["agent"] is not None:
+                await _lock_agent(db, peek["agent"])
+            row = await db.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+            if row["question_id"] == peek["question_id"]:
+                break
+        found = None
+        if row["question_id"] is not None:
+            found = await db.fetchrow(
+                """UPDATE questions SET status = 'answered', answer = $1, answered_by = $2, answered_at = $3
+                   WHERE id = $4 AND status = 'open' RETURNING *""",
+                *(answer, answered_by, now, row["question_id"]),
+            )
+        if found is None:
+            latest = await db.fetchrow(
+                "SELECT * FROM questions WHERE task_id = $1 ORDER BY id DESC LIMIT 1", task_id
+            )
+            raise rules.no_open_question(
+                task_id, row["status"], question_from_row(latest) if latest else None
+            )
+        question = question_from_row(found)
+        await db.execute(
+            """UPDATE tasks SET question_id = NULL, updated_at = $2::float8,
+                   lease_expires_at = LEAST(GREATEST(COALESCE(lease_expires_at, 0), $2::float8 + $3::float8), deadline_at)
+               WHERE id = $1""",
+            *(task_id, now, lease),
+        )
+        await _append_event(db, question.agent, EventKind.QUESTION_ANSWERED, task_id, answer, now)
+        return QuestionResult(question, TaskChange(notified_agents=[question.agent], questions=[task_id]))
+
+    @override
+    @reads
+    async def get_question(self, db: Db, question_id: int) -> Question | None:
+        found = await db.fetchrow("SELECT * FROM questions WHERE id = $1", question_id)
+        return question_from_row(found) if found else None
 
     @override
     @reads
@@ -693,7 +809,7 @@ async def _append_event(
 
 async def _renew_current(db: Db, agent: str, now: float, lease: float) -> Task | None:
     row = await db.fetchrow(
-        """UPDATE tasks SET lease_expires_at = LEAST($2::float8 + $3::float8, deadline_at), updated_at = $2::float8
+        """UPDATE tasks SET lease_expires_at = LEAST(GREATEST(COALESCE(lease_expires_at, 0), $2::float8 + $3::float8), deadline_at), updated_at = $2::float8
            WHERE status = 'claimed' AND claimed_by = $1 AND deadline_at > $2::float8 RETURNING *""",
         agent,
         now,
@@ -722,11 +838,69 @@ async def _task(db: Db, task_id: int, with_attempts: bool) -> Task | None:
     if with_attempts:
         found = await db.fetch("SELECT * FROM attempts WHERE task_id = $1 ORDER BY number", task_id)
         attempts = [rows.attempt_from_row(r) for r in found]
-    return task_from_row(row, await _task_deps(db, task_id), attempts)
+    task = task_from_row(row, await _task_deps(db, task_id), attempts)
+    if with_attempts:
+        asked = await db.fetch("SELECT * FROM questions WHERE task_id = $1 ORDER BY id", task_id)
+        task.questions = [question_from_row(r) for r in asked]
+        task.question = next((q for q in task.questions if q.status is QuestionStatus.OPEN), None)
+    elif row["question_id"] is not None:
+        await _with_open_questions(db, [task], [row])
+    return task
+
+
+async def _with_open_questions(db: Db, tasks: list[Task], found: Iterable[Row]) -> list[Task]:
+    """Set each task's open question; the questions table is read only when a row points at one."""
+    ids = [r["question_id"] for r in found if r["question_id"] is not None]
+    if not ids:
+        return tasks
+    asked = await db.fetch("SELECT * FROM questions WHERE id = ANY($1::bigint[]) AND status = 'open'", ids)
+    open_questions = {q.task_id: q for q in map(question_from_row, asked)}
+    for task in tasks:
+        task.question = open_questions.get(task.id)
+    return tasks
+
+
+async def _expire_question(db: Db, question: Question, now: float, lease: float, change: TaskChange) -> None:
+    """Close a question whose deadline passed (its agent, task and row locked): its worker continues on its own
+    judgement, or the attempt fails."""
+    await db.execute("UPDATE questions SET status = 'expired' WHERE id = $1", question.id)
+    row = await db.fetchrow(
+        "UPDATE tasks SET question_id = NULL WHERE id = $1 AND question_id = $2 RETURNING *",
+        question.task_id,
+        question.id,
+    )
+    change.questions.append(question.task_id)
+    change.notified_agents.append(question.agent)
+    if question.on_timeout is OnUnanswered.CONTINUE:
+        detail = rules.unanswered_continue(question)
+        await _append_event(db, question.agent, EventKind.QUESTION_EXPIRED, question.task_id, detail, now)
+        await db.execute(
+            """UPDATE tasks SET lease_expires_at = LEAST(GREATEST(COALESCE(lease_expires_at, 0),
+                   $2::float8 + $3::float8), deadline_at)
+               WHERE id = $1 AND status = 'claimed' AND fence_token = $4""",
+            *(question.task_id, now, lease, question.fence_token),
+        )
+        return
+    failure = rules.unanswered_fail(question)
+    await _append_event(db, question.agent, EventKind.QUESTION_EXPIRED, question.task_id, failure, now)
+    if row is not None and rules.holds(
+        question.agent,
+        question.fence_token,
+        status=row["status"],
+        claimed_by=row["claimed_by"],
+        fence_token=row["fence_token"],
+    ):
+        await _requeue_or_bury(db, row, AttemptOutcome.UNANSWERED, failure, now, change, retryable=False)
 
 
 async def _end_attempt(
-    db: Db, task_id: int, fence: int, outcome: AttemptOutcome, error: str | None, now: float
+    db: Db,
+    task_id: int,
+    fence: int,
+    outcome: AttemptOutcome,
+    error: str | None,
+    now: float,
+    question_id: int | None = None,
 ) -> None:
     await db.execute(
         "UPDATE attempts SET outcome = $1, error = $2, finished_at = $3 WHERE task_id = $4 AND fence_token = $5",
@@ -736,6 +910,17 @@ async def _end_attempt(
         task_id,
         fence,
     )
+    await _close_question(db, task_id, question_id)
+
+
+async def _close_question(db: Db, task_id: int, question_id: int | None) -> None:
+    """The question an ending attempt left open (``question_id``, the task row's) closes with it: nobody is left
+    to read its answer. No statement for a task without one: this is the hot path."""
+    if question_id is not None:
+        await db.execute(
+            "UPDATE questions SET status = 'withdrawn' WHERE id = $1 AND status = 'open'", question_id
+        )
+        await db.execute("UPDATE tasks SET question_id = NULL WHERE id = $1", task_id)
 
 
 async def _free_agent(db: Db, agent: str, task_id: int) -> None:
@@ -808,7 +993,7 @@ async def _requeue_or_bury(
 ) -> None:
     """End the running attempt and put the task back in the queue, or end it, as :func:`rules.after_attempt` says."""
     task_id, agent = row["id"], row["claimed_by"]
-    await _end_attempt(db, task_id, row["fence_token"], ended, why, now)
+    await _end_attempt(db, task_id, row["fence_token"], ended, why, now, row["question_id"])
     if agent:
         await _free_agent(db, agent, task_id)
     delay = rules.RetryDelay(row["retry_delay_seconds"], row["retry_backoff"])

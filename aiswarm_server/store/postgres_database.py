@@ -24,6 +24,7 @@ from aiswarm_server.config import redact_database_url
 from aiswarm_server.errors import SchemaTooNew, StoreUnavailable
 from aiswarm_server.models import TaskChange
 from aiswarm_server.store import rows
+from aiswarm_server.store.base import QuestionResult
 from aiswarm_server.store.postgres_notify import ChangeListener, announce, channel_for
 
 T = TypeVar("T")
@@ -165,6 +166,8 @@ class PostgresDatabase:
                         value = await body(con, *args, **kwargs)
                         if isinstance(value, TaskChange):
                             await announce(con, self.channel, self.origin, value)
+                        elif isinstance(value, QuestionResult):
+                            await announce(con, self.channel, self.origin, value.change)
                     return value
             except _RETRYABLE:
                 if attempt == RETRIES - 1:

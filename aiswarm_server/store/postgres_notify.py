@@ -45,24 +45,30 @@ def channel_for(schema: str) -> str:
 def change_payloads(origin: str, change: TaskChange, limit: int = NOTIFY_LIMIT) -> list[str]:
     """The NOTIFY payloads announcing ``change``: ids and agent names, never whole tasks.
 
-    ``{"o": origin, "c": [claimable ids], "f": [finished ids], "a": [agents with new events]}``. When that does not
+    ``{"o": origin, "c": [claimable ids], "f": [finished ids], "a": [agents with new events], "q": [tasks whose
+    question was asked or closed]}``. When that does not
     fit one payload, ``"c": true`` asks listeners to re-read the pending queue instead, and the finished ids and
     agent names are spread over as many payloads as they need (watchers of a finished task must still hear of it).
     """
     claimable = [t.id for t in change.claimable]
     finished = list(dict.fromkeys([*change.finished, *([change.task.id] if change.task else [])]))
     agents = list(dict.fromkeys(change.notified_agents))
-    whole = dumps({"o": origin, "c": claimable, "f": finished, "a": agents})
+    asked = list(dict.fromkeys(change.questions))
+    note: dict[str, Any] = {"o": origin, "c": claimable, "f": finished, "a": agents}
+    if asked:
+        note["q"] = asked
+    whole = dumps(note)
     if len(whole.encode()) <= limit:
         return [whole]
     payloads: list[str] = []
-    current: dict[str, Any] = {"o": origin, "c": bool(claimable), "f": [], "a": []}
+    current: dict[str, Any] = {"o": origin, "c": bool(claimable), "f": [], "a": [], "q": []}
     size = len(dumps(current).encode())
-    for key, item in [*(("f", i) for i in finished), *(("a", a) for a in agents)]:
+    items = [*(("f", i) for i in finished), *(("a", a) for a in agents), *(("q", i) for i in asked)]
+    for key, item in items:
         cost = len(dumps(item).encode()) + 1
         if size + cost > limit:
             payloads.append(dumps(current))
-            current = {"o": origin, "c": False, "f": [], "a": []}
+            current = {"o": origin, "c": False, "f": [], "a": [], "q": []}
             size = len(dumps(current).encode())
         current[key].append(item)
         size += cost
@@ -72,7 +78,7 @@ def change_payloads(origin: str, change: TaskChange, limit: int = NOTIFY_LIMIT) 
 
 async def announce(db: Connection, channel: str, origin: str, change: TaskChange) -> None:
     """NOTIFY the other brokers of ``change``, inside the transaction: PostgreSQL delivers it on commit only."""
-    if not (change.claimable or change.finished or change.notified_agents):
+    if not (change.claimable or change.finished or change.notified_agents or change.questions):
         return
     for payload in change_payloads(origin, change):
         await db.execute("SELECT pg_notify($1, $2)", channel, payload)
@@ -193,6 +199,7 @@ class ChangeListener:
         claimable: list[int] = []
         finished: list[int] = []
         agents: list[str] = []
+        asked: list[int] = []
         for payload in payloads:
             try:
                 note = json.loads(payload)
@@ -204,9 +211,10 @@ class ChangeListener:
                     claimable += [int(i) for i in note.get("c", [])]
                 finished += [int(i) for i in note.get("f", [])]
                 agents += [str(a) for a in note.get("a", [])]
+                asked += [int(i) for i in note.get("q", [])]
             except (ValueError, TypeError, AttributeError):
                 log.warning("ignoring a malformed notification on %s: %.200s", self.store.channel, payload)
-        if not (reread_pending or claimable or finished or agents):
+        if not (reread_pending or claimable or finished or agents or asked):
             return None
         if reread_pending:
             pending = await self.store.pending_tasks(limit=100)
@@ -219,4 +227,5 @@ class ChangeListener:
             claimable=pending,
             finished=list(dict.fromkeys(finished)),
             notified_agents=list(dict.fromkeys(agents)),
+            questions=list(dict.fromkeys(asked)),
         )

@@ -19,6 +19,9 @@ from aiswarm_server.models import (
     Event,
     EventKind,
     Identity,
+    OnUnanswered,
+    Question,
+    QuestionStatus,
     Role,
     Task,
     TaskStatus,
@@ -76,6 +79,8 @@ def task_from_row(
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
         attempts=attempts or [],
+        answer_within_seconds=row["answer_within_seconds"],
+        on_unanswered=OnUnanswered(row["on_unanswered"]) if row["on_unanswered"] is not None else None,
         **isolation_fields(row, labels),
     )
 
@@ -130,6 +135,25 @@ def event_from_row(row: Row) -> Event:
         task_id=row["task_id"],
         detail=row["detail"],
         created_at=row["created_at"],
+    )
+
+
+def question_from_row(row: Row) -> Question:
+    """A question row."""
+    return Question(
+        id=row["id"],
+        task_id=row["task_id"],
+        fence_token=row["fence_token"],
+        agent=row["agent"],
+        question=row["question"],
+        options=labels(row["options"]),
+        on_timeout=OnUnanswered(row["on_timeout"]),
+        status=QuestionStatus(row["status"]),
+        asked_at=row["asked_at"],
+        deadline_at=row["deadline_at"],
+        answer=row["answer"],
+        answered_by=row["answered_by"],
+        answered_at=row["answered_at"],
     )
 
 

@@ -11,8 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiswarm_server.errors import NotFound, StaleClaim, TaskCancelled
-from aiswarm_server.models import AttemptOutcome, Claim, Task, TaskChange, TaskStatus
+from aiswarm_server.errors import InvalidRequest, NotFound, StaleClaim, TaskCancelled
+from aiswarm_server.limits import ANSWER_WITHIN_DEFAULT_SECONDS
+from aiswarm_server.models import (
+    AttemptOutcome,
+    Claim,
+    NewQuestion,
+    OnUnanswered,
+    Question,
+    QuestionStatus,
+    Task,
+    TaskChange,
+    TaskStatus,
+)
 
 #: ``last_seen_at`` is kept to this resolution: an agent that calls again sooner is not rewritten, so a wait that
 #: finds nothing new commits no write at all (liveness is judged in minutes).
@@ -246,6 +257,7 @@ _ATTEMPT_ENDED: dict[str, str] = {
     AttemptOutcome.RELEASED: "it was released back to the queue",
     AttemptOutcome.FAILED: "you already reported it as failed",
     AttemptOutcome.COMPLETED: "you already reported it as completed",
+    AttemptOutcome.UNANSWERED: "your question was not answered by its deadline, and it said to fail without one",
 }
 
 
@@ -287,4 +299,81 @@ def stale_report(
     return StaleClaim(
         f"Your claim on task #{task_id} (fence_token {fence}) is no longer valid: {why}{now_with}. "
         "Your report was not recorded. Discard this work and call wait_for_next_event."
+    )
+
+
+# --- questions -------------------------------------------------------------------------------------------------
+def question_policy(
+    asked: NewQuestion, task_within: float | None, task_on_unanswered: str | None
+) -> tuple[OnUnanswered, float]:
+    """How long a question stays open and what its deadline does: what the worker asked for (it knows what rides
+    on this question), else what the submitter set on the task, else continue after the broker's default."""
+    on_timeout = asked.on_timeout or (OnUnanswered(task_on_unanswered) if task_on_unanswered else None)
+    within = asked.answer_within_seconds or task_within or ANSWER_WITHIN_DEFAULT_SECONDS
+    return on_timeout or OnUnanswered.CONTINUE, float(within)
+
+
+def question_deadline(now: float, within: float, attempt_deadline: float | None) -> float:
+    """When a question closes unanswered: ``within`` seconds from now, never after the attempt's own deadline (the
+    task's timeout keeps running while its worker waits, and wins)."""
+    deadline = now + within
+    return deadline if attempt_deadline is None else min(deadline, attempt_deadline)
+
+
+def lease_while_asking(
+    now: float, lease: float, question_deadline: float, attempt_deadline: float | None
+) -> float:
+    """The lease of a task whose worker waits for an answer: it lasts at least until the question's deadline (the
+    wait is the work), never past the attempt's deadline."""
+    held = max(now + lease, question_deadline)
+    return held if attempt_deadline is None else min(held, attempt_deadline)
+
+
+def asked_again(asked: NewQuestion, latest: Question | None) -> Question | None:
+    """The attempt's latest question when ``asked`` repeats it (a retry, or asking again to keep waiting): it is
+    answered as it stands, never recorded twice. Raises :class:`InvalidRequest` while a different one is open."""
+    if latest is None:
+        return None
+    if latest.question == asked.question:
+        return latest
+    if latest.status is QuestionStatus.OPEN:
+        raise InvalidRequest(
+            f"Your question #{latest.id} on task #{latest.task_id} is still open: one question at a time. Wait for "
+            f"its answer (call ask_primary again with the same question, or wait_for_next_event), or carry on."
+        )
+    return None
+
+
+def no_open_question(task_id: int, status: str, latest: Question | None) -> InvalidRequest:
+    """Why an answer cannot be recorded: the task has no open question (none asked, or the last one closed)."""
+    if latest is None:
+        return InvalidRequest(f"Task #{task_id} ({status}) has no question to answer: its worker asked none.")
+    closed = {
+        QuestionStatus.ANSWERED: f"was answered already by {latest.answered_by}",
+        QuestionStatus.EXPIRED: "went unanswered past its deadline",
+        QuestionStatus.WITHDRAWN: "was withdrawn when its attempt ended",
+    }[latest.status]
+    return InvalidRequest(
+        f"Task #{task_id} has no open question: its last one (#{latest.id}) {closed}. Nothing was recorded."
+    )
+
+
+def unknown_task_answered(task_id: int) -> NotFound:
+    """An answer named a task that does not exist."""
+    return NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
+
+
+def unanswered_continue(question: Question) -> str:
+    """What the worker is told when its question's deadline passed and it may go on."""
+    return (
+        f"No answer to your question #{question.id} by its deadline: continue with your own judgement, and say in "
+        "your result what you decided and why."
+    )
+
+
+def unanswered_fail(question: Question) -> str:
+    """What the attempt (and the task) fail with when a question that had to be answered was not."""
+    return (
+        f"question #{question.id} was not answered by its deadline and said to fail without an answer: "
+        f"{question.question[:300]!r}"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
@@ -21,12 +21,14 @@ from aiswarm_server.models import (
     AgentState,
     AttemptOutcome,
     EventKind,
+    OnUnanswered,
+    QuestionStatus,
     TaskChange,
     TaskStatus,
     UsageRecord,
 )
 from aiswarm_server.store import rows, rules
-from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, Store, StoreStats
+from aiswarm_server.store.base import AgentPoll, AgentProfile, ClaimResult, QuestionResult, Store, StoreStats
 from aiswarm_server.store.isolation import submitted_values, update_assignments
 from aiswarm_server.store.rows import (
     USAGE_COLUMNS,
@@ -35,6 +37,7 @@ from aiswarm_server.store.rows import (
     dumps,
     event_from_row,
     identity_from_row,
+    question_from_row,
     task_from_row,
     usage_from_row,
 )
@@ -43,7 +46,7 @@ from aiswarm_server.store.sqlite_database import Db, SqliteDatabase, migrations,
 __all__ = ["SqliteStore", "migrations"]
 
 if TYPE_CHECKING:
-    from aiswarm_server.models import Agent, Identity, IsolationUpdate, NewTask, Task
+    from aiswarm_server.models import Agent, Identity, IsolationUpdate, NewQuestion, NewTask, Question, Task
 
 # A task fits an agent when its persona is unset or the agent's, and its capabilities are a subset of the agent's.
 _FITS = """
@@ -233,6 +236,15 @@ class SqliteStore(SqliteDatabase, Store):
                     "RETURNING *",
                     (isolation, dumps(files), base_commit, target_branch, row["id"]),
                 ).fetchone()
+            if spec.records_question_policy:
+                row = db.execute(
+                    "UPDATE tasks SET answer_within_seconds = ?, on_unanswered = ? WHERE id = ? RETURNING *",
+                    (
+                        spec.answer_within_seconds,
+                        spec.on_unanswered.value if spec.on_unanswered else None,
+                        row["id"],
+                    ),
+                ).fetchone()
             db.executemany(
                 "INSERT INTO task_deps (task_id, depends_on) VALUES (?, ?)", [(row["id"], d) for d in deps]
             )
@@ -253,7 +265,9 @@ class SqliteStore(SqliteDatabase, Store):
                 "SELECT * FROM tasks WHERE id IN (SELECT value FROM json_each(?))", (dumps(list(task_ids)),)
             )
         }
-        return [task_from_row(found[i], _task_deps(db, i)) for i in task_ids if i in found]
+        return _with_open_questions(
+            db, [task_from_row(found[i], _task_deps(db, i)) for i in task_ids if i in found], found.values()
+        )
 
     @override
     @reads
@@ -265,7 +279,8 @@ class SqliteStore(SqliteDatabase, Store):
                 "SELECT * FROM tasks WHERE status = ? ORDER BY id DESC LIMIT ? OFFSET ?",
                 (status.value, limit, offset),
             )
-        return [task_from_row(r) for r in found]
+        listed = found.fetchall()
+        return _with_open_questions(db, [task_from_row(r) for r in listed], listed)
 
     @override
     @reads
@@ -333,7 +348,7 @@ class SqliteStore(SqliteDatabase, Store):
         _touch_agent(db, agent, now)
         _held(db, agent, task_id, fence)
         row = db.execute(
-            """UPDATE tasks SET lease_expires_at = MIN(:now + :lease, deadline_at), updated_at = :now,
+            """UPDATE tasks SET lease_expires_at = MIN(MAX(COALESCE(lease_expires_at, 0), :now + :lease), deadline_at), updated_at = :now,
                    progress = COALESCE(:progress, progress)
                WHERE id = :id RETURNING *""",
             {"now": now, "lease": lease, "id": task_id, "progress": progress},
@@ -359,7 +374,7 @@ class SqliteStore(SqliteDatabase, Store):
                 return change
             raise
         if report.success:
-            _end_attempt(db, task_id, fence, AttemptOutcome.COMPLETED, None, now)
+            _end_attempt(db, task_id, fence, AttemptOutcome.COMPLETED, None, now, row["question_id"])
             _free_agent(db, agent, task_id)
             updated = db.execute(
                 """UPDATE tasks SET status = 'completed', result = ?, data = ?, error = NULL, lease_expires_at = NULL,
@@ -415,7 +430,9 @@ class SqliteStore(SqliteDatabase, Store):
             return change
         holder = row["claimed_by"] if status is TaskStatus.CLAIMED else None
         if holder:
-            _end_attempt(db, task_id, row["fence_token"], AttemptOutcome.CANCELLED, reason, now)
+            _end_attempt(
+                db, task_id, row["fence_token"], AttemptOutcome.CANCELLED, reason, now, row["question_id"]
+            )
             _free_agent(db, holder, task_id)
             _append_event(db, holder, EventKind.TASK_CANCELLED, task_id, reason, now)
             change.notified_agents.append(holder)
@@ -432,9 +449,20 @@ class SqliteStore(SqliteDatabase, Store):
     @override
     @writes
     def sweep(
-        self, db: Db, now: float, agent_lost_before: float, keep_alive: Sequence[str] = ()
+        self,
+        db: Db,
+        now: float,
+        agent_lost_before: float,
+        keep_alive: Sequence[str] = (),
+        lease: float = 300.0,
     ) -> TaskChange:
         change = TaskChange()
+        # Questions first: one that lets its worker continue renews the lease before the leases are looked at.
+        overdue = db.execute(
+            "SELECT * FROM questions WHERE status = 'open' AND deadline_at <= ? ORDER BY deadline_at", (now,)
+        ).fetchall()
+        for found in overdue:
+            _expire_question(db, question_from_row(found), now, lease, change)
         # Agents parked in a wait are alive without being written to every second (1,000 parked agents made
         # that a 1,000-row write per sweep); only the silent ones are looked at.
         silent = db.execute(
@@ -471,6 +499,82 @@ class SqliteStore(SqliteDatabase, Store):
         ).fetchall()
         change.claimable.extend(task_from_row(r) for r in due)
         return change
+
+    # questions ----------------------------------------------------------------------------------------------
+    @override
+    @writes
+    def ask_question(
+        self, db: Db, agent: str, task_id: int, fence: int, asked: NewQuestion, now: float, lease: float
+    ) -> QuestionResult:
+        _touch_agent(db, agent, now)
+        row = _held(db, agent, task_id, fence)
+        latest = db.execute(
+            "SELECT * FROM questions WHERE task_id = ? AND fence_token = ? ORDER BY id DESC LIMIT 1",
+            (task_id, fence),
+        ).fetchone()
+        again = rules.asked_again(asked, question_from_row(latest) if latest else None)
+        if again is not None:
+            return QuestionResult(again, TaskChange())
+        on_timeout, within = rules.question_policy(asked, row["answer_within_seconds"], row["on_unanswered"])
+        deadline = rules.question_deadline(now, within, row["deadline_at"])
+        found = db.execute(
+            """INSERT INTO questions (task_id, fence_token, agent, question, options, on_timeout, asked_at, deadline_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *""",
+            (
+                task_id,
+                fence,
+                agent,
+                asked.question,
+                dumps(asked.options),
+                on_timeout.value,
+                now,
+                deadline,
+            ),
+        ).fetchone()
+        held_until = rules.lease_while_asking(now, lease, deadline, row["deadline_at"])
+        db.execute(
+            "UPDATE tasks SET question_id = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?",
+            (found["id"], held_until, now, task_id),
+        )
+        return QuestionResult(question_from_row(found), TaskChange(questions=[task_id]))
+
+    @override
+    @writes
+    def answer_question(
+        self, db: Db, task_id: int, answer: str, answered_by: str, now: float, lease: float
+    ) -> QuestionResult:
+        row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise rules.unknown_task_answered(task_id)
+        found = None
+        if row["question_id"] is not None:
+            found = db.execute(
+                """UPDATE questions SET status = 'answered', answer = ?, answered_by = ?, answered_at = ?
+                   WHERE id = ? AND status = 'open' RETURNING *""",
+                (answer, answered_by, now, row["question_id"]),
+            ).fetchone()
+        if found is None:
+            latest = db.execute(
+                "SELECT * FROM questions WHERE task_id = ? ORDER BY id DESC LIMIT 1", (task_id,)
+            ).fetchone()
+            raise rules.no_open_question(
+                task_id, row["status"], question_from_row(latest) if latest else None
+            )
+        question = question_from_row(found)
+        db.execute(
+            """UPDATE tasks SET question_id = NULL, updated_at = :now,
+                   lease_expires_at = MIN(MAX(COALESCE(lease_expires_at, 0), :now + :lease), deadline_at)
+               WHERE id = :id""",
+            {"now": now, "lease": lease, "id": task_id},
+        )
+        _append_event(db, question.agent, EventKind.QUESTION_ANSWERED, task_id, answer, now)
+        return QuestionResult(question, TaskChange(notified_agents=[question.agent], questions=[task_id]))
+
+    @override
+    @reads
+    def get_question(self, db: Db, question_id: int) -> Question | None:
+        found = db.execute("SELECT * FROM questions WHERE id = ?", (question_id,)).fetchone()
+        return question_from_row(found) if found else None
 
     @override
     @reads
@@ -576,7 +680,7 @@ def _append_event(db: Db, agent: str, kind: EventKind, task_id: int | None, deta
 
 def _renew_current(db: Db, agent: str, now: float, lease: float) -> Task | None:
     row = db.execute(
-        """UPDATE tasks SET lease_expires_at = MIN(:now + :lease, deadline_at), updated_at = :now
+        """UPDATE tasks SET lease_expires_at = MIN(MAX(COALESCE(lease_expires_at, 0), :now + :lease), deadline_at), updated_at = :now
            WHERE status = 'claimed' AND claimed_by = :agent AND deadline_at > :now RETURNING *""",
         {"now": now, "lease": lease, "agent": agent},
     ).fetchone()
@@ -596,7 +700,70 @@ def _task(db: Db, task_id: int, with_attempts: bool) -> Task | None:
     if with_attempts:
         found = db.execute("SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,))
         attempts = [rows.attempt_from_row(r) for r in found]
-    return task_from_row(row, _task_deps(db, task_id), attempts)
+    task = task_from_row(row, _task_deps(db, task_id), attempts)
+    if with_attempts:
+        asked = db.execute("SELECT * FROM questions WHERE task_id = ? ORDER BY id", (task_id,))
+        task.questions = [question_from_row(r) for r in asked]
+        task.question = next((q for q in task.questions if q.status is QuestionStatus.OPEN), None)
+    elif row["question_id"] is not None:
+        _with_open_questions(db, [task], [row])
+    return task
+
+
+def _with_open_questions(db: Db, tasks: list[Task], found: Iterable[sqlite3.Row]) -> list[Task]:
+    """Set each task's open question; the questions table is read only when a row points at one."""
+    ids = [r["question_id"] for r in found if r["question_id"] is not None]
+    if not ids:
+        return tasks
+    open_questions = {
+        q.task_id: q
+        for q in map(
+            question_from_row,
+            db.execute(
+                "SELECT * FROM questions WHERE id IN (SELECT value FROM json_each(?)) AND status = 'open'",
+                (dumps(ids),),
+            ),
+        )
+    }
+    for task in tasks:
+        task.question = open_questions.get(task.id)
+    return tasks
+
+
+def _expire_question(db: Db, question: Question, now: float, lease: float, change: TaskChange) -> None:
+    """Close a question whose deadline passed: its worker continues on its own judgement, or the attempt fails."""
+    db.execute("UPDATE questions SET status = 'expired' WHERE id = ?", (question.id,))
+    row = db.execute(
+        "UPDATE tasks SET question_id = NULL WHERE id = ? AND question_id = ? RETURNING *",
+        (question.task_id, question.id),
+    ).fetchone()
+    change.questions.append(question.task_id)
+    change.notified_agents.append(question.agent)
+    if question.on_timeout is OnUnanswered.CONTINUE:
+        _append_event(
+            db,
+            question.agent,
+            EventKind.QUESTION_EXPIRED,
+            question.task_id,
+            rules.unanswered_continue(question),
+            now,
+        )
+        db.execute(
+            """UPDATE tasks SET lease_expires_at = MIN(MAX(COALESCE(lease_expires_at, 0), :now + :lease), deadline_at)
+               WHERE id = :id AND status = 'claimed' AND fence_token = :fence""",
+            {"now": now, "lease": lease, "id": question.task_id, "fence": question.fence_token},
+        )
+        return
+    failure = rules.unanswered_fail(question)
+    _append_event(db, question.agent, EventKind.QUESTION_EXPIRED, question.task_id, failure, now)
+    if row is not None and rules.holds(
+        question.agent,
+        question.fence_token,
+        status=row["status"],
+        claimed_by=row["claimed_by"],
+        fence_token=row["fence_token"],
+    ):
+        _requeue_or_bury(db, row, AttemptOutcome.UNANSWERED, failure, now, change, retryable=False)
 
 
 def _start_attempt(db: Db, task: sqlite3.Row, agent: str, now: float) -> None:
@@ -611,12 +778,25 @@ def _start_attempt(db: Db, task: sqlite3.Row, agent: str, now: float) -> None:
 
 
 def _end_attempt(
-    db: Db, task_id: int, fence: int, outcome: AttemptOutcome, error: str | None, now: float
+    db: Db,
+    task_id: int,
+    fence: int,
+    outcome: AttemptOutcome,
+    error: str | None,
+    now: float,
+    question_id: int | None = None,
 ) -> None:
+    """End the attempt under ``fence``; the question it left open (``question_id``, the task row's) closes with
+    it, since nobody is left to read its answer. No statement for a task without one: this is the hot path."""
     db.execute(
         "UPDATE attempts SET outcome = ?, error = ?, finished_at = ? WHERE task_id = ? AND fence_token = ?",
         (outcome.value, error, now, task_id, fence),
     )
+    if question_id is not None:
+        db.execute(
+            "UPDATE questions SET status = 'withdrawn' WHERE id = ? AND status = 'open'", (question_id,)
+        )
+        db.execute("UPDATE tasks SET question_id = NULL WHERE id = ?", (task_id,))
 
 
 def _free_agent(db: Db, agent: str, task_id: int) -> None:
@@ -675,7 +855,7 @@ def _requeue_or_bury(
 ) -> None:
     """End the running attempt and put the task back in the queue, or end it, as :func:`rules.after_attempt` says."""
     task_id, agent = row["id"], row["claimed_by"]
-    _end_attempt(db, task_id, row["fence_token"], ended, why, now)
+    _end_attempt(db, task_id, row["fence_token"], ended, why, now, row["question_id"])
     if agent:
         _free_agent(db, agent, task_id)
     delay = rules.RetryDelay(row["retry_delay_seconds"], row["retry_backoff"])

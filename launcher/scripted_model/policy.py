@@ -54,6 +54,7 @@ from typing import Any
 from launcher.prompts import FAILED_PREFIX
 from launcher.scripted_model.conversation import Conversation, ToolDeclaration, ToolResult, result_payload
 from launcher.scripted_model.task_grammar import (
+    AskPrimary,
     CallMcpTool,
     Fail,
     ReportProgress,
@@ -100,6 +101,7 @@ BROKER_TOOLS = frozenset(
         "wait_for_next_event",
         "claim_task",
         "report_progress",
+        "ask_primary",
         "report_task_completion",
         "update_heartbeat",
         "get_agent_status",
@@ -108,6 +110,7 @@ BROKER_TOOLS = frozenset(
         "get_task",
         "list_tasks",
         "wait_for_tasks",
+        "answer_question",
         "cancel_task",
         "list_agents",
         "issue_agent_token",
@@ -123,6 +126,9 @@ SHELL_TOOLS = ("exec_command", "shell", "Bash", "run_shell_command", "bash")
 
 DEFAULT_IDLE_WAITS = 3
 MAX_RESULT_WAITS = 4  # stays under the CLIs' loop guards (5 identical calls in a row)
+MAX_ANSWER_WAITS = 6  # waits for an answer after ask_primary returned first (each with a new cursor)
+ANSWER_WAIT_SECONDS = 50
+NO_ANSWER = "(no answer: my own judgement)"
 
 
 PLANNER_MARKER = "You are the aiswarm planner"
@@ -407,14 +413,22 @@ def _perform(
     reported: str | None = None
     called: list[str] = []
     silent = False
+    decided: str | None = None  # the primary's answer to an ASK
     for op in operations:
         if isinstance(op, Fail):
             return _Outcome(False, written, op.reason)
         if isinstance(op, Silent):
             silent = True
             continue
+        if isinstance(op, AskPrimary):
+            asked = yield from _ask(tools, task, fence_token, op.question)
+            if isinstance(asked, _Outcome):
+                asked.written = written
+                return asked
+            decided = asked
+            continue
         if isinstance(op, ReportResult):
-            reported = op.text
+            reported = op.text if decided is None else op.text.replace("{answer}", decided)
             continue
         if isinstance(op, CallMcpTool):
             name = tools.broker(op.tool)
@@ -437,6 +451,8 @@ def _perform(
                 return _Outcome(False, written, "cancelled", cancelled=True)
             continue
         assert isinstance(op, WriteFile)
+        if decided is not None:
+            op = WriteFile(op.path, op.content.replace("{answer}", decided))
         write = tools.own(*WRITE_TOOLS)
         shell = tools.own(*SHELL_TOOLS) if write is None else None
         if write is None and shell is None:
@@ -466,6 +482,52 @@ def _perform(
             return _Outcome(False, written, f"writing {op.path} failed: {_first_line(result.text)}")
         written.append(op.path)
     return _Outcome(True, written, result=reported or ("; ".join(called) if called else None), silent=silent)
+
+
+def _ask(
+    tools: Toolbox, task: dict[str, Any], fence_token: Any, question: str
+) -> Generator[Step, ToolResult, str | _Outcome]:
+    """Ask the primary and wait for the answer: the answer (or :data:`NO_ANSWER` past the deadline), or the
+    outcome that ends the task (no tool, a refusal, the attempt ended, no answer after every wait)."""
+    if tools.broker("ask_primary") is None:
+        return _Outcome(False, error="ask_primary is not declared")
+    task_id = task.get("id")
+    asked = yield tools.call(
+        "ask_primary", {"task_id": task_id, "fence_token": fence_token, "question": question}
+    )
+    payload = result_payload(asked.text)
+    if asked.is_error or payload is None:
+        return _Outcome(False, error=f"ask_primary failed: {_first_line(asked.text)}")
+    status, cursor = payload.get("status"), payload.get("cursor")
+    if status == "answered":
+        return str(payload.get("answer"))
+    if status == "expired" and payload.get("on_timeout") == "continue":
+        return NO_ANSWER
+    if status != "open":
+        return _Outcome(
+            False, error=f"no answer: {payload.get('message')}", cancelled=status in ("withdrawn", "expired")
+        )
+    for _ in range(MAX_ANSWER_WAITS):
+        waited = yield tools.call(
+            "wait_for_next_event", {"cursor": cursor, "timeout_seconds": ANSWER_WAIT_SECONDS}
+        )
+        events = result_payload(waited.text)
+        if waited.is_error or events is None:
+            return _Outcome(False, error=f"waiting for the answer failed: {_first_line(waited.text)}")
+        cursor = events.get("cursor")
+        for event in events.get("events") or []:
+            if not isinstance(event, dict) or event.get("task_id") != task_id:
+                continue
+            if event.get("kind") == "question_answered":
+                return str(event.get("detail"))
+            if event.get("kind") == "question_expired":
+                detail = str(event.get("detail"))
+                return (
+                    NO_ANSWER if "own judgement" in detail else _Outcome(False, error=detail, cancelled=True)
+                )
+            if event.get("kind") in ("task_cancelled", "lease_lost"):
+                return _Outcome(False, error=str(event.get("detail")), cancelled=True)
+    return _Outcome(False, error=f"no answer to {question!r} after {MAX_ANSWER_WAITS} waits")
 
 
 def cli_working_dir(conversation: Conversation) -> str | None:

@@ -37,6 +37,11 @@ ignored; every other line must be one of these directives (keywords are case-ins
     Report the task done with ``<text>`` as its result (e.g. a reviewer's verdict) instead of the list of files
     written.
 
+``ASK <question>``
+    Ask the primary with ``ask_primary`` and wait for the answer (``wait_for_next_event`` with the cursor it
+    gives, while it is open). ``{answer}`` in later lines (a ``RESULT``, a file's content) becomes the answer, or
+    ``(no answer: my own judgement)`` when the question's deadline passed unanswered.
+
 Paths must be relative and stay inside the task's working directory. Anything else (an
 unknown line, a ``WRITE`` without a block, an unterminated block, an absolute path, ``..``)
 makes the whole prompt invalid: the agent reports the task failed with a message naming
@@ -59,6 +64,7 @@ _FAIL = re.compile(r"^FAIL\s+(?P<reason>\S.*?)\s*$", re.IGNORECASE)
 _CALL = re.compile(r"^CALL\s+(?P<tool>[A-Za-z0-9_.-]+)(?:\s+(?P<arguments>\{.*\}))?\s*$", re.IGNORECASE)
 _SILENT = re.compile(r"^SILENT$", re.IGNORECASE)
 _RESULT = re.compile(r"^RESULT\s+(?P<text>\S.*?)\s*$", re.IGNORECASE)
+_ASK = re.compile(r"^ASK\s+(?P<question>\S.*?)\s*$", re.IGNORECASE)
 _FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})[^`]*$")
 
 
@@ -104,7 +110,14 @@ class Silent:
     """End with an empty final answer."""
 
 
-Operation = WriteFile | ReportProgress | Fail | ReportResult | CallMcpTool | Silent
+@dataclass(frozen=True)
+class AskPrimary:
+    """Ask the primary ``question`` and wait for its answer."""
+
+    question: str
+
+
+Operation = WriteFile | ReportProgress | Fail | ReportResult | CallMcpTool | Silent | AskPrimary
 
 
 class TaskPromptError(ValueError):
@@ -160,15 +173,17 @@ def parse_task_prompt(prompt: str) -> list[Operation]:
             operations.append(ReportResult(m["text"]))
         elif _SILENT.match(line):
             operations.append(Silent())
+        elif m := _ASK.match(line):
+            operations.append(AskPrimary(m["question"]))
         else:
             raise TaskPromptError(
                 f"line {number}: cannot understand {line[:80]!r} "
                 "(expected WRITE <path> + fenced block, 'Create the file <path> containing exactly: <text>', "
-                "PROGRESS <message>, FAIL <reason>, CALL <tool> <json>, RESULT <text> or SILENT)"
+                "PROGRESS <message>, FAIL <reason>, CALL <tool> <json>, RESULT <text>, ASK <question> or SILENT)"
             )
     if not operations:
         raise TaskPromptError(
-            "the task prompt asks for nothing (no WRITE, Create, PROGRESS, FAIL, CALL, RESULT or SILENT line)"
+            "the task prompt asks for nothing (no WRITE, Create, PROGRESS, FAIL, CALL, RESULT, ASK or SILENT line)"
         )
     return operations
 

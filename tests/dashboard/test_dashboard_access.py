@@ -157,3 +157,32 @@ def test_submit_release_and_requeue_from_the_dashboard(broker: BrokerProcess) ->
     assert new["id"] != task_id and new["title"] == "From the UI" and new["status"] == "pending"
     twice = httpx.post(f"{broker.base}/ui/api/tasks/{new['id']}/requeue", json={}, headers=headers)
     assert twice.status_code == 400 and "only a dead or failed task" in twice.json()["error"]
+
+
+def test_a_workers_question_is_on_the_board_and_answered_from_the_task_page(broker: BrokerProcess) -> None:
+    headers = bearer(broker.primary_token)
+    task_id = call(broker, broker.primary_token, "submit_task", title="Asks", prompt="Ask first.").tasks[0].id
+    worker = call(broker, broker.admin_token, "issue_agent_token", agent="ui-asker").token
+    fence = call(broker, worker, "claim_task", task_id=task_id).fence_token
+    call(
+        broker,
+        worker,
+        "ask_primary",
+        task_id=task_id,
+        fence_token=fence,
+        question="Tabs or spaces?",
+        wait_seconds=0,
+    )
+
+    board = httpx.get(f"{broker.base}/ui/api/board", headers=headers).json()
+    cards = [card for column in board["columns"].values() for card in column if card["id"] == task_id]
+    assert [card["question"] for card in cards] == ["Tabs or spaces?"]
+    empty = httpx.post(f"{broker.base}/ui/api/tasks/{task_id}/answer", json={"answer": ""}, headers=headers)
+    assert empty.status_code == 400 and "answer" in empty.json()["error"]
+    answered = httpx.post(
+        f"{broker.base}/ui/api/tasks/{task_id}/answer", json={"answer": "spaces"}, headers=headers
+    )
+    assert answered.status_code == 200, answered.text
+    page = httpx.get(f"{broker.base}/ui/api/tasks/{task_id}", headers=headers).json()
+    assert page["task"]["question"] is None
+    assert [(q["status"], q["answer"]) for q in page["task"]["questions"]] == [("answered", "spaces")]

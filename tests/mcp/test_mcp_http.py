@@ -21,6 +21,7 @@ pytestmark = pytest.mark.anyio
 
 MODES: list[Mode] = ["2026-07-28", "legacy"]
 WORKER_TOOLS = [
+    "ask_primary",
     "claim_task",
     "get_agent_status",
     "register_agent",
@@ -30,6 +31,7 @@ WORKER_TOOLS = [
     "wait_for_next_event",
 ]
 PRIMARY_TOOLS = [
+    "answer_question",
     "cancel_task",
     "get_task",
     "list_agents",

@@ -395,3 +395,61 @@ def test_a_conversation_that_diverges_from_the_script_is_not_papered_over() -> N
     conv.results.append(ToolResult("x", "write_file", "ok"))
     step = decide(conv)
     assert isinstance(step, Answer) and "lost track" in step.text
+
+
+ASK_TASK = "ASK Which greeting?\nWRITE out/greeting.txt\n```\n{answer}\n```\nRESULT The primary said {answer}"
+ASKING = [*BROKER, "ask_primary"]
+
+
+def test_ask_gets_the_answer_from_ask_primary_and_uses_it_in_files_and_the_result(tmp_path: Path) -> None:
+    world = FakeWorld(tmp_path, ASK_TASK)
+    asked: list[dict[str, Any]] = []
+
+    def execute(name: str, args: dict[str, Any]) -> str:
+        if name.endswith("ask_primary"):
+            asked.append(args)
+            return json.dumps({"status": "answered", "answer": "hello", "on_timeout": "continue"})
+        return world(name, args)
+
+    play(conversation("gemini", "Call claim_task with task_id 3.", ASKING), execute)
+    assert asked == [{"task_id": 3, "fence_token": 5, "question": "Which greeting?"}]
+    assert (tmp_path / "out" / "greeting.txt").read_text() == "hello\n"
+    assert world.reports[0]["success"] is True and world.reports[0]["result"] == "The primary said hello"
+
+
+def test_an_open_question_is_waited_for_with_a_new_cursor_each_time(tmp_path: Path) -> None:
+    world = FakeWorld(tmp_path, "ASK Which port?\nRESULT port {answer}")
+    waits: list[dict[str, Any]] = []
+
+    def execute(name: str, args: dict[str, Any]) -> str:
+        if name.endswith("ask_primary"):
+            return json.dumps({"status": "open", "cursor": "0.1", "on_timeout": "continue"})
+        if name.endswith("wait_for_next_event"):
+            waits.append(args)
+            answered = (
+                [{"kind": "question_answered", "task_id": 4, "detail": "8080"}] if len(waits) == 2 else []
+            )
+            return json.dumps({"events": answered, "cursor": f"{len(waits)}.{len(waits) + 1}"})
+        return world(name, args)
+
+    play(conversation("qwen", "Call claim_task with task_id 4.", ASKING), execute)
+    assert [w["cursor"] for w in waits] == ["0.1", "1.2"]
+    assert world.reports[0]["result"] == "port 8080"
+
+
+@pytest.mark.parametrize("on_timeout", ["continue", "fail"])
+def test_a_question_past_its_deadline_goes_on_by_its_own_judgement_or_stops(
+    on_timeout: str, tmp_path: Path
+) -> None:
+    world = FakeWorld(tmp_path, "ASK Which port?\nRESULT port {answer}")
+
+    def execute(name: str, args: dict[str, Any]) -> str:
+        if name.endswith("ask_primary"):
+            return json.dumps({"status": "expired", "on_timeout": on_timeout, "message": "attempt failed"})
+        return world(name, args)
+
+    answer, _ = play(conversation("qwen", "Call claim_task with task_id 4.", ASKING), execute)
+    if on_timeout == "continue":
+        assert world.reports[0]["result"] == "port (no answer: my own judgement)"
+    else:
+        assert world.reports == [] and "cancelled" in answer  # the attempt is over: nothing to report

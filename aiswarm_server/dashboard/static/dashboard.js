@@ -90,6 +90,7 @@ function renderBoard(snapshot) {
       el("span", {class: "card-meta"},
         [task.persona, task.agent, task.failures ? task.failures + " failed" : null].filter(Boolean).join(" · ")),
       task.progress ? el("span", {class: "card-progress"}, task.progress) : null,
+      task.question ? el("span", {class: "card-question"}, "asks: " + task.question) : null,
     ));
     return el("section", {class: "column", "data-status": status},
       el("h2", {}, (COLUMN_TITLES[status] || status) + " ", el("span", {class: "count"}, snapshot.counts[status] || 0)),
@@ -177,6 +178,17 @@ function renderTask(task) {
   });
   document.getElementById("task-attempts").replaceChildren(
     ...(attempts.length ? attempts : [el("li", {class: "none"}, "not claimed yet")]));
+  const open = task.question;
+  document.getElementById("question-section").hidden = !open;
+  document.getElementById("task-question").textContent = open
+    ? open.agent + " asks: " + open.question + (open.options.length ? " (options: " + open.options.join(" | ") + ")" : "")
+      + "; unanswered by " + when(open.deadline_at) + ", it " + (open.on_timeout === "fail" ? "fails" : "continues on its own judgement")
+    : "";
+  const asked = (task.questions || []).map((q) => el("li", {"data-status": q.status},
+    el("strong", {}, "#" + q.id + " " + q.status + ": "), q.question,
+    q.answer !== null ? el("div", {}, "answer (" + q.answered_by + "): " + q.answer) : null));
+  document.getElementById("questions-section").hidden = !asked.length;
+  document.getElementById("task-questions").replaceChildren(...asked);
   const terminal = ["completed", "failed", "dead", "cancelled"].includes(task.status);
   document.getElementById("action-cancel").disabled = terminal;
   document.getElementById("action-release").disabled = task.status !== "claimed";
@@ -207,6 +219,18 @@ function taskPage() {
       }
     });
   }
+  document.getElementById("answer-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = document.getElementById("answer-text");
+    try {
+      const reply = await act("/ui/api/tasks/" + id + "/answer", {answer: text.value});
+      text.value = "";
+      say(reply.message);
+      await load();
+    } catch (error) {
+      say(error.message, true);
+    }
+  });
   load();
   follow(load);
 }
