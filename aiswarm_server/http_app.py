@@ -3,6 +3,7 @@ the dashboard at ``/ui``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -11,6 +12,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from aiswarm_server import __version__
 from aiswarm_server.a2a_agent import A2AEndpoint, is_a2a_path
@@ -23,6 +25,7 @@ from aiswarm_server.models import Identity, Role
 from aiswarm_server.store import open_store
 from aiswarm_server.tasklog import BrokerTaskLog
 from aiswarm_server.tools import BrokerRef, build_servers
+from aiswarm_server.waiters import EXCHANGE_OVER
 
 log = logging.getLogger("aiswarm.http")
 
@@ -31,6 +34,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The protocol versions served by sessions (``initialize``, ``Mcp-Session-Id``); a request without the header is one.
+_SESSION_VERSIONS = frozenset(v.encode() for v in HANDSHAKE_PROTOCOL_VERSIONS)
 
 
 def transport_security(settings: BrokerSettings) -> TransportSecuritySettings:
@@ -199,6 +205,7 @@ class BrokerApp:
             return
         token = None
         length: bytes | None = None
+        version: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 text = value.decode("latin-1")
@@ -206,6 +213,8 @@ class BrokerApp:
                     token = text[7:].strip()
             elif name == b"content-length":
                 length = value
+            elif name == b"mcp-protocol-version":
+                version = value
         limit = self.settings.max_request_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _too_large(send, limit)
@@ -230,7 +239,19 @@ class BrokerApp:
                 [(b"www-authenticate", b'Bearer realm="aiswarm"')],
             )
             return
-        await self.role_apps[identity.role](scope, receive, send)
+        app = self.role_apps[identity.role]
+        if scope["method"] != "POST" or (version is not None and version not in _SESSION_VERSIONS):
+            await app(scope, receive, send)
+            return
+        # A session's call runs in the session's task and outlives this POST if the client hangs up or ends the
+        # session: tell it when the exchange is over (the POST's response ends, sent, dropped or cut off).
+        exchange_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        context = EXCHANGE_OVER.set(exchange_over)
+        try:
+            await app(scope, receive, send)
+        finally:
+            EXCHANGE_OVER.reset(context)
+            exchange_over.set_result(None)
 
     async def _a2a(self, scope: Scope, receive: Receive, send: Send) -> None:
         broker = self.broker
