@@ -381,6 +381,8 @@ class Broker:
                 if not claimable and poll.agent.current_task_id is None:
                     claimable = await self._task_offered_to(name)
                 if poll.events or claimable:
+                    if exchange_over is not None and exchange_over.done():
+                        continue  # its caller left while it read: the loop's top hands the offer on
                     return self._wait_reply(poll.cursor, sequence, poll.events, claimable)
                 remaining = deadline - self.clock()
                 if remaining <= 0:

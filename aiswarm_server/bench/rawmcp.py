@@ -118,14 +118,14 @@ class RawMcpConnection:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
-    def _head(self, method: str, length: int, accept: str, extra: str = "") -> bytes:
+    def _head(self, method: str, length: int, accept: str) -> bytes:
         session = ""
         if self.session_id is not None:
             session = f"Mcp-Session-Id: {self.session_id}\r\nMCP-Protocol-Version: {self.protocol}\r\n"
         body = f"Content-Type: application/json\r\nContent-Length: {length}\r\n" if method == "POST" else ""
         return (
             f"{method} /mcp HTTP/1.1\r\nHost: {self._host}\r\nAuthorization: Bearer {self._token}\r\n"
-            f"Accept: {accept}\r\n{session}{extra}{body}\r\n"
+            f"Accept: {accept}\r\n{session}{body}\r\n"
         ).encode()
 
     def _post(self, method: str, params: dict[str, Any] | None, request_id: int | None = None) -> bytes:
