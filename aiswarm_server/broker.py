@@ -88,7 +88,7 @@ from aiswarm_server.replies import (
 )
 from aiswarm_server.store import Store
 from aiswarm_server.store.rules import unanswered_continue
-from aiswarm_server.waiters import AgentWaiters, TaskWatchers
+from aiswarm_server.waiters import EXCHANGE_OVER, AgentWaiters, TaskWatchers
 
 log = logging.getLogger("aiswarm.broker")
 
@@ -385,15 +385,21 @@ class Broker:
 
         Reading acknowledges every event up to ``cursor`` and marks the agent seen, in one store transaction; the
         wait parks before it reads, so a task committed in between still wakes it. A task just offered to another
-        woken agent is left out for ``offer_seconds``. The timeout is capped at ``max_wait_seconds``. Raises
-        :class:`InvalidRequest` for a non-worker caller or a cursor this broker did not give out."""
+        woken agent is left out for ``offer_seconds``. The timeout is capped at ``max_wait_seconds``. A wait whose
+        caller is gone (:data:`~aiswarm_server.waiters.EXCHANGE_OVER`) leaves its park at once, and a task offered to
+        it goes to another parked agent. Raises :class:`InvalidRequest` for a non-worker caller or a cursor this
+        broker did not give out."""
         name = self.agent_of(identity)
         ack, sequence = parse_cursor(cursor)
         timeout = min(max(timeout_seconds, 0.0), float(self.settings.max_wait_seconds))
         deadline = self.clock() + timeout
+        exchange_over = EXCHANGE_OVER.get()
         while True:
+            if exchange_over is not None and exchange_over.done():
+                await self._withdraw_offer(name)
+                return WaitReply(events=[], cursor=cursor or "", message="Nobody is waiting for this answer.")
             # Park before reading the store, so a task committed after the read still wakes this wait.
-            with self.agent_waiters.park(name) as woken:
+            with self.agent_waiters.park(name, exchange_over) as woken:
                 poll = await self.store.poll_agent(name, ack, self.clock())
                 self.agent_waiters.remember(name, poll.agent.persona, poll.agent.capabilities)
                 self._cli_of[name] = poll.agent.cli
@@ -406,6 +412,8 @@ class Broker:
                 if not claimable and poll.agent.current_task_id is None:
                     claimable = await self._task_offered_to(name)
                 if events or claimable:
+                    if exchange_over is not None and exchange_over.done():
+                        continue  # its caller left while it read: the loop's top hands the offer on
                     return self._wait_reply(
                         max(poll.cursor, poll.events[-1].id if poll.events else 0),
                         sequence,
@@ -421,6 +429,18 @@ class Broker:
                     await woken
                 finally:
                     timer.cancel()
+
+    async def _withdraw_offer(self, agent: str) -> None:
+        """Offer the task ``agent`` was woken for to another parked agent now: its wait's answer has no reader."""
+        task_id = self._offered_to.pop(agent, None)
+        if task_id is None or self._offers.get(task_id, ("", 0.0))[0] != agent:
+            return
+        del self._offers[task_id]
+        task = await self.store.get_task(task_id, with_attempts=False)
+        if task is not None and task.status is TaskStatus.PENDING:
+            other = self.agent_waiters.offer(task, exclude=[agent])
+            if other is not None:
+                self._record_offer(task.id, other, self.clock())
 
     def _not_offered_elsewhere(self, tasks: Sequence[Task], agent: str) -> list[Task]:
         """Leave out tasks just offered to another woken agent: racing it for the claim wastes a call on each side.

@@ -3,6 +3,7 @@ the dashboard at ``/ui``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -10,7 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, 
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from aiswarm_server import __version__
 from aiswarm_server.a2a_agent import A2AEndpoint, is_a2a_path
@@ -23,6 +26,7 @@ from aiswarm_server.models import Identity, Role
 from aiswarm_server.store import open_store
 from aiswarm_server.tasklog import BrokerTaskLog
 from aiswarm_server.tools import BrokerRef, build_servers
+from aiswarm_server.waiters import EXCHANGE_OVER
 
 log = logging.getLogger("aiswarm.http")
 
@@ -31,6 +35,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The protocol versions served by sessions (``initialize``, ``Mcp-Session-Id``); a request without the header is one.
+_SESSION_VERSIONS = frozenset(v.encode() for v in HANDSHAKE_PROTOCOL_VERSIONS)
 
 
 def transport_security(settings: BrokerSettings) -> TransportSecuritySettings:
@@ -105,6 +112,41 @@ async def _read_bounded(receive: Receive, limit: int) -> Receive | None:
     return replay
 
 
+class _DisconnectWatch:
+    """A ``receive`` that, once the request body has been read, keeps listening for the client hanging up.
+
+    The server answers a session's call with one JSON body and reads nothing after the request, so nothing else
+    would notice; ``over`` is resolved when the client hangs up, or when the response is complete (the server then
+    reports ``http.disconnect`` too). The listener ends by itself either way: nothing is cancelled per call.
+    """
+
+    __slots__ = ("_listener", "_over", "_receive")
+
+    def __init__(self, receive: Receive, over: asyncio.Future[None]) -> None:
+        self._receive = receive
+        self._over = over
+        self._listener: asyncio.Task[Message] | None = None
+
+    async def __call__(self) -> Message:
+        if self._listener is not None:
+            return await asyncio.shield(self._listener)
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._hung_up()
+        elif not message.get("more_body", False):
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        return message
+
+    async def _listen(self) -> Message:
+        message = await self._receive()
+        self._hung_up()
+        return message
+
+    def _hung_up(self) -> None:
+        if not self._over.done():
+            self._over.set_result(None)
+
+
 def _caller(broker: Broker, request: Any) -> Identity | None:
     """Who an MCP request comes from, by its bearer token (the HTTP layer has already checked it)."""
     value = request.headers.get("authorization", "") if request is not None else ""
@@ -123,6 +165,14 @@ class BrokerApp:
         self.role_apps: dict[Role, ASGIApp] = {
             role: server.streamable_http_app(
                 streamable_http_path="/mcp", transport_security=security, host=settings.host
+            )
+            for role, server in self.servers.items()
+        }
+        # Sessions (protocol 2025-11-25 and older: gemini-cli, qwen-code) are answered with one JSON body per call
+        # instead of an SSE stream per call, whose tasks left ~130 objects of cyclic garbage per call (docs/BENCHMARK.md).
+        self.session_managers: dict[Role, StreamableHTTPSessionManager] = {
+            role: StreamableHTTPSessionManager(
+                server.session_manager.app, json_response=True, security_settings=security
             )
             for role, server in self.servers.items()
         }
@@ -160,6 +210,8 @@ class BrokerApp:
                 stack.push_async_callback(self.gateway.stop)
                 for server in self.servers.values():
                     await stack.enter_async_context(server.session_manager.run())
+                for manager in self.session_managers.values():
+                    await stack.enter_async_context(manager.run())
                 for callback in self.on_ready:
                     callback(broker)
                 yield
@@ -199,6 +251,7 @@ class BrokerApp:
             return
         token = None
         length: bytes | None = None
+        version: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 text = value.decode("latin-1")
@@ -206,6 +259,8 @@ class BrokerApp:
                     token = text[7:].strip()
             elif name == b"content-length":
                 length = value
+            elif name == b"mcp-protocol-version":
+                version = value
         limit = self.settings.max_request_bytes
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _too_large(send, limit)
@@ -230,7 +285,23 @@ class BrokerApp:
                 [(b"www-authenticate", b'Bearer realm="aiswarm"')],
             )
             return
-        await self.role_apps[identity.role](scope, receive, send)
+        if version is not None and version not in _SESSION_VERSIONS:
+            await self.role_apps[identity.role](scope, receive, send)
+            return
+        manager = self.session_managers[identity.role]
+        if scope["method"] != "POST":
+            await manager.handle_request(scope, receive, send)
+            return
+        # A session's call runs in the session's task and outlives this POST if the client hangs up or ends the
+        # session: tell it when the exchange is over (the client hung up, or the POST's response ended).
+        exchange_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        context = EXCHANGE_OVER.set(exchange_over)
+        try:
+            await manager.handle_request(scope, _DisconnectWatch(receive, exchange_over), send)
+        finally:
+            EXCHANGE_OVER.reset(context)
+            if not exchange_over.done():
+                exchange_over.set_result(None)
 
     async def _a2a(self, scope: Scope, receive: Receive, send: Send) -> None:
         broker = self.broker

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from aiswarm_server.models import Task
+
+#: Resolved once the HTTP exchange carrying the current MCP call is over: its client hung up, or its session
+#: ended. Set per 2025-11-25 POST by the HTTP layer (``http_app.BrokerApp``), whose SDK runs the call in a session
+#: task with the POST's context but neither cancels it when that POST's connection drops nor answers it anywhere
+#: else; a 2026-07-28 call needs none (the SDK cancels it with its connection). None outside an HTTP exchange.
+EXCHANGE_OVER: ContextVar[asyncio.Future[None] | None] = ContextVar("aiswarm_exchange_over", default=None)
 
 
 @dataclass(slots=True)
@@ -42,15 +49,24 @@ class AgentWaiters:
         self._profiles[agent] = _Profile(persona, frozenset(capabilities), True)
 
     @contextmanager
-    def park(self, agent: str) -> Iterator[asyncio.Future[None]]:
-        """Park one wait of ``agent`` for the duration of the block; the future resolves when it is woken."""
+    def park(
+        self, agent: str, exchange_over: asyncio.Future[None] | None = None
+    ) -> Iterator[asyncio.Future[None]]:
+        """Park one wait of ``agent`` for the duration of the block; the future resolves when it is woken, or as
+        soon as ``exchange_over`` does (its caller is gone: from then on no task is offered to this wait)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = self._parked.pop(agent, None) or _Parked()
         entry.futures.append(future)
         self._parked[agent] = entry  # re-insert: moves to the back of the line
+        unpark: Callable[[asyncio.Future[None]], None] | None = None
+        if exchange_over is not None:
+            unpark = _resolver(future)
+            exchange_over.add_done_callback(unpark)
         try:
             yield future
         finally:
+            if exchange_over is not None and unpark is not None:
+                exchange_over.remove_done_callback(unpark)
             entry.futures.remove(future)
             if not entry.futures and self._parked.get(agent) is entry:
                 del self._parked[agent]
@@ -109,6 +125,14 @@ class AgentWaiters:
 
     def __len__(self) -> int:
         return sum(len(e.futures) for e in self._parked.values())
+
+
+def _resolver(future: asyncio.Future[None]) -> Callable[[asyncio.Future[None]], None]:
+    def resolve(_: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.set_result(None)
+
+    return resolve
 
 
 class TaskWatchers:

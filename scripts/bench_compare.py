@@ -25,6 +25,7 @@ def _floor_rows(run: dict[str, Any]) -> dict[str, str]:
         ("noop_raw", "no-op ping, raw client (start)"),
         ("noop_raw_again", "no-op ping, raw client (end)"),
         ("noop_sdk", "no-op ping, mcp.Client"),
+        ("noop_raw_legacy", "no-op ping, raw client, 2025-11-25"),
         ("broker_get_agent_status", "broker get_agent_status (read)"),
         ("broker_update_heartbeat", "broker update_heartbeat (write)"),
     ):
@@ -36,26 +37,29 @@ def _floor_rows(run: dict[str, Any]) -> dict[str, str]:
 
 def _section_rows(run: dict[str, Any]) -> dict[str, str]:
     rows = _floor_rows(run)
-    for count, result in run.get("wakeup", {}).items():
-        if "wake" in result:
-            wake, submit = result["wake"], result["submit_rtt"]
-            rows[f"wake-up, {count} parked (p50 / p99)"] = (
-                f"{wake['p50_ms']:.2f} / {wake['p99_ms']:.2f} ms (submit {submit['p50_ms']:.2f} ms)"
-            )
-        else:
-            rows[f"wake-up, {count} parked (p50 / p99)"] = str(result.get("error", "-"))
+    for key, suffix in (("wakeup", ""), ("wakeup_legacy", ", 2025-11-25")):
+        for count, result in run.get(key, {}).items():
+            label = f"wake-up, {count} parked{suffix} (p50 / p99)"
+            if "wake" in result:
+                wake, submit = result["wake"], result["submit_rtt"]
+                rows[label] = (
+                    f"{wake['p50_ms']:.2f} / {wake['p99_ms']:.2f} ms (submit {submit['p50_ms']:.2f} ms)"
+                )
+            else:
+                rows[label] = str(result.get("error", "-"))
     for key, label in (("drain", "drain, 16 agents"), ("end_to_end", "end to end, 16 agents + 1 submitter")):
         result = run.get("lifecycle", {}).get(key, {})
         if "tasks_per_s" in result:
             rows[label] = (
                 f"{result['tasks_per_s']:.0f} tasks/s ({result['completed']}/{result['tasks']} done)"
             )
-    scale = run.get("scale", {})
-    if "rss_above_idle_mb" in scale:
-        rows[f"scale: {scale['agents']} parked"] = (
-            f"+{scale['rss_above_idle_mb']} MB RSS, woke all in {scale['time_to_wake_all_s']} s, "
-            f"{scale['error_count']} errors"
-        )
+    for key, suffix in (("scale", ""), ("scale_legacy", ", 2025-11-25")):
+        scale = run.get(key, {})
+        if "rss_above_idle_mb" in scale:
+            rows[f"scale: {scale['agents']} parked{suffix}"] = (
+                f"+{scale['rss_above_idle_mb']} MB RSS, woke all in {scale['time_to_wake_all_s']} s, "
+                f"{scale['error_count']} errors"
+            )
     store = run.get("store", {})
     if "store_threaded" in store:  # the store runs on the loop; "threaded" is the same store with a hop
         rows["store lifecycles/s"] = (

@@ -1,7 +1,8 @@
 """Worker agents for the benchmark: many parked ``wait_for_next_event`` calls over raw connections.
 
 A fleet is split over a few subprocesses (``python -m aiswarm_server.bench.fleet``), each holding hundreds of
-agents on one asyncio loop, one raw HTTP connection per agent. The orchestrator drives them with JSON lines on
+agents on one asyncio loop, one raw HTTP connection per agent (and, speaking 2025-11-25, its session's standalone
+GET stream on a second one, as gemini-cli and qwen-code hold). The orchestrator drives them with JSON lines on
 stdin and reads JSON lines from stdout; every time stamp is ``time.monotonic()``, which is one system-wide
 clock on Linux, so the orchestrator can subtract its own time stamps from the agents'.
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from aiswarm_server.bench.processes import HOST, child_environment
-from aiswarm_server.bench.rawmcp import McpCallError, RawMcpConnection
+from aiswarm_server.bench.rawmcp import PROTOCOL_VERSION, PROTOCOLS, McpCallError, Protocol, RawMcpConnection
 
 WAIT_SECONDS = 240
 CONNECT_BATCH = 100
@@ -44,8 +45,11 @@ class _Agent:
 class FleetProcess:
     """The subprocess side: runs the agents given to it and obeys the orchestrator's commands."""
 
-    def __init__(self, port: int, agents: list[tuple[str, str]], out: TextIO) -> None:
+    def __init__(
+        self, port: int, agents: list[tuple[str, str]], out: TextIO, protocol: Protocol = PROTOCOL_VERSION
+    ) -> None:
         self.port = port
+        self.protocol: Protocol = protocol
         self.agents = [_Agent(name, token) for name, token in agents]
         self.out = out
         self.release = asyncio.Event()
@@ -57,7 +61,7 @@ class FleetProcess:
 
     async def connect(self) -> None:
         async def one(agent: _Agent) -> None:
-            agent.connection = await RawMcpConnection.open(HOST, self.port, agent.token)
+            agent.connection = await RawMcpConnection.open(HOST, self.port, agent.token, self.protocol)
             reply = await agent.connection.call_tool("register_agent", {"cli": "bench"})
             agent.cursor = reply["cursor"]
 
@@ -153,8 +157,11 @@ class FleetEvents:
 class Fleet:
     """The orchestrator side: ``async with Fleet(port, agents, processes) as fleet`` starts and always stops it."""
 
-    def __init__(self, port: int, agents: list[tuple[str, str]], processes: int) -> None:
+    def __init__(
+        self, port: int, agents: list[tuple[str, str]], processes: int, protocol: Protocol = PROTOCOL_VERSION
+    ) -> None:
         self.port = port
+        self.protocol: Protocol = protocol
         count = max(1, min(processes, len(agents)))
         self.shares = [agents[i::count] for i in range(count)]
         self.procs: list[asyncio.subprocess.Process] = []
@@ -173,6 +180,8 @@ class Fleet:
                     "aiswarm_server.bench.fleet",
                     "--port",
                     str(self.port),
+                    "--protocol",
+                    self.protocol,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     env=child_environment(extra={"AISWARM_BENCH_AGENTS": json.dumps(share)}),
@@ -264,9 +273,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="benchmark worker agents (driven by aiswarm_server.bench)")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOL_VERSION)
     args = parser.parse_args()
     agents = [(str(a), str(t)) for a, t in json.loads(os.environ["AISWARM_BENCH_AGENTS"])]
-    asyncio.run(FleetProcess(args.port, agents, sys.stdout).serve())
+    asyncio.run(FleetProcess(args.port, agents, sys.stdout, args.protocol).serve())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Two floors, both measured in the same run as everything else:
   ``update_heartbeat``, a write): token lookup, role routing and one store trip on top of the SDK.
 
 Each is measured with the raw 2026-07-28 client the load sections use (sequential, and 16 concurrent
-connections) and, for the no-op, also with the SDK's ``mcp.Client`` (through :class:`BrokerClient`).
+connections) and, for the no-op, also with the SDK's ``mcp.Client`` (through :class:`BrokerClient`) and with the
+raw client speaking 2025-11-25 (sessions, as gemini-cli and qwen-code do): the floor of that protocol's sections.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from aiswarm_server.bench.noop_server import PingReply
 from aiswarm_server.bench.processes import HOST
-from aiswarm_server.bench.rawmcp import RawMcpConnection
+from aiswarm_server.bench.rawmcp import PROTOCOL_VERSION, Protocol, RawMcpConnection
 from aiswarm_server.bench.stats import timed_calls
 from aiswarm_server.broker_client import BrokerClient
 
@@ -33,10 +34,15 @@ async def _warm(call: Callable[[], Awaitable[object]]) -> None:
 
 
 async def measure_raw(
-    port: int, tokens: list[str], tool: str, budget: float, max_calls: int
+    port: int,
+    tokens: list[str],
+    tool: str,
+    budget: float,
+    max_calls: int,
+    protocol: Protocol = PROTOCOL_VERSION,
 ) -> dict[str, Any]:
     """``tool`` over raw connections: one connection sequentially, then one per token concurrently."""
-    connections = [await RawMcpConnection.open(HOST, port, token) for token in tokens]
+    connections = [await RawMcpConnection.open(HOST, port, token, protocol) for token in tokens]
     try:
         callers = [_caller(c, tool) for c in connections]
         await _warm(callers[0])

@@ -2,7 +2,8 @@
 
 All traffic is real MCP (2026-07-28, one JSON-RPC POST per call) over raw loopback connections
 (:mod:`aiswarm_server.bench.rawmcp`): the orchestrator holds the submitter and the lifecycle agents, the parked
-agents live in a few :mod:`aiswarm_server.bench.fleet` subprocesses.
+agents live in a few :mod:`aiswarm_server.bench.fleet` subprocesses. The parked agents of the wake-up and scale
+sections speak either protocol generation (``protocol``); the submitter always speaks 2026-07-28.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from aiswarm_server.bench.fleet import Fleet
 from aiswarm_server.bench.processes import HOST, BenchBroker
-from aiswarm_server.bench.rawmcp import RawMcpConnection
+from aiswarm_server.bench.rawmcp import PROTOCOL_VERSION, Protocol, RawMcpConnection
 from aiswarm_server.bench.stats import summarize
 
 BATCH = 200  # the broker's max_batch
@@ -88,7 +89,12 @@ async def submit_backlog(port: int, token: str, count: int, title: str) -> list[
 
 # ------------------------------------------------------------------------------------------ wake-up latency
 async def measure_wakeups(
-    broker: BenchBroker, agents: list[tuple[str, str]], trials: int, budget: float, processes: int
+    broker: BenchBroker,
+    agents: list[tuple[str, str]],
+    trials: int,
+    budget: float,
+    processes: int,
+    protocol: Protocol = PROTOCOL_VERSION,
 ) -> dict[str, Any]:
     """With ``len(agents)`` agents parked: submit one task, time until the woken agent's wait returns.
 
@@ -110,7 +116,7 @@ async def measure_wakeups(
     submitter = await RawMcpConnection.open(HOST, broker.port, broker.primary_token)
     timeouts = 0
     try:
-        async with Fleet(broker.port, agents, processes) as fleet:
+        async with Fleet(broker.port, agents, processes, protocol) as fleet:
             fleet.events.on_woke = lambda e: resolve(woke, e)
             fleet.events.on_done = lambda e: resolve(done, e)
             await fleet.connect()
@@ -143,6 +149,7 @@ async def measure_wakeups(
         await submitter.close()
     return {
         "agents": n,
+        "protocol": protocol,
         "wake": summarize(latencies),
         "submit_rtt": summarize(submit_rtts),
         "timeouts": timeouts,
@@ -276,7 +283,9 @@ async def measure_end_to_end(
 
 
 # ------------------------------------------------------------------------------------------ scale
-async def measure_scale(broker: BenchBroker, agents: list[tuple[str, str]], processes: int) -> dict[str, Any]:
+async def measure_scale(
+    broker: BenchBroker, agents: list[tuple[str, str]], processes: int, protocol: Protocol = PROTOCOL_VERSION
+) -> dict[str, Any]:
     """``len(agents)`` parked agents: broker RSS and fds before and during, then wake them all at once.
 
     Woken agents hold (as a model thinking would) until every agent is awake, so claims do not compete with
@@ -285,7 +294,7 @@ async def measure_scale(broker: BenchBroker, agents: list[tuple[str, str]], proc
     n = len(agents)
     before = await _settled_resources(broker)
     samples: list[dict[str, int]] = []
-    async with Fleet(broker.port, agents, processes) as fleet:
+    async with Fleet(broker.port, agents, processes, protocol) as fleet:
         await fleet.connect()
         connected = _resources(broker)
         await fleet.hold(True)
@@ -307,6 +316,7 @@ async def measure_scale(broker: BenchBroker, agents: list[tuple[str, str]], proc
     after = _resources(broker)
     return {
         "agents": n,
+        "protocol": protocol,
         "all_parked": parked_ok,
         "rss_mb": {
             k: round(v["rss"] / 2**20, 1)

@@ -19,8 +19,13 @@ from aiswarm_server import __version__
 from aiswarm_server.bench import floor, load
 from aiswarm_server.bench.cli_start import measure_cli_start
 from aiswarm_server.bench.processes import BenchBroker, NoopServer
+from aiswarm_server.bench.rawmcp import LEGACY_PROTOCOL_VERSION, PROTOCOL_VERSION, Protocol
 from aiswarm_server.bench.store import measure_store
 from aiswarm_server.bench.targets import judge
+
+# The parked agents' protocol per section: 2026-07-28 (the Python SDK's) and 2025-11-25 (gemini-cli's, qwen-code's).
+WAKEUP_SECTIONS: dict[str, Protocol] = {"wakeup": PROTOCOL_VERSION, "wakeup_legacy": LEGACY_PROTOCOL_VERSION}
+SCALE_SECTIONS: dict[str, Protocol] = {"scale": PROTOCOL_VERSION, "scale_legacy": LEGACY_PROTOCOL_VERSION}
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,14 @@ async def _run(plan: Plan, quick: bool) -> dict[str, Any]:
                     noop.port, ["-"] * floor.CONCURRENCY, "ping", plan.floor_seconds, plan.floor_max_calls
                 ),
                 "noop_sdk": await floor.measure_sdk_noop(noop.port, plan.floor_seconds, plan.floor_max_calls),
+                "noop_raw_legacy": await floor.measure_raw(
+                    noop.port,
+                    ["-"] * floor.CONCURRENCY,
+                    "ping",
+                    plan.floor_seconds,
+                    plan.floor_max_calls,
+                    LEGACY_PROTOCOL_VERSION,
+                ),
             }
             results["floor"] = floor_results
             floor_results["noop_server_rss_mb"] = round(noop.rss_bytes() / 2**20, 1)
@@ -97,29 +110,36 @@ async def _run(plan: Plan, quick: bool) -> dict[str, Any]:
                         load.measure_end_to_end(broker, lifecycle, plan.end_to_end_tasks), 600
                     ),
                 }
-                results["wakeup"] = {}
-                for count in plan.parked_counts:
-                    results["wakeup"][str(count)] = await load.with_timeout(
-                        load.measure_wakeups(
+                for key, protocol in WAKEUP_SECTIONS.items():
+                    results[key] = {}
+                    for count in plan.parked_counts:
+                        results[key][str(count)] = await load.with_timeout(
+                            load.measure_wakeups(
+                                broker,
+                                agents[:count],
+                                plan.wake_trials,
+                                plan.wake_seconds,
+                                plan.processes_for(count),
+                                protocol,
+                            ),
+                            600,
+                        )
+                results["meta"]["broker_cpu_seconds_first_process"] = round(broker.cpu_seconds(), 1)
+                results["cli_start"] = await asyncio.to_thread(measure_cli_start, home, plan.cli_runs)
+            # A fresh broker process on the same home (tokens kept) per protocol, so memory is measured from a
+            # clean start.
+            for key, protocol in SCALE_SECTIONS.items():
+                with BenchBroker(home) as broker:
+                    await load.call_once(broker.port, agents[0][1], "get_agent_status")
+                    results[key] = await load.with_timeout(
+                        load.measure_scale(
                             broker,
-                            agents[:count],
-                            plan.wake_trials,
-                            plan.wake_seconds,
-                            plan.processes_for(count),
+                            agents[: plan.scale_agents],
+                            plan.processes_for(plan.scale_agents),
+                            protocol,
                         ),
                         600,
                     )
-                results["meta"]["broker_cpu_seconds_first_process"] = round(broker.cpu_seconds(), 1)
-                results["cli_start"] = await asyncio.to_thread(measure_cli_start, home, plan.cli_runs)
-            # A fresh broker process on the same home (tokens kept), so memory is measured from a clean start.
-            with BenchBroker(home) as broker:
-                await load.call_once(broker.port, agents[0][1], "get_agent_status")
-                results["scale"] = await load.with_timeout(
-                    load.measure_scale(
-                        broker, agents[: plan.scale_agents], plan.processes_for(plan.scale_agents)
-                    ),
-                    600,
-                )
             results["floor"]["noop_raw_again"] = await floor.measure_raw(
                 noop.port, ["-"] * floor.CONCURRENCY, "ping", plan.floor_seconds, plan.floor_max_calls
             )

@@ -1,7 +1,8 @@
 """The targets (ratios within one run) and the rich table that shows results against them.
 
 Every ratio divides by the **no-op floor measured with the same client**: the raw 2026-07-28 connection
-calling ``ping`` on the no-op MCPServer (mean of the runs at the start and at the end of the benchmark).
+calling ``ping`` on the no-op MCPServer (mean of the runs at the start and at the end of the benchmark); the
+2025-11-25 wake-up sections divide by the same ping through that protocol's sessions (``noop_raw_legacy``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,20 @@ def noop_floor(results: dict[str, Any]) -> dict[str, float]:
     }
 
 
+#: Result sections per protocol: (wake-up key, scale key, label suffix, no-op floor run).
+PROTOCOL_SECTIONS = (
+    ("wakeup", "scale", "", None),
+    ("wakeup_legacy", "scale_legacy", " (2025-11-25)", "noop_raw_legacy"),
+)
+
+
+def _floor_p50(results: dict[str, Any], floor_key: str | None) -> float:
+    if floor_key is None or floor_key not in results["floor"]:
+        return noop_floor(results)["p50_ms"]
+    p50: float = results["floor"][floor_key]["sequential"]["p50_ms"]
+    return p50
+
+
 def _target(
     name: str, value: float | None, limit: float, *, at_most: bool, unit: str = "x"
 ) -> dict[str, Any]:
@@ -46,12 +61,18 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target with its measured value and PASS/MISS."""
     base = noop_floor(results)
     judged: list[dict[str, Any]] = []
-    for count, section in results.get("wakeup", {}).items():
-        wake = section.get("wake")
-        p50 = wake["p50_ms"] / base["p50_ms"] if wake and wake["n"] else None
-        p99 = wake["p99_ms"] / base["p50_ms"] if wake and wake["n"] else None
-        judged.append(_target(f"wake-up p50 / no-op p50, {count} parked", p50, WAKE_P50_RATIO, at_most=True))
-        judged.append(_target(f"wake-up p99 / no-op p50, {count} parked", p99, WAKE_P99_RATIO, at_most=True))
+    for wake_key, _, suffix, floor_key in PROTOCOL_SECTIONS:
+        floor_p50 = _floor_p50(results, floor_key)
+        for count, section in results.get(wake_key, {}).items():
+            wake = section.get("wake")
+            p50 = wake["p50_ms"] / floor_p50 if wake and wake["n"] else None
+            p99 = wake["p99_ms"] / floor_p50 if wake and wake["n"] else None
+            judged.append(
+                _target(f"wake-up p50 / no-op p50, {count} parked{suffix}", p50, WAKE_P50_RATIO, at_most=True)
+            )
+            judged.append(
+                _target(f"wake-up p99 / no-op p50, {count} parked{suffix}", p99, WAKE_P99_RATIO, at_most=True)
+            )
     for key, label in (("drain", "drain backlog"), ("end_to_end", "submit-wake-claim-complete")):
         section = results.get("lifecycle", {}).get(key, {})
         ratio = None
@@ -60,25 +81,34 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
         judged.append(
             _target(f"lifecycle {label}, 16 agents / same no-op calls", ratio, LIFECYCLE_RATIO, at_most=False)
         )
-    scale = results.get("scale", {})
-    agents = scale.get("agents", 0)
-    judged.append(
-        _target(
-            f"{agents} parked: RSS above idle (MB)",
-            scale.get("rss_above_idle_mb"),
-            SCALE_RSS_MB,
-            at_most=True,
-            unit=" MB",
+    for _, scale_key, suffix, _ in PROTOCOL_SECTIONS:
+        if scale_key not in results:
+            continue
+        scale = results[scale_key]
+        agents = scale.get("agents", 0)
+        judged.append(
+            _target(
+                f"{agents} parked{suffix}: RSS above idle (MB)",
+                scale.get("rss_above_idle_mb"),
+                SCALE_RSS_MB,
+                at_most=True,
+                unit=" MB",
+            )
         )
-    )
-    woke_all = (
-        scale.get("time_to_wake_all_s") if scale.get("all_woke") and not scale.get("error_count") else None
-    )
-    judged.append(
-        _target(
-            f"{agents} parked: all woken, no errors (s)", woke_all, SCALE_WAKE_ALL_S, at_most=True, unit=" s"
+        woke_all = (
+            scale.get("time_to_wake_all_s")
+            if scale.get("all_woke") and not scale.get("error_count")
+            else None
         )
-    )
+        judged.append(
+            _target(
+                f"{agents} parked{suffix}: all woken, no errors (s)",
+                woke_all,
+                SCALE_WAKE_ALL_S,
+                at_most=True,
+                unit=" s",
+            )
+        )
     cli = results.get("cli_start", {})
     for command in ("--version", "status --help", "status"):
         cpu = cli.get(command, {}).get("cpu", {})
@@ -116,6 +146,7 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
         ("noop_raw", "no-op ping, raw client"),
         ("noop_raw_again", "no-op ping, raw client (end of run)"),
         ("noop_sdk", "no-op ping, mcp.Client"),
+        ("noop_raw_legacy", "no-op ping, raw client, 2025-11-25"),
         ("broker_get_agent_status", "broker get_agent_status, raw"),
         ("broker_update_heartbeat", "broker update_heartbeat, raw"),
     ):
@@ -131,19 +162,9 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
                 f"{row['calls_per_s']:.0f} calls/s",
                 "",
             )
-    for count, section in results.get("wakeup", {}).items():
-        if "wake" not in section:
-            table.add_row(f"wake-up, {count} parked", "", "", "", "", section.get("error", ""))
-            continue
-        wake, submit = section["wake"], section["submit_rtt"]
-        table.add_row(
-            f"wake-up, {count} parked",
-            str(wake["n"]),
-            f"{wake['p50_ms']:.2f}",
-            f"{wake['p99_ms']:.2f}",
-            "",
-            f"submit RTT p50 {submit['p50_ms']:.2f} ms; errors {section['error_count']}, timeouts {section['timeouts']}",
-        )
+    for wake_key, _, suffix, _ in PROTOCOL_SECTIONS:
+        for count, section in results.get(wake_key, {}).items():
+            _wakeup_row(table, f"wake-up, {count} parked{suffix}", section)
     for key, label in (
         ("drain", "lifecycle: 16 agents drain backlog"),
         ("end_to_end", "lifecycle: submit+wake+claim+complete"),
@@ -161,18 +182,8 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
             f"{section['calls']} calls; twice-claimed {section['claimed_twice']}"
             + (f"; wasted claims {section['wasted_claims']}" if "wasted_claims" in section else ""),
         )
-    scale = results.get("scale", {})
-    if "rss_mb" in scale:
-        rss, fds = scale["rss_mb"], scale["fds"]
-        table.add_row(
-            f"scale: {scale['agents']} parked agents",
-            str(scale["woke"]),
-            "",
-            "",
-            f"all woke in {scale['time_to_wake_all_s']} s",
-            f"RSS {rss['before']} -> {rss['parked']} MB (+{scale['rss_above_idle_mb']}), fds {fds['before']} -> "
-            f"{fds['parked']}; completed {scale['completed']}, errors {scale['error_count']}",
-        )
+    for _, scale_key, suffix, _ in PROTOCOL_SECTIONS:
+        _scale_row(table, results.get(scale_key, {}), suffix)
     cli = results.get("cli_start", {})
     for command in ("--version", "status --help", "status"):
         if command in cli:
@@ -206,3 +217,33 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
         style = "green" if row["result"] == "PASS" else "red"
         targets.add_row(row["target"], str(row["value"]), row["limit"], f"[{style}]{row['result']}[/{style}]")
     console.print(targets)
+
+
+def _wakeup_row(table: Table, label: str, section: dict[str, Any]) -> None:
+    if "wake" not in section:
+        table.add_row(label, "", "", "", "", section.get("error", ""))
+        return
+    wake, submit = section["wake"], section["submit_rtt"]
+    table.add_row(
+        label,
+        str(wake["n"]),
+        f"{wake['p50_ms']:.2f}",
+        f"{wake['p99_ms']:.2f}",
+        "",
+        f"submit RTT p50 {submit['p50_ms']:.2f} ms; errors {section['error_count']}, timeouts {section['timeouts']}",
+    )
+
+
+def _scale_row(table: Table, scale: dict[str, Any], suffix: str) -> None:
+    if "rss_mb" not in scale:
+        return
+    rss, fds = scale["rss_mb"], scale["fds"]
+    table.add_row(
+        f"scale: {scale['agents']} parked agents{suffix}",
+        str(scale["woke"]),
+        "",
+        "",
+        f"all woke in {scale['time_to_wake_all_s']} s",
+        f"RSS {rss['before']} -> {rss['parked']} MB (+{scale['rss_above_idle_mb']}), fds {fds['before']} -> "
+        f"{fds['parked']}; completed {scale['completed']}, errors {scale['error_count']}",
+    )

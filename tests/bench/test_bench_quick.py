@@ -10,7 +10,18 @@ import pytest
 
 from aiswarm_server.bench import render, run_bench
 
-SECTIONS = ("meta", "floor", "wakeup", "lifecycle", "scale", "store", "cli_start", "targets")
+SECTIONS = (
+    "meta",
+    "floor",
+    "wakeup",
+    "wakeup_legacy",
+    "lifecycle",
+    "scale",
+    "scale_legacy",
+    "store",
+    "cli_start",
+    "targets",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +46,7 @@ def test_floor_latencies_are_positive_and_counts_add_up(quick_results: tuple[dic
         "noop_raw",
         "noop_raw_again",
         "noop_sdk",
+        "noop_raw_legacy",
         "broker_get_agent_status",
         "broker_update_heartbeat",
     ):
@@ -47,8 +59,11 @@ def test_floor_latencies_are_positive_and_counts_add_up(quick_results: tuple[dic
 
 
 @pytest.mark.slow
-def test_every_wakeup_trial_is_timed_without_errors(quick_results: tuple[dict[str, Any], Path]) -> None:
-    wakeups = quick_results[0]["wakeup"]
+@pytest.mark.parametrize("key", ["wakeup", "wakeup_legacy"])
+def test_every_wakeup_trial_is_timed_without_errors(
+    quick_results: tuple[dict[str, Any], Path], key: str
+) -> None:
+    wakeups = quick_results[0][key]
     assert [int(k) for k in wakeups] == list(quick_results[0]["meta"]["plan"]["parked_counts"])
     for section in wakeups.values():
         assert section["error_count"] == 0 and section["timeouts"] == 0
@@ -72,8 +87,11 @@ def test_every_lifecycle_task_is_completed_exactly_once(quick_results: tuple[dic
 
 
 @pytest.mark.slow
-def test_every_parked_agent_wakes_and_completes_once(quick_results: tuple[dict[str, Any], Path]) -> None:
-    scale = quick_results[0]["scale"]
+@pytest.mark.parametrize("key", ["scale", "scale_legacy"])
+def test_every_parked_agent_wakes_and_completes_once(
+    quick_results: tuple[dict[str, Any], Path], key: str
+) -> None:
+    scale = quick_results[0][key]
     assert scale["all_parked"] and scale["all_woke"] and scale["all_done"]
     assert scale["woke"] == scale["completed"] == scale["agents"]
     assert scale["completed_twice"] == 0 and scale["all_submitted_completed"]
