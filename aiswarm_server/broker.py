@@ -18,13 +18,13 @@ from aiswarm_server.auth import TokenRegistry, validate_agent_name
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError, InvalidRequest, NotFound, StaleClaim
 from aiswarm_server.isolation import (
-    check_declared_files,
     WAIT_CHECK_LIMIT,
+    check_declared_files,
     discard_task_branch,
     may_wait,
     merge_task_branch,
-    why_task_waits,
     submitter_git,
+    why_task_waits,
 )
 from aiswarm_server.limits import (
     CURSOR_MAX_CHARS,
@@ -1130,7 +1130,9 @@ def _merge_news(task: Task) -> str:
                 "kept: resolve it there and call merge_task, or discard it."
             )
         case MergeState.MANUAL:
-            return f" Task #{task.id} is waiting for merge on branch {task.branch}: call merge_task to merge it."
+            return (
+                f" Task #{task.id} is waiting for merge on branch {task.branch}: call merge_task to merge it."
+            )
         case MergeState.HOOK_FAILED:
             return f" Task #{task.id}'s merge hook failed: {task.merge_detail}. Its branch {task.branch} is kept."
         case MergeState.PROPOSED:

@@ -63,7 +63,9 @@ class MergeState(StrEnum):
     MANUAL = "manual"  # kept on its branch for `aiswarm merge` / merge_task
     DISCARDED = "discarded"  # the task did not complete: its branch and worktree are gone
     PROPOSED = "proposed"  # the merge hook ran (e.g. opened a pull request): its last line is in merge_detail
-    HOOK_FAILED = "hook_failed"  # the merge hook exited non-zero: its message is in merge_detail, the branch kept
+    HOOK_FAILED = (
+        "hook_failed"  # the merge hook exited non-zero: its message is in merge_detail, the branch kept
+    )
     RESOLVED = "resolved"  # its conflict was resolved by another task (``resolves``), whose work was merged
 
     @property
@@ -227,7 +229,9 @@ class Task(BaseModel):
     merge_detail: str | None = None
     conflict_files: list[str] = Field(default_factory=list)
     diff_stat: str | None = None
-    waited_on: str | None = None  # why the task last waited without an agent (declared files, unmerged dependency)
+    waited_on: str | None = (
+        None  # why the task last waited without an agent (declared files, unmerged dependency)
+    )
     resolves: int | None = None  # the conflicting task whose conflict this task resolves
 
     @property

@@ -473,7 +473,9 @@ class PostgresStore(PostgresDatabase, Store):
 
     @override
     @writes
-    async def defer(self, db: Db, agent: str, task_id: int, fence: int, reason: str, now: float) -> TaskChange:
+    async def defer(
+        self, db: Db, agent: str, task_id: int, fence: int, reason: str, now: float
+    ) -> TaskChange:
         await _lock_agent(db, agent)
         await _held(db, agent, task_id, fence)
         await _end_attempt(db, task_id, fence, AttemptOutcome.RELEASED, f"waiting: {reason}", now)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from launcher.isolation.git import git
 
+
 def home_tag(home: Path) -> str:
     """A short tag unique to one aiswarm home (a hash of where it is), part of every branch it makes.
 

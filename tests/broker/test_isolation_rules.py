@@ -163,7 +163,9 @@ async def test_a_task_whose_declared_files_overlap_a_running_one_waits_without_a
     refused = await abroker.claim_task(worker("w2"), later)
     assert not refused.claimed and f"task #{first}" in refused.message and "src/app.py" in refused.message
     waiting = (await abroker.get_task(later)).task
-    assert waiting.status is TaskStatus.BLOCKED and waiting.waiting and f"#{first}" in (waiting.waited_on or "")
+    assert (
+        waiting.status is TaskStatus.BLOCKED and waiting.waiting and f"#{first}" in (waiting.waited_on or "")
+    )
     assert (waiting.progress or "").startswith(f"waiting: task #{first}")
     assert "holding no agent" in (await abroker.get_task(later)).message
     assert waiting.failures == 0 and [a.outcome.value for a in waiting.attempts] == ["released"]
