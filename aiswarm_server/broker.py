@@ -18,12 +18,15 @@ from aiswarm_server.auth import TokenRegistry, validate_agent_name
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError, InvalidRequest, NotFound, StaleClaim
 from aiswarm_server.isolation import (
+    RESOLVER_PERSONA,
     WAIT_CHECK_LIMIT,
     check_declared_files,
     discard_task_branch,
     may_wait,
     merge_task_branch,
+    resolution_prompt,
     submitter_git,
+    task_branch_deleted,
     why_task_waits,
 )
 from aiswarm_server.limits import (
@@ -43,6 +46,7 @@ from aiswarm_server.limits import (
 from aiswarm_server.models import (
     AgentState,
     Identity,
+    Isolation,
     IsolationUpdate,
     MergeState,
     NewTask,
@@ -884,11 +888,58 @@ class Broker:
         if task is None:
             raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
         if discard:
-            update = await discard_task_branch(task)
-        else:
-            dependencies = await self.store.get_tasks(task.depends_on) if task.depends_on else []
-            update = await merge_task_branch(task, dependencies, self.settings.home)
+            return await self.record_isolation(task_id, None, await discard_task_branch(task))
+        dependencies = await self.store.get_tasks(task.depends_on) if task.depends_on else []
+        update, resolvable = await merge_task_branch(task, dependencies, self.settings.home)
+        if update.merge_state is MergeState.MERGED and task.resolves is not None:
+            await self._mark_resolved(task)
+        elif (
+            update.merge_state is MergeState.CONFLICT
+            and resolvable
+            and self.settings.resolve_conflicts
+            and task.resolves is None
+            and task.merge_state
+            is not MergeState.CONFLICT  # one round: only the first conflict is resubmitted
+        ):
+            conflicting = task.model_copy(update=update.model_dump(exclude_none=True))
+            resolver = await self._resubmit_conflict(conflicting)
+            update.merge_detail = f"{update.merge_detail}; task #{resolver.id} resolves it"
         return await self.record_isolation(task_id, None, update)
+
+    async def _resubmit_conflict(self, task: Task) -> Task:
+        """Submit the one task that resolves ``task``'s conflict: the implementer persona when such an agent is
+        live, in a worktree that starts from the target with ``task``'s branch brought in (conflict markers)."""
+        live = {a.persona for a in await self.store.list_agents() if a.status.is_live}
+        spec = NewTask(
+            title=f"Resolve the merge conflict of task #{task.id}"[:TITLE_MAX_CHARS],
+            prompt=resolution_prompt(task),
+            priority=task.priority,
+            persona=RESOLVER_PERSONA if RESOLVER_PERSONA in live else None,
+            capabilities=task.capabilities,
+            working_dir=task.working_dir,
+            max_attempts=task.max_attempts,
+            timeout_seconds=task.timeout_seconds,
+            submitted_by=f"merge queue (task #{task.id})",
+            isolation=Isolation.WORKTREE,
+            files=task.files,
+            base_commit=task.base_commit,
+            target_branch=task.target_branch,
+            resolves=task.id,
+        )
+        change = await self.store.create_tasks([spec], self.clock())
+        self._apply(change, "submitted")
+        return change.created[0]
+
+    async def _mark_resolved(self, resolver: Task) -> None:
+        """The conflicting task ``resolver`` resolved is done with: its work is merged, its kept branch goes."""
+        original = await self.store.get_task(resolver.resolves or 0, False)
+        if original is None or original.merge_state is not MergeState.CONFLICT:
+            return
+        await task_branch_deleted(original)
+        detail = f"task #{resolver.id} resolved the conflict and was merged onto {resolver.target_branch}"
+        await self.record_isolation(
+            original.id, None, IsolationUpdate(merge_state=MergeState.RESOLVED, merge_detail=detail)
+        )
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> TasksReply:
         """Tasks newest first, optionally of one status. Reads only; raises :class:`InvalidRequest` for a bad page."""

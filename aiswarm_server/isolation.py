@@ -14,6 +14,8 @@ from pathlib import Path
 from aiswarm_server.errors import InvalidRequest
 from aiswarm_server.models import Isolation, IsolationUpdate, MergeState, Task, TaskStatus
 
+RESOLVER_PERSONA = "implementer"
+"""The persona a conflict-resolution task asks for, when an agent with it is live."""
 WAIT_CHECK_LIMIT = 100
 """Waiting tasks the sweeper looks at per sweep."""
 UNMERGED = (MergeState.PENDING, MergeState.MANUAL)
@@ -109,8 +111,11 @@ async def why_task_waits(task: Task, dependencies: Sequence[Task], holders: Sequ
     return None
 
 
-async def merge_task_branch(task: Task, dependencies: Sequence[Task], home: Path) -> IsolationUpdate:
-    """Merge a completed task's branch onto its target; what to record. Refusals say what to do instead."""
+async def merge_task_branch(
+    task: Task, dependencies: Sequence[Task], home: Path
+) -> tuple[IsolationUpdate, bool]:
+    """Merge a completed task's branch onto its target; what to record, and whether a conflict is one another
+    task could resolve (the task's changes against the target's). Refusals say what to do instead."""
     from launcher.isolation.merge import MergeOutcome, merge_task
     from launcher.isolation.repository import git_context
     from launcher.isolation.worktrees import Worktrees
@@ -126,6 +131,8 @@ async def merge_task_branch(task: Task, dependencies: Sequence[Task], home: Path
         raise InvalidRequest(f"Task #{task.id} is merged already ({task.merge_detail}).")
     if task.merge_state is MergeState.DISCARDED:
         raise InvalidRequest(f"Task #{task.id}'s work was discarded: nothing to merge.")
+    if task.merge_state is MergeState.RESOLVED:
+        raise InvalidRequest(f"Task #{task.id}'s work was merged by the task that resolved its conflict.")
     unmerged = [
         d.id
         for d in dependencies
@@ -151,24 +158,44 @@ async def merge_task_branch(task: Task, dependencies: Sequence[Task], home: Path
         Worktrees(home), common_dir=context.common_dir, task_id=task.id, target=task.target_branch
     )
     merged = result.outcome is MergeOutcome.MERGED
-    return IsolationUpdate(
+    update = IsolationUpdate(
         merge_state=MergeState.MERGED if merged else MergeState.CONFLICT,
         merge_detail=result.reason,
         conflict_files=list(result.files) if not merged else [],
         diff_stat=result.diff_stat or None if merged else None,
     )
+    return update, result.resolvable
+
+
+def resolution_prompt(task: Task) -> str:
+    """What the task that resolves ``task``'s conflict is told."""
+    files = "\n".join(f"- {f}" for f in task.conflict_files)
+    return (
+        f"Task #{task.id} ({task.title}) was done on branch {task.branch}, but its changes conflict with "
+        f"{task.target_branch}, which moved on meanwhile. Your working directory is {task.target_branch} as it "
+        f"is now, with task #{task.id}'s changes brought in; git left conflict markers (<<<<<<<, =======, "
+        f">>>>>>>) in these files:\n{files}\n\nResolve every conflict so that both sides' intent survives: keep "
+        f"what {task.target_branch} changed and redo task #{task.id}'s change on top of it, then remove every "
+        f"marker. Do not commit: the launcher commits your work. Task #{task.id}'s request was:\n\n{task.prompt}"
+    )
+
+
+async def task_branch_deleted(task: Task) -> None:
+    """Delete ``task``'s kept branch, if it has one and its repository is still there."""
+    from launcher.isolation.repository import git_context
+    from launcher.isolation.worktrees import delete_task_branch
+
+    context = await git_context(Path(task.working_dir)) if task.working_dir else None
+    if context is not None and task.branch is not None:
+        await delete_task_branch(context.common_dir, task.branch)
 
 
 async def discard_task_branch(task: Task) -> IsolationUpdate:
     """Delete a finished task's kept branch (its work is dropped); what to record."""
-    from launcher.isolation.repository import git_context
-    from launcher.isolation.worktrees import delete_task_branch
 
     if task.merge_state is None or not task.status.is_terminal:
         raise InvalidRequest(f"Task #{task.id} has no kept branch to discard (it is {task.status.value}).")
-    if task.merge_state is MergeState.MERGED:
+    if task.merge_state in (MergeState.MERGED, MergeState.RESOLVED):
         raise InvalidRequest(f"Task #{task.id} is merged already: there is nothing left to discard.")
-    context = await git_context(Path(task.working_dir)) if task.working_dir else None
-    if context is not None and task.branch is not None:
-        await delete_task_branch(context.common_dir, task.branch)
+    await task_branch_deleted(task)
     return IsolationUpdate(merge_state=MergeState.DISCARDED, merge_detail=f"branch {task.branch} deleted")

@@ -45,7 +45,8 @@ class MergeResult:
     """The outcome of merging one task's branch.
 
     ``files``: merged, the files the task changed; conflict, the files in the way. ``commit`` is the target's new
-    tip when merged. ``reason`` is one line for the primary and the user.
+    tip when merged. ``reason`` is one line for the primary and the user. ``resolvable``: the conflict is between
+    the task's changes and the target's (not the user's uncommitted work), so another task could resolve it.
     """
 
     outcome: MergeOutcome
@@ -57,6 +58,7 @@ class MergeResult:
     commit: str | None = None
     diff_stat: str = ""
     checkouts_updated: tuple[Path, ...] = field(default=())
+    resolvable: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,11 @@ class _Checkout:
 
 
 class _Conflict(Exception):
-    def __init__(self, reason: str, files: tuple[str, ...] = ()) -> None:
+    def __init__(self, reason: str, files: tuple[str, ...] = (), *, resolvable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.files = files
+        self.resolvable = resolvable
 
 
 class _TargetMoved(Exception):
@@ -88,7 +91,13 @@ async def merge_task(worktrees: Worktrees, *, common_dir: Path, task_id: int, ta
                 return await _merge_once(worktrees, common_dir, task_id, branch, target)
             except _Conflict as conflict:
                 return MergeResult(
-                    MergeOutcome.CONFLICT, task_id, branch, target, conflict.reason, conflict.files
+                    MergeOutcome.CONFLICT,
+                    task_id,
+                    branch,
+                    target,
+                    conflict.reason,
+                    conflict.files,
+                    resolvable=conflict.resolvable,
                 )
             except _TargetMoved:
                 continue
@@ -177,6 +186,7 @@ async def _rebase(
                 f"the task's changes conflict with {target} ({target_tip[:10]}) in {where}; "
                 f"its branch {worktrees.branch(task_id)} is kept",
                 files,
+                resolvable=bool(files),
             )
         return (await git("rev-parse", "HEAD", cwd=scratch)).stdout.strip()
     finally:

@@ -188,6 +188,19 @@ class Worktrees:
         files, stat = await changes(worktree.path, worktree.base, head)
         return Commit(head, committed, files, stat)
 
+    async def bring_in(self, worktree: Worktree, branch: str) -> tuple[str, ...]:
+        """Bring ``branch``'s changes into the worktree uncommitted (a squash merge), the conflicts left in.
+
+        For a task that resolves another task's conflict: the files that conflict carry git's conflict markers,
+        and are returned; the launcher's commit after the run makes one ordinary commit on top of the base.
+        """
+        identity = await commit_identity(worktree.path)
+        merged = await git(*identity, "merge", "--squash", "--quiet", branch, cwd=worktree.path, check=False)
+        unmerged = await git("diff", "--name-only", "--diff-filter=U", "-z", cwd=worktree.path)
+        if not merged.ok and not unmerged.entries():
+            raise GitError(("merge", "--squash", branch), worktree.path, merged.returncode, merged.stderr)
+        return tuple(unmerged.entries())
+
     async def discard(self, worktree: Worktree, *, delete_branch: bool = False) -> None:
         """Remove the attempt's worktree and record; with ``delete_branch``, its branch too (never merged)."""
         async with self.lock(worktree.common_dir).held():
