@@ -229,3 +229,90 @@ async def test_wait_for_tasks_ends_when_the_merge_is_settled_and_names_a_conflic
     await abroker.record_isolation(task_id, None, IsolationUpdate(merge_state=MergeState.MANUAL))
     manual = await abroker.wait_for_tasks([task_id], "all", 0)
     assert f"Task #{task_id} is waiting for merge on branch aiswarm/x/task-1" in manual.message
+
+
+# --- a conflict resubmitted once as a task that resolves it -------------------------------------------------
+
+
+async def run_isolated(broker: Broker, task_id: int, agent: str, text: str) -> None:
+    """What the launcher does for one isolated attempt that writes ``text`` to a.txt, up to the merge queue."""
+    held = await broker.claim_task(worker(agent), task_id)
+    assert held.fence_token is not None, held.message
+    task = (await broker.get_task(task_id)).task
+    worktrees = Worktrees(broker.settings.home)
+    base = task.base_commit or ""
+    if task.resolves is not None:
+        base = run_git(Path(task.working_dir or ""), "rev-parse", "main")
+    worktree, _ = await worktrees.create(
+        checkout=Path(task.working_dir or ""),
+        common_dir=Path(task.working_dir or "") / ".git",
+        task_id=task_id,
+        fence=held.fence_token,
+        base=base,
+    )
+    if task.resolves is not None:
+        original = (await broker.get_task(task.resolves)).task
+        assert await worktrees.bring_in(worktree, original.branch or "") == ("a.txt",)
+        assert "<<<<<<<" in (worktree.path / "a.txt").read_text()  # the conflict is there to resolve
+    (worktree.path / "a.txt").write_text(text)
+    await worktrees.commit(worktree, task.title)
+    await worktrees.discard(worktree)
+    update = IsolationUpdate(branch=worktree.branch, merge_state=MergeState.PENDING)
+    await broker.record_isolation(task_id, held.fence_token, update)
+    await broker.report_task_completion(worker(agent), task_id, held.fence_token, success=True, result="ok")
+
+
+async def conflicting_pair(broker: Broker, repo: Path) -> tuple[int, int]:
+    """Two tasks that change a.txt from the same base: the first merged, the second conflicting."""
+    broker.settings.resolve_conflicts = True
+    first, second = await submit(broker, repo), await submit(broker, repo)
+    await run_isolated(broker, first, "w1", "alpha, as the first task has it\n")
+    assert (await broker.merge_task(first)).task.merge_state is MergeState.MERGED
+    await run_isolated(broker, second, "w2", "alpha, as the second task has it\n")
+    return first, second
+
+
+async def test_a_conflict_is_resubmitted_once_and_the_resolution_landing_resolves_the_original(
+    abroker: Broker, repo: Path
+) -> None:
+    _, second = await conflicting_pair(abroker, repo)
+    conflicting = (await abroker.merge_task(second)).task
+    assert conflicting.merge_state is MergeState.CONFLICT and conflicting.conflict_files == ["a.txt"]
+    [resolver] = (await abroker.list_tasks(TaskStatus.PENDING, 10)).tasks
+    assert f"task #{resolver.id} resolves it" in (conflicting.merge_detail or "")
+    assert resolver.resolves == second and resolver.isolation is Isolation.WORKTREE
+    assert "- a.txt" in resolver.prompt and conflicting.branch and conflicting.branch in resolver.prompt
+    assert resolver.persona is None  # no live implementer agent: any agent may take it
+    told = await abroker.wait_for_tasks([second], "all", 0)
+    assert f"Task #{second} is conflicting (a.txt)" in told.message
+    again = (await abroker.merge_task(second)).task  # the primary retries before resolving: no second round
+    assert again.merge_state is MergeState.CONFLICT
+    assert [t.id for t in (await abroker.list_tasks(TaskStatus.PENDING, 10)).tasks] == [resolver.id]
+    await run_isolated(abroker, resolver.id, "w3", "alpha, as both tasks have it\n")
+    merged = (await abroker.merge_task(resolver.id)).task
+    assert merged.merge_state is MergeState.MERGED, merged.merge_detail
+    assert (repo / "a.txt").read_text() == "alpha, as both tasks have it\n"
+    original = (await abroker.get_task(second)).task
+    assert original.merge_state is MergeState.RESOLVED and f"task #{resolver.id}" in (original.merge_detail or "")
+    assert run_git(repo, "branch", "--list", conflicting.branch) == ""  # nothing kept any more
+    assert run_git(repo, "status", "--porcelain") == ""
+
+
+async def test_a_resolution_that_conflicts_again_is_not_resubmitted(abroker: Broker, repo: Path) -> None:
+    _, second = await conflicting_pair(abroker, repo)
+    await abroker.merge_task(second)
+    [resolver] = (await abroker.list_tasks(TaskStatus.PENDING, 10)).tasks
+    await run_isolated(abroker, resolver.id, "w3", "alpha, as both tasks have it\n")
+    (repo / "a.txt").write_text("alpha, as the user has it now\n")
+    run_git(repo, "commit", "-q", "-am", "the user moved on again")
+    again = (await abroker.merge_task(resolver.id)).task
+    assert again.merge_state is MergeState.CONFLICT
+    assert (await abroker.list_tasks(TaskStatus.PENDING, 10)).tasks == []
+    assert (await abroker.get_task(second)).task.merge_state is MergeState.CONFLICT
+
+
+async def test_conflicts_are_not_resubmitted_unless_asked(abroker: Broker, repo: Path) -> None:
+    _, second = await conflicting_pair(abroker, repo)
+    abroker.settings.resolve_conflicts = False
+    assert (await abroker.merge_task(second)).task.merge_state is MergeState.CONFLICT
+    assert (await abroker.list_tasks(TaskStatus.PENDING, 10)).tasks == []
