@@ -156,7 +156,7 @@ class TaskIsolation:
         """Commit what the completing attempt left, drop its worktree, and merge or keep its branch."""
         commit = await self.worktrees.commit(worktree, task.title)
         await self.worktrees.discard(worktree)
-        manual = self.merge_mode is not MergeMode.AUTO or task.target_branch is None
+        manual = self.merge_mode is MergeMode.MANUAL or task.target_branch is None
         state = MergeState.MANUAL if manual else MergeState.PENDING
         await admin.record_isolation(
             task.id,
@@ -168,13 +168,18 @@ class TaskIsolation:
         self.note(
             agent, f"task #{task.id}: committed on {worktree.branch} ({commit.diff_stat or 'no changes'})"
         )
-        if self.merge_mode is MergeMode.HOOK and self.hook is not None and task.target_branch is not None:
-            outcome = await self.hook.run(task, worktree.branch, worktree.checkout)
+        if not manual:
+            await self._merge_or_hand_over(agent, admin, task, worktree.branch, worktree.checkout, fence)
+
+    async def _merge_or_hand_over(
+        self, agent: str, admin: BrokerClient, task: Task, branch: str, checkout: Path, fence: int
+    ) -> None:
+        """Give a committed branch to the merge queue, or (``hook`` mode) to the merge hook instead."""
+        if self.merge_mode is MergeMode.HOOK and self.hook is not None:
+            outcome = await self.hook.run(task, branch, checkout)
             state = MergeState.PROPOSED if outcome.ok else MergeState.HOOK_FAILED
             await admin.record_isolation(task.id, fence, merge_state=state, merge_detail=outcome.detail)
             self.note(agent, f"task #{task.id}: merge hook: {state}: {outcome.detail}")
-            return
-        if manual:
             return
         merged = (await admin.merge_task(task.id)).task
         self.note(agent, f"task #{task.id}: {merged.merge_state}: {merged.merge_detail}")
@@ -220,10 +225,11 @@ class TaskIsolation:
                 and task.id not in tasks
                 and task.id not in busy
             ):
-                merged = (await admin.merge_task(task.id)).task
-                self.note(
-                    task.claimed_by or "launcher",
-                    f"task #{task.id}: {merged.merge_state}: {merged.merge_detail}",
+                context = await git_context(Path(task.working_dir)) if task.working_dir else None
+                checkout = context.checkout if context else Path(task.working_dir or ".")
+                agent = task.claimed_by or "launcher"
+                await self._merge_or_hand_over(
+                    agent, admin, task, task.branch or "", checkout, task.fence_token
                 )
 
         return await self.worktrees.prune(lambda task_id, fence: _live(tasks.get(task_id), fence))

@@ -293,7 +293,9 @@ async def test_a_conflict_is_resubmitted_once_and_the_resolution_landing_resolve
     assert merged.merge_state is MergeState.MERGED, merged.merge_detail
     assert (repo / "a.txt").read_text() == "alpha, as both tasks have it\n"
     original = (await abroker.get_task(second)).task
-    assert original.merge_state is MergeState.RESOLVED and f"task #{resolver.id}" in (original.merge_detail or "")
+    assert original.merge_state is MergeState.RESOLVED and f"task #{resolver.id}" in (
+        original.merge_detail or ""
+    )
     assert run_git(repo, "branch", "--list", conflicting.branch) == ""  # nothing kept any more
     assert run_git(repo, "status", "--porcelain") == ""
 
