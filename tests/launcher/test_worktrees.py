@@ -14,7 +14,7 @@ from launcher.isolation.files import first_overlap, normalize_declared
 from launcher.isolation.include import parse_include
 from launcher.isolation.merge import MergeOutcome, merge_task
 from launcher.isolation.repository import GitContext, git_context, repository_key
-from launcher.isolation.worktrees import Worktree, Worktrees
+from launcher.isolation.worktrees import Worktree, Worktrees, kept_branches
 
 pytestmark = pytest.mark.anyio
 
@@ -216,6 +216,30 @@ async def test_discard_removes_worktree_and_optionally_the_branch(repo: Path, wo
     await worktrees.discard(worktree, delete_branch=True)
     assert run_git(repo, "branch", "--list", worktrees.branch(11)) == ""
     assert run_git(repo, "worktree", "list").count("\n") == 0  # only the user's checkout
+
+
+async def test_two_homes_on_one_repository_never_share_a_task_branch(
+    repo: Path, worktrees: Worktrees, tmp_path: Path
+) -> None:
+    ctx = await context(repo)
+    other = Worktrees(tmp_path / "another-home")  # a second broker's home: its task 7 is another task
+    ours = await new_worktree(worktrees, ctx, task_id=7)
+    theirs = await new_worktree(other, ctx, task_id=7)
+    assert (
+        ours.branch != theirs.branch and ours.branch.endswith("/task-7") and theirs.branch.endswith("/task-7")
+    )
+    write(ours.path / "a.txt", "ours\n")
+    write(theirs.path / "a.txt", "theirs\n")
+    await finish(worktrees, ours, "ours")
+    await finish(other, theirs, "theirs")
+    assert await kept_branches(ctx.common_dir, worktrees.tag) == [ours.branch]
+    assert await kept_branches(ctx.common_dir, other.tag) == [theirs.branch]
+    result = await merge_task(worktrees, common_dir=ctx.common_dir, task_id=7, target="main")
+    assert result.outcome is MergeOutcome.MERGED and (repo / "a.txt").read_text() == "ours\n"
+    assert run_git(repo, "show", f"{theirs.branch}:a.txt") == "theirs"  # the other home's work is untouched
+    assert (
+        Worktrees(tmp_path / "aiswarm-home" / ".." / "aiswarm-home").tag == worktrees.tag
+    )  # the path, resolved
 
 
 async def test_prune_removes_unkept_attempts_and_what_a_crash_left(repo: Path, worktrees: Worktrees) -> None:
