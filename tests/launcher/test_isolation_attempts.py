@@ -256,3 +256,56 @@ async def test_a_kept_conflicting_branch_outlives_clean_ups_until_it_is_discarde
     discarded = (await admin.merge_task(task_id, discard=True)).task
     assert discarded.merge_state is MergeState.DISCARDED
     assert run_git(repo, "branch", "--list", task.branch) == ""
+
+
+async def test_a_resolution_task_starts_with_the_conflict_markers_and_its_landing_resolves_the_original(
+    repo: Path, tmp_path: Path
+) -> None:
+    broker = BrokerProcess(tmp_path / "home", {"AISWARM_RESOLVE_CONFLICTS": "1"}).start()
+    try:
+        async with BrokerClient(broker.url, broker.admin_token) as admin:
+            iso = isolation(broker)
+            first, second = await submit(admin, repo, "a.txt"), await submit(admin, repo, "a.txt")
+            for task_id, agent, text in ((first, "r-1", "alpha one\n"), (second, "r-2", "alpha two\n")):
+                worker = await worker_client(broker, admin, agent)
+                try:
+                    claim = await worker.claim_task(task_id)
+                    assert claim.fence_token is not None
+                    workspace = await iso.prepare(agent, admin, worker, task_id, claim.fence_token)
+                    assert workspace is not None and workspace.directory is not None
+                    (workspace.directory / "a.txt").write_text(text)
+                    await worker.report_task_completion(task_id, claim.fence_token, success=True, result="ok")
+                    await iso.finish(agent, admin, workspace, claim.fence_token)
+                finally:
+                    await worker.__aexit__(None, None, None)
+            conflicting = (await admin.get_task(second)).task
+            assert conflicting.merge_state is MergeState.CONFLICT, conflicting.merge_detail
+            [resolver] = (await admin.list_tasks("pending", limit=10)).tasks
+            assert resolver.resolves == second
+            worker = await worker_client(broker, admin, "r-3")
+            try:
+                claim = await worker.claim_task(resolver.id)
+                assert claim.fence_token is not None
+                workspace = await iso.prepare("r-3", admin, worker, resolver.id, claim.fence_token)
+                assert workspace is not None and workspace.directory is not None
+                marked = (workspace.directory / "a.txt").read_text()
+                assert "<<<<<<<" in marked and "alpha one" in marked and "alpha two" in marked
+                (workspace.directory / "a.txt").write_text("alpha one and two\n")
+                await worker.report_task_completion(resolver.id, claim.fence_token, success=True, result="ok")
+                await iso.finish("r-3", admin, workspace, claim.fence_token)
+            finally:
+                await worker.__aexit__(None, None, None)
+            assert (await admin.get_task(resolver.id)).task.merge_state is MergeState.MERGED
+            original = (await admin.get_task(second)).task
+            assert original.merge_state is MergeState.RESOLVED, original.merge_detail
+    finally:
+        broker.stop()
+    assert (repo / "a.txt").read_text() == "alpha one and two\n"
+    assert run_git(repo, "log", "--format=%s", "-3").splitlines() == [
+        f"aiswarm task {resolver.id}: Resolve the merge conflict of task #{second}",
+        f"aiswarm task {first}: write a.txt",
+        "initial",
+    ]
+    assert (
+        run_git(repo, "status", "--porcelain") == "" and run_git(repo, "branch", "--list", "aiswarm/*") == ""
+    )
