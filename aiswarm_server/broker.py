@@ -18,10 +18,16 @@ from aiswarm_server.auth import TokenRegistry, answerer_of, validate_agent_name
 from aiswarm_server.config import BrokerSettings
 from aiswarm_server.errors import BrokerError, InvalidRequest, NotFound, StaleClaim
 from aiswarm_server.isolation import (
+    RESOLVER_PERSONA,
+    WAIT_CHECK_LIMIT,
     check_declared_files,
     discard_task_branch,
+    may_wait,
     merge_task_branch,
+    resolution_prompt,
     submitter_git,
+    task_branch_deleted,
+    why_task_waits,
 )
 from aiswarm_server.limits import (
     ANSWER_MAX_CHARS,
@@ -45,6 +51,7 @@ from aiswarm_server.models import (
     Event,
     EventKind,
     Identity,
+    Isolation,
     IsolationUpdate,
     MergeState,
     NewQuestion,
@@ -139,6 +146,8 @@ NewsKind = Literal[
     "released",
     "cancelled",
     "swept",
+    "waited",
+    "merge",
     "offline",
     "model_usage",
     "remote",
@@ -236,8 +245,27 @@ class Broker:
             lease=self.settings.lease_seconds,
         )
         self._apply(change, "swept")
+        await self._end_waits()
         await self._reoffer(now)
         return change
+
+    async def _why_waits(self, task: Task, holders: Sequence[Task]) -> str | None:
+        """Why a task must not run yet (:func:`why_task_waits`), reading its dependencies."""
+        dependencies = await self.store.get_tasks(task.depends_on) if task.depends_on else []
+        return await why_task_waits(task, dependencies, holders)
+
+    async def _end_waits(self) -> None:
+        """Offer again every waiting task (declared files, unmerged dependency) nothing is in the way of any more.
+
+        Several may be freed by one merge although they overlap each other: their claims sort that out (the one
+        claimed later waits again)."""
+        waiting = await self.store.waiting_tasks(WAIT_CHECK_LIMIT)
+        if not waiting:
+            return
+        holders = await self.store.isolation_holders()
+        free = [t.id for t in waiting if await self._why_waits(t, holders) is None]
+        if free:
+            self._apply(await self.store.end_waits(free, self.clock()), "waited")
 
     async def _reoffer(self, now: float) -> None:
         # A woken agent may never claim (its client vanished with the answer): after `offer_seconds`
@@ -497,6 +525,20 @@ class Broker:
         if outcome.claim is None:
             return ClaimReply(claimed=False, message=outcome.reason)
         claim = outcome.claim
+        # a claim's row carries no dependencies: read them for a task submitted in git
+        held = await self.store.get_task(claim.task.id, False) if claim.task.base_commit else None
+        if not claim.reclaimed and held is not None and may_wait(held):
+            why = await self._why_waits(held, await self.store.isolation_holders())
+            if why is not None:
+                change = await self.store.defer(name, claim.task.id, claim.fence_token, why, self.clock())
+                self._apply(change, "released", name)
+                return ClaimReply(
+                    claimed=False,
+                    message=(
+                        f"Task #{claim.task.id} is not run yet: {why}. It waits without an agent and is offered "
+                        "again once that is out of the way; call wait_for_next_event for other work."
+                    ),
+                )
         offered = self._offers.pop(claim.task.id, None)
         if self.observers and not claim.reclaimed:
             woken_at = offered[1] if offered is not None and offered[0] == name else None
@@ -952,6 +994,11 @@ class Broker:
             raise StaleClaim(
                 f"Task #{task_id} is held under another fence now: this attempt's worktree is stale. Discard it."
             )
+        if update.merge_state is not None and update.merge_state.is_settled:
+            # the merge's outcome is what a primary waiting on a completed isolated task waits for
+            self.task_watchers.notify([task_id])
+            self._tell(BrokerNews("merge", TaskChange(task=task), at=self.clock()))
+            await self._end_waits()
         return TaskReply(task=task, message=_describe_task(task))
 
     async def merge_task(self, task_id: int, discard: bool = False) -> TaskReply:
@@ -964,11 +1011,58 @@ class Broker:
         if task is None:
             raise NotFound(f"Task #{task_id} does not exist. Use list_tasks to see task ids.")
         if discard:
-            update = await discard_task_branch(task)
-        else:
-            dependencies = await self.store.get_tasks(task.depends_on) if task.depends_on else []
-            update = await merge_task_branch(task, dependencies, self.settings.home)
+            return await self.record_isolation(task_id, None, await discard_task_branch(task))
+        dependencies = await self.store.get_tasks(task.depends_on) if task.depends_on else []
+        update, resolvable = await merge_task_branch(task, dependencies, self.settings.home)
+        if update.merge_state is MergeState.MERGED and task.resolves is not None:
+            await self._mark_resolved(task)
+        elif (
+            update.merge_state is MergeState.CONFLICT
+            and resolvable
+            and self.settings.resolve_conflicts
+            and task.resolves is None
+            and task.merge_state
+            is not MergeState.CONFLICT  # one round: only the first conflict is resubmitted
+        ):
+            conflicting = task.model_copy(update=update.model_dump(exclude_none=True))
+            resolver = await self._resubmit_conflict(conflicting)
+            update.merge_detail = f"{update.merge_detail}; task #{resolver.id} resolves it"
         return await self.record_isolation(task_id, None, update)
+
+    async def _resubmit_conflict(self, task: Task) -> Task:
+        """Submit the one task that resolves ``task``'s conflict: the implementer persona when such an agent is
+        live, in a worktree that starts from the target with ``task``'s branch brought in (conflict markers)."""
+        live = {a.persona for a in await self.store.list_agents() if a.status.is_live}
+        spec = NewTask(
+            title=f"Resolve the merge conflict of task #{task.id}"[:TITLE_MAX_CHARS],
+            prompt=resolution_prompt(task),
+            priority=task.priority,
+            persona=RESOLVER_PERSONA if RESOLVER_PERSONA in live else None,
+            capabilities=task.capabilities,
+            working_dir=task.working_dir,
+            max_attempts=task.max_attempts,
+            timeout_seconds=task.timeout_seconds,
+            submitted_by=f"merge queue (task #{task.id})",
+            isolation=Isolation.WORKTREE,
+            files=task.files,
+            base_commit=task.base_commit,
+            target_branch=task.target_branch,
+            resolves=task.id,
+        )
+        change = await self.store.create_tasks([spec], self.clock())
+        self._apply(change, "submitted")
+        return change.created[0]
+
+    async def _mark_resolved(self, resolver: Task) -> None:
+        """The conflicting task ``resolver`` resolved is done with: its work is merged, its kept branch goes."""
+        original = await self.store.get_task(resolver.resolves or 0, False)
+        if original is None or original.merge_state is not MergeState.CONFLICT:
+            return
+        await task_branch_deleted(original)
+        detail = f"task #{resolver.id} resolved the conflict and was merged onto {resolver.target_branch}"
+        await self.record_isolation(
+            original.id, None, IsolationUpdate(merge_state=MergeState.RESOLVED, merge_detail=detail)
+        )
 
     async def list_tasks(self, status: TaskStatus | None, limit: int, offset: int = 0) -> TasksReply:
         """Tasks newest first, optionally of one status. Reads only; raises :class:`InvalidRequest` for a bad page."""
@@ -1005,7 +1099,8 @@ class Broker:
         while True:
             with self.task_watchers.watch(ids) as changed:
                 tasks = await self.store.get_tasks(ids)
-                finished = [t.id for t in tasks if t.status.is_terminal]
+                # an isolated task is finished once its work is merged, kept or refused: a conflict is news too
+                finished = [t.id for t in tasks if t.status.is_terminal and not t.merge_unsettled]
                 met = len(finished) == len(ids) if mode == "all" else bool(finished)
                 asked = [t.question for t in tasks if t.question is not None] if questions else []
                 remaining = deadline - self.clock()
@@ -1180,6 +1275,8 @@ def _describe_task(task: Task) -> str:
             )
         case TaskStatus.CLAIMED:
             return f"Task #{task.id} is being worked on by {task.claimed_by}. Call wait_for_tasks to wait for it."
+        case TaskStatus.BLOCKED if task.waiting:
+            return f"Task #{task.id} waits, holding no agent: {task.waited_on}."
         case TaskStatus.BLOCKED:
             return f"Task #{task.id} waits for its dependencies {task.depends_on}."
         case _:
@@ -1201,6 +1298,15 @@ def _describe_merge(task: Task) -> str:
             return f" Its work is on branch {task.branch}: call merge_task to merge it onto {task.target_branch}."
         case MergeState.DISCARDED:
             return " Its branch was discarded."
+        case MergeState.PROPOSED:
+            return f" Its branch {task.branch} was handed to the merge hook: {task.merge_detail}."
+        case MergeState.HOOK_FAILED:
+            return (
+                f" Not merged: {task.merge_detail}. Its branch {task.branch} is kept: fix the hook and call "
+                "merge_task, or merge it yourself."
+            )
+        case MergeState.RESOLVED:
+            return f" Its conflict was resolved: {task.merge_detail}."
 
 
 def _about_a_task_left(event: Event, agent: Agent) -> bool:
@@ -1246,12 +1352,15 @@ def _wait_tasks_reply(
     tasks: list[Task], finished: list[int], met: bool, asked: list[Question] | None = None
 ) -> WaitTasksReply:
     asked = asked or []
-    pending = [t.id for t in tasks if not t.status.is_terminal]
+    done = set(finished)
+    pending = [t.id for t in tasks if t.id not in done]
     failed = [t.id for t in tasks if t.status in (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED)]
+    merging = [t.id for t in tasks if t.merge_unsettled]
     if met:
         message = f"{len(finished)} task(s) finished."
         if failed:
             message += f" Not completed: {failed} (see each task's error)."
+        message += "".join(_merge_news(t) for t in tasks if t.id in done)
         if pending:
             message += f" Still running: {pending}."
     elif not asked:
@@ -1261,6 +1370,8 @@ def _wait_tasks_reply(
         )
     else:
         message = ""
+    if merging:
+        message += f" Completed, waiting for the merge queue: {merging}."
     for question in asked:
         choices = f" (options: {', '.join(question.options)})" if question.options else ""
         message += (
@@ -1273,3 +1384,26 @@ def _wait_tasks_reply(
     return WaitTasksReply(
         done=met, tasks=tasks, finished=finished, pending=pending, questions=asked, message=message.strip()
     )
+
+
+def _merge_news(task: Task) -> str:
+    """What a primary must act on about a finished task's work: not merged by itself, or merged another way."""
+    match task.merge_state:
+        case MergeState.CONFLICT:
+            files = ", ".join(task.conflict_files) or "see merge_detail"
+            return (
+                f" Task #{task.id} is conflicting ({files}): {task.merge_detail}. Its branch {task.branch} is "
+                "kept: resolve it there and call merge_task, or discard it."
+            )
+        case MergeState.MANUAL:
+            return (
+                f" Task #{task.id} is waiting for merge on branch {task.branch}: call merge_task to merge it."
+            )
+        case MergeState.HOOK_FAILED:
+            return f" Task #{task.id}'s merge hook failed: {task.merge_detail}. Its branch {task.branch} is kept."
+        case MergeState.PROPOSED:
+            return f" Task #{task.id} was handed to the merge hook: {task.merge_detail}."
+        case MergeState.RESOLVED:
+            return f" Task #{task.id}'s conflict was resolved: {task.merge_detail}."
+        case _:
+            return ""

@@ -564,7 +564,7 @@ def worktrees(
                 lines.append(
                     f"task {record.task_id} (attempt {record.fence}): {record.path} on {record.branch}"
                 )
-            lines += [f"kept branch {b} in {common_dir}" for b in await kept_branches(common_dir)]
+            lines += [f"kept branch {b} in {common_dir}" for b in await kept_branches(common_dir, found.tag)]
         return lines
 
     lines = run_async(listing())

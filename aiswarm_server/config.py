@@ -141,6 +141,17 @@ class BrokerSettings(HomeSettings):
     )
     default_max_attempts: int = Field(default=3, ge=1, le=100)
     default_task_timeout_seconds: int = Field(default=1800, ge=1)
+    merge_hook: str | None = Field(
+        default=None,
+        description="The command `aiswarm launch --merge hook` runs for a completed task's branch instead of "
+        "merging it (e.g. to open a pull request); see the README's isolation section.",
+    )
+    merge_hook_timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
+    resolve_conflicts: bool = Field(
+        default=False,
+        description="Resubmit a task whose merge conflicts with its target as one 'resolve the conflict' task "
+        "(implementer persona when one runs); its conflict is not resubmitted again.",
+    )
 
     @field_validator("host")
     @classmethod

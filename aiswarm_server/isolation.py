@@ -14,6 +14,13 @@ from pathlib import Path
 from aiswarm_server.errors import InvalidRequest
 from aiswarm_server.models import Isolation, IsolationUpdate, MergeState, Task, TaskStatus
 
+RESOLVER_PERSONA = "implementer"
+"""The persona a conflict-resolution task asks for, when an agent with it is live."""
+WAIT_CHECK_LIMIT = 100
+"""Waiting tasks the sweeper looks at per sweep."""
+UNMERGED = (MergeState.PENDING, MergeState.MANUAL)
+"""A dependency's merge states that keep its dependents waiting: its work is not on the target yet, but will be."""
+
 DECLARED_FILES_MAX = 100
 DECLARED_FILE_MAX_CHARS = 500
 
@@ -52,8 +59,63 @@ async def submitter_git(working_dir: str | None, isolation: Isolation) -> tuple[
     return context.head, context.branch
 
 
-async def merge_task_branch(task: Task, dependencies: Sequence[Task], home: Path) -> IsolationUpdate:
-    """Merge a completed task's branch onto its target; what to record. Refusals say what to do instead."""
+def may_wait(task: Task) -> bool:
+    """Whether ``task`` can have something to wait for: it was submitted in git and declares files or depends."""
+    return task.base_commit is not None and bool(task.files or task.depends_on)
+
+
+async def why_task_waits(task: Task, dependencies: Sequence[Task], holders: Sequence[Task]) -> str | None:
+    """Why ``task`` must not run yet, or None when nothing is in its way.
+
+    It waits while a dependency's work is not merged yet (``pending`` or ``manual``: its changes are not on the
+    target), and while a task in the same repository whose declared files overlap its own holds them: claimed
+    before it, or completed with its work not merged yet. ``holders`` are such tasks (:meth:`Store.isolation_holders`);
+    a task claimed later never holds up one claimed earlier, so waits cannot form a cycle.
+    """
+    from launcher.isolation.files import first_overlap, normalize_declared
+    from launcher.isolation.repository import git_context
+
+    for other in dependencies:
+        if other.merge_state in UNMERGED:
+            return f"task #{other.id} ({other.title}), a dependency, is not merged yet ({other.merge_state})"
+    if not task.files or task.working_dir is None:
+        return None
+    contexts: dict[str, tuple[Path, str] | None] = {}
+
+    async def where(directory: str) -> tuple[Path, str] | None:
+        if directory not in contexts:
+            context = await git_context(Path(directory))
+            contexts[directory] = (context.common_dir, context.subdir) if context else None
+        return contexts[directory]
+
+    mine = await where(task.working_dir)
+    if mine is None:
+        return None
+    ours = [normalize_declared(f, mine[1]) for f in task.files]
+    order = (task.claimed_at if task.status is TaskStatus.CLAIMED else float("inf"), task.id)
+    for other in holders:
+        if other.id == task.id or not other.files or other.working_dir is None:
+            continue
+        if other.status is TaskStatus.CLAIMED and ((other.claimed_at or 0.0), other.id) > order:
+            continue  # claimed after this task: it waits for this one, not the other way round
+        theirs_at = await where(other.working_dir)
+        if theirs_at is None or theirs_at[0] != mine[0]:
+            continue
+        overlap = first_overlap(ours, [normalize_declared(f, theirs_at[1]) for f in other.files])
+        if overlap is not None:
+            state = "running" if other.status is TaskStatus.CLAIMED else "not merged yet"
+            return (
+                f"task #{other.id} ({other.title}, {state}) declares {overlap[1]}, which overlaps {overlap[0]}; "
+                "this task runs once that one is merged"
+            )
+    return None
+
+
+async def merge_task_branch(
+    task: Task, dependencies: Sequence[Task], home: Path
+) -> tuple[IsolationUpdate, bool]:
+    """Merge a completed task's branch onto its target; what to record, and whether a conflict is one another
+    task could resolve (the task's changes against the target's). Refusals say what to do instead."""
     from launcher.isolation.merge import MergeOutcome, merge_task
     from launcher.isolation.repository import git_context
     from launcher.isolation.worktrees import Worktrees
@@ -69,6 +131,8 @@ async def merge_task_branch(task: Task, dependencies: Sequence[Task], home: Path
         raise InvalidRequest(f"Task #{task.id} is merged already ({task.merge_detail}).")
     if task.merge_state is MergeState.DISCARDED:
         raise InvalidRequest(f"Task #{task.id}'s work was discarded: nothing to merge.")
+    if task.merge_state is MergeState.RESOLVED:
+        raise InvalidRequest(f"Task #{task.id}'s work was merged by the task that resolved its conflict.")
     unmerged = [
         d.id
         for d in dependencies
@@ -94,24 +158,44 @@ async def merge_task_branch(task: Task, dependencies: Sequence[Task], home: Path
         Worktrees(home), common_dir=context.common_dir, task_id=task.id, target=task.target_branch
     )
     merged = result.outcome is MergeOutcome.MERGED
-    return IsolationUpdate(
+    update = IsolationUpdate(
         merge_state=MergeState.MERGED if merged else MergeState.CONFLICT,
         merge_detail=result.reason,
         conflict_files=list(result.files) if not merged else [],
         diff_stat=result.diff_stat or None if merged else None,
     )
+    return update, result.resolvable
+
+
+def resolution_prompt(task: Task) -> str:
+    """What the task that resolves ``task``'s conflict is told."""
+    files = "\n".join(f"- {f}" for f in task.conflict_files)
+    return (
+        f"Task #{task.id} ({task.title}) was done on branch {task.branch}, but its changes conflict with "
+        f"{task.target_branch}, which moved on meanwhile. Your working directory is {task.target_branch} as it "
+        f"is now, with task #{task.id}'s changes brought in; git left conflict markers (<<<<<<<, =======, "
+        f">>>>>>>) in these files:\n{files}\n\nResolve every conflict so that both sides' intent survives: keep "
+        f"what {task.target_branch} changed and redo task #{task.id}'s change on top of it, then remove every "
+        f"marker. Do not commit: the launcher commits your work. Task #{task.id}'s request was:\n\n{task.prompt}"
+    )
+
+
+async def task_branch_deleted(task: Task) -> None:
+    """Delete ``task``'s kept branch, if it has one and its repository is still there."""
+    from launcher.isolation.repository import git_context
+    from launcher.isolation.worktrees import delete_task_branch
+
+    context = await git_context(Path(task.working_dir)) if task.working_dir else None
+    if context is not None and task.branch is not None:
+        await delete_task_branch(context.common_dir, task.branch)
 
 
 async def discard_task_branch(task: Task) -> IsolationUpdate:
     """Delete a finished task's kept branch (its work is dropped); what to record."""
-    from launcher.isolation.repository import git_context
-    from launcher.isolation.worktrees import delete_task_branch
 
     if task.merge_state is None or not task.status.is_terminal:
         raise InvalidRequest(f"Task #{task.id} has no kept branch to discard (it is {task.status.value}).")
-    if task.merge_state is MergeState.MERGED:
+    if task.merge_state in (MergeState.MERGED, MergeState.RESOLVED):
         raise InvalidRequest(f"Task #{task.id} is merged already: there is nothing left to discard.")
-    context = await git_context(Path(task.working_dir)) if task.working_dir else None
-    if context is not None:
-        await delete_task_branch(context.common_dir, task.id)
+    await task_branch_deleted(task)
     return IsolationUpdate(merge_state=MergeState.DISCARDED, merge_detail=f"branch {task.branch} deleted")

@@ -64,6 +64,16 @@ class MergeState(StrEnum):
     CONFLICT = "conflict"  # not merged: the files in the way are named, the branch is kept
     MANUAL = "manual"  # kept on its branch for `aiswarm merge` / merge_task
     DISCARDED = "discarded"  # the task did not complete: its branch and worktree are gone
+    PROPOSED = "proposed"  # the merge hook ran (e.g. opened a pull request): its last line is in merge_detail
+    HOOK_FAILED = (
+        "hook_failed"  # the merge hook exited non-zero: its message is in merge_detail, the branch kept
+    )
+    RESOLVED = "resolved"  # its conflict was resolved by another task (``resolves``), whose work was merged
+
+    @property
+    def is_settled(self) -> bool:
+        """Whether nothing more happens to the work by itself (everything but ``pending``)."""
+        return self is not MergeState.PENDING
 
 
 class AgentStatus(StrEnum):
@@ -287,6 +297,20 @@ class Task(BrokerModel):
     questions: list[Question] = Field(
         default_factory=list, description="Every question asked about the task (get_task only), oldest first."
     )
+    waited_on: str | None = (
+        None  # why the task last waited without an agent (declared files, unmerged dependency)
+    )
+    resolves: int | None = None  # the conflicting task whose conflict this task resolves
+
+    @property
+    def merge_unsettled(self) -> bool:
+        """Completed, but its work is not merged, kept or refused yet (the merge queue has not run)."""
+        return self.status is TaskStatus.COMPLETED and self.merge_state is MergeState.PENDING
+
+    @property
+    def waiting(self) -> bool:
+        """Handed back by its claim and blocked until what it waits for (``waited_on``) is out of the way."""
+        return self.status is TaskStatus.BLOCKED and self.retry_at is None and self.waited_on is not None
 
     def fits(self, persona: str | None, capabilities: Iterable[str]) -> bool:
         """Whether an agent with this persona and these capabilities may take the task."""
@@ -317,6 +341,7 @@ class NewTask(BrokerModel):
     target_branch: str | None = None
     answer_within_seconds: int | None = None
     on_unanswered: OnUnanswered | None = None
+    resolves: int | None = None
 
     @property
     def records_question_policy(self) -> bool:
@@ -326,7 +351,12 @@ class NewTask(BrokerModel):
     @property
     def records_isolation(self) -> bool:
         """Whether the task carries anything beyond the isolation defaults (written after the row)."""
-        return self.isolation is not Isolation.AUTO or bool(self.files) or self.base_commit is not None
+        return (
+            self.isolation is not Isolation.AUTO
+            or bool(self.files)
+            or self.base_commit is not None
+            or self.resolves is not None
+        )
 
 
 class IsolationUpdate(BrokerModel):

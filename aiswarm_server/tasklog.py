@@ -101,6 +101,10 @@ class BrokerTaskLog:
                     _line(task, f"claimed by {news.agent}", **who)
                 case "progress":
                     _line(task, f"progress from {news.agent}: {task.progress}", **who)
+                case "merge":
+                    _line(task, f"merge {task.merge_state}: {task.merge_detail}")
+                case "released" if task.waiting:
+                    _line(task, f"handed back by {news.agent}; waits: {task.waited_on}", **who)
                 case "completed" | "released" | "cancelled" | "swept" if task.status is TaskStatus.PENDING:
                     _line(task, f"{_verb(news)}; back in the queue", **who)
                 case _:
@@ -109,6 +113,9 @@ class BrokerTaskLog:
         if news.kind == "swept":
             for lost in requeued:
                 _line(lost, "lease expired; back in the queue")
+        if news.kind == "waited":
+            for ready in requeued:
+                _line(ready, "nothing in its way any more; back in the queue")
         finished = [i for i in change.finished if task is None or i != task.id]
         for task_id in finished:
             task_log.info(

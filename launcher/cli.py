@@ -137,7 +137,7 @@ def launch(
         typer.Option(
             envvar="AISWARM_MERGE",
             help="auto: merge each completed task's branch onto the submitter's branch; manual: keep it for "
-            "`aiswarm merge TASK`.",
+            "`aiswarm merge TASK`; hook: run merge_hook from config.toml instead (e.g. open a pull request).",
         ),
     ] = "auto",
     log_format: Annotated[
@@ -166,8 +166,8 @@ def launch(
         raise LaunchError(f"--mode {mode!r}: choose per-task or session")
     if isolation not in ("auto", "worktree", "none"):
         raise LaunchError(f"--isolation {isolation!r}: choose auto, worktree or none")
-    if merge not in ("auto", "manual"):
-        raise LaunchError(f"--merge {merge!r}: choose auto or manual")
+    if merge not in ("auto", "manual", "hook"):
+        raise LaunchError(f"--merge {merge!r}: choose auto, manual or hook")
     if log_format not in ("text", "json"):
         raise LaunchError(f"--log-format {log_format!r}: choose text or json")
     os.environ["AISWARM_LOG_FORMAT"] = log_format  # the broker started below, if any, logs the same way
@@ -176,6 +176,19 @@ def launch(
         register_configured_clis(settings.home / "config.toml")
     except GenericCliError as error:
         raise LaunchError(str(error)) from None
+    merge_hook = None
+    if merge == "hook":
+        from launcher.isolation.hook import MergeHook, MergeHookError
+
+        if not settings.merge_hook:
+            raise LaunchError(
+                f"--merge hook needs merge_hook in {settings.home / 'config.toml'}, e.g. "
+                'merge_hook = "git push -q origin {branch} && gh pr create --head {branch} --base {target} --fill"'
+            )
+        try:
+            merge_hook = MergeHook(settings.merge_hook, settings.merge_hook_timeout_seconds)
+        except MergeHookError as error:
+            raise LaunchError(str(error)) from None
     directory = (workdir or Path.cwd()).expanduser().resolve()
     if not directory.is_dir():
         raise LaunchError(f"--dir {directory} is not a directory")
@@ -219,6 +232,7 @@ def launch(
         probe_seconds=probe_interval,
         isolation="worktree" if isolation == "worktree" else "none" if isolation == "none" else "auto",
         merge_mode=MergeMode(merge),
+        merge_hook=merge_hook,
         log_format="json" if log_format == "json" else "text",
     )
     errors = Console(stderr=True)

@@ -71,6 +71,7 @@ from launcher.cool_downs import CoolDowns, backoff_delay
 from launcher.decisions import Pacing, TaskAction, TaskRun, decide
 from launcher.isolation.attempt import MergeMode, TaskIsolation
 from launcher.isolation.git import GitError
+from launcher.isolation.hook import MergeHook
 from launcher.isolation.worktrees import Worktrees
 from launcher.model_proxy import ModelProxy
 from launcher.preflight import cli_problems, credential_problem
@@ -169,6 +170,8 @@ class LaunchConfig:
     """Wall-clock time for quota pools (their day and minute windows)."""
     isolation: IsolationChoice = "auto"
     merge_mode: MergeMode = MergeMode.AUTO
+    merge_hook: MergeHook | None = None
+    """The command ``merge_mode`` hook runs for a completed task's branch (``merge_hook`` in config.toml)."""
     log_format: Literal["text", "json"] = "text"
     """json: each agent's log lines also go to logs/<agent>.jsonl with the task, attempt, fence and CLI."""
 
@@ -210,7 +213,7 @@ class SessionWatch:
     since: float = 0.0
     limit: float = 0.0
     moved: int | None = None
-    """The task the session was stopped for because it is in another directory."""
+    """The task the session was stopped for because it is in another directory or runs in its own worktree."""
     timed_out: int | None = None
     """The task the session was stopped for at its deadline."""
 
@@ -265,6 +268,7 @@ class Supervisor:
             Worktrees(self.config.home),
             isolate_by_default=self.config.isolates_by_default,
             merge_mode=self.config.merge_mode,
+            hook=self.config.merge_hook,
             note=self._note,
         )
         self.tokens: dict[str, str] = {}
@@ -891,7 +895,8 @@ class Supervisor:
                 await self._record_usage(agent, result.usage, None, None)
             held = (await agent.worker.get_agent_status()).current_task
             if held is not None and held.id == session.moved:
-                # The task is for another directory: the session is over, the task runs there as in per-task mode.
+                # The task is for another directory, or runs in its own worktree: the session is over, the task
+                # runs there as in per-task mode.
                 self._note(agent.name, f"task #{held.id} is in {held.working_dir}: running it there")
                 await self._run_claimed(agent, await agent.worker.claim_task(held.id))
             elif held is not None and held.id == session.timed_out:
@@ -935,7 +940,9 @@ class Supervisor:
             session.task_id, session.since = held.id, time.monotonic()
             session.limit = self.config.task_timeout or float(held.timeout_seconds)
             agent.view.task_id = held.id
-        if held.working_dir and not _inside(self.config.workdir, held.working_dir):
+        if (
+            held.working_dir and not _inside(self.config.workdir, held.working_dir)
+        ) or self.isolation.wants_worktree(held):
             session.moved = held.id
         elif time.monotonic() - session.since >= session.limit:
             session.timed_out = held.id

@@ -271,6 +271,26 @@ class Store(ABC):
         task's current fence token is another one."""
 
     @abstractmethod
+    async def defer(self, agent: str, task_id: int, fence: int, reason: str, now: float) -> TaskChange:
+        """Hand a task just claimed back without counting a failure, to wait ``blocked`` until ``reason`` is gone.
+
+        The attempt ends ``released`` (``waiting: reason``), the agent is free, the task records ``waited_on`` and
+        shows the reason as its progress; its timeout starts again at its next claim. Raises as :meth:`renew` does.
+        """
+
+    @abstractmethod
+    async def waiting_tasks(self, limit: int) -> list[Task]:
+        """Tasks :meth:`defer` left waiting (blocked, ``waited_on`` set, no retry time), oldest first."""
+
+    @abstractmethod
+    async def end_waits(self, task_ids: Sequence[int], now: float) -> TaskChange:
+        """Make the named waiting tasks ``pending`` again (``claimable``); tasks no longer waiting are left alone."""
+
+    @abstractmethod
+    async def isolation_holders(self) -> list[Task]:
+        """Tasks with declared files that hold them: claimed, or completed with their work not merged yet."""
+
+    @abstractmethod
     async def sweep(
         self, now: float, agent_lost_before: float, keep_alive: Sequence[str] = (), lease: float = 300.0
     ) -> TaskChange:

@@ -1,4 +1,4 @@
-"""The tasks' isolation columns (migration 0004), mapped the same way by every store."""
+"""The tasks' isolation columns (migrations 0004 and 0006), mapped the same way by every store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from aiswarm_server.models import Isolation, IsolationUpdate, MergeState, NewTask
 
-SUBMITTED_COLUMNS = ("isolation", "files", "base_commit", "target_branch")
+SUBMITTED_COLUMNS = ("isolation", "files", "base_commit", "target_branch", "resolves")
 """What a submit records, written right after the task's row when it differs from the defaults."""
 
 
@@ -25,12 +25,14 @@ def isolation_fields(row: Any, as_list: Callable[[Any], list[str]]) -> dict[str,
         "merge_detail": row["merge_detail"],
         "conflict_files": as_list(row["conflict_files"]),
         "diff_stat": row["diff_stat"],
+        "waited_on": row["waited_on"],
+        "resolves": row["resolves"],
     }
 
 
-def submitted_values(spec: NewTask) -> tuple[str, list[str], str | None, str | None]:
+def submitted_values(spec: NewTask) -> tuple[str, list[str], str | None, str | None, int | None]:
     """The values of :data:`SUBMITTED_COLUMNS` for a new task."""
-    return spec.isolation.value, list(spec.files), spec.base_commit, spec.target_branch
+    return spec.isolation.value, list(spec.files), spec.base_commit, spec.target_branch, spec.resolves
 
 
 def update_assignments(update: IsolationUpdate) -> list[tuple[str, Any]]:

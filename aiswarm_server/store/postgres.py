@@ -273,8 +273,8 @@ class PostgresStore(PostgresDatabase, Store):
             row = await db.fetchrow(_INSERT_TASK, *values)
             if spec.records_isolation:
                 row = await db.fetchrow(
-                    "UPDATE tasks SET isolation = $1, files = $2::text[], base_commit = $3, target_branch = $4 "
-                    "WHERE id = $5 RETURNING *",
+                    "UPDATE tasks SET isolation = $1, files = $2::text[], base_commit = $3, target_branch = $4, "
+                    "resolves = $5 WHERE id = $6 RETURNING *",
                     *submitted_values(spec),
                     row["id"],
                 )
@@ -482,6 +482,62 @@ class PostgresStore(PostgresDatabase, Store):
             *(value for _, value in pairs),
         )
         return await _task(db, task_id, True) if updated is not None else None
+
+    @override
+    @writes
+    async def defer(
+        self, db: Db, agent: str, task_id: int, fence: int, reason: str, now: float
+    ) -> TaskChange:
+        await _lock_agent(db, agent)
+        await _held(db, agent, task_id, fence)
+        await _end_attempt(db, task_id, fence, AttemptOutcome.RELEASED, f"waiting: {reason}", now)
+        await _free_agent(db, agent, task_id)
+        updated = await db.fetchrow(
+            """UPDATE tasks SET status = 'blocked', claimed_by = NULL, lease_expires_at = NULL, claimed_at = NULL,
+                   deadline_at = NULL, retry_at = NULL, waited_on = $1, progress = $2, updated_at = $3
+               WHERE id = $4 RETURNING *""",
+            reason,
+            f"waiting: {reason}",
+            now,
+            task_id,
+        )
+        change = TaskChange()
+        change.task = task_from_row(updated, await _task_deps(db, task_id))
+        return change
+
+    @override
+    @reads
+    async def waiting_tasks(self, db: Db, limit: int) -> list[Task]:
+        found = await db.fetch(
+            "SELECT * FROM tasks WHERE status = 'blocked' AND waited_on IS NOT NULL AND retry_at IS NULL "
+            "ORDER BY id LIMIT $1",
+            limit,
+        )
+        return [task_from_row(r, await _task_deps(db, r["id"])) for r in found]
+
+    @override
+    @writes
+    async def end_waits(self, db: Db, task_ids: Sequence[int], now: float) -> TaskChange:
+        change = TaskChange()
+        found = await db.fetch(
+            """UPDATE tasks SET status = 'pending', progress = NULL, updated_at = $1
+               WHERE id = ANY($2::bigint[])
+                 AND status = 'blocked' AND waited_on IS NOT NULL AND retry_at IS NULL RETURNING *""",
+            now,
+            list(task_ids),
+        )
+        change.claimable.extend(task_from_row(r) for r in found)
+        return change
+
+    @override
+    @reads
+    async def isolation_holders(self, db: Db) -> list[Task]:
+        found = await db.fetch(
+            """SELECT * FROM tasks WHERE status = 'claimed' AND files <> '{}'
+               UNION ALL
+               SELECT * FROM tasks WHERE merge_state = 'pending' AND status = 'completed' AND files <> '{}'"""
+        )
+        return [task_from_row(r) for r in found]
 
     @override
     @writes

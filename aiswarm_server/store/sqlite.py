@@ -230,11 +230,11 @@ class SqliteStore(SqliteDatabase, Store):
             }  # fmt: skip
             row = db.execute(_INSERT_TASK, values).fetchone()
             if spec.records_isolation:
-                isolation, files, base_commit, target_branch = submitted_values(spec)
+                isolation, files, base_commit, target_branch, resolves = submitted_values(spec)
                 row = db.execute(
-                    "UPDATE tasks SET isolation = ?, files = ?, base_commit = ?, target_branch = ? WHERE id = ? "
-                    "RETURNING *",
-                    (isolation, dumps(files), base_commit, target_branch, row["id"]),
+                    "UPDATE tasks SET isolation = ?, files = ?, base_commit = ?, target_branch = ?, resolves = ? "
+                    "WHERE id = ? RETURNING *",
+                    (isolation, dumps(files), base_commit, target_branch, resolves, row["id"]),
                 ).fetchone()
             if spec.records_question_policy:
                 row = db.execute(
@@ -416,6 +416,55 @@ class SqliteStore(SqliteDatabase, Store):
             (*values, now, task_id, fence, fence),
         ).fetchone()
         return _task(db, task_id, True) if updated else None
+
+    @override
+    @writes
+    def defer(self, db: Db, agent: str, task_id: int, fence: int, reason: str, now: float) -> TaskChange:
+        _held(db, agent, task_id, fence)
+        _end_attempt(db, task_id, fence, AttemptOutcome.RELEASED, f"waiting: {reason}", now)
+        _free_agent(db, agent, task_id)
+        updated = db.execute(
+            """UPDATE tasks SET status = 'blocked', claimed_by = NULL, lease_expires_at = NULL, claimed_at = NULL,
+                   deadline_at = NULL, retry_at = NULL, waited_on = ?, progress = ?, updated_at = ?
+               WHERE id = ? RETURNING *""",
+            (reason, f"waiting: {reason}", now, task_id),
+        ).fetchone()
+        change = TaskChange()
+        change.task = task_from_row(updated, _task_deps(db, task_id))
+        return change
+
+    @override
+    @reads
+    def waiting_tasks(self, db: Db, limit: int) -> list[Task]:
+        found = db.execute(
+            "SELECT * FROM tasks WHERE status = 'blocked' AND waited_on IS NOT NULL AND retry_at IS NULL "
+            "ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [task_from_row(r, _task_deps(db, r["id"])) for r in found]
+
+    @override
+    @writes
+    def end_waits(self, db: Db, task_ids: Sequence[int], now: float) -> TaskChange:
+        change = TaskChange()
+        found = db.execute(
+            """UPDATE tasks SET status = 'pending', progress = NULL, updated_at = ?
+               WHERE id IN (SELECT value FROM json_each(?))
+                 AND status = 'blocked' AND waited_on IS NOT NULL AND retry_at IS NULL RETURNING *""",
+            (now, dumps(list(task_ids))),
+        )
+        change.claimable.extend(task_from_row(r) for r in found)
+        return change
+
+    @override
+    @reads
+    def isolation_holders(self, db: Db) -> list[Task]:
+        found = db.execute(
+            """SELECT * FROM tasks WHERE status = 'claimed' AND files != '[]'
+               UNION ALL
+               SELECT * FROM tasks WHERE merge_state = 'pending' AND status = 'completed' AND files != '[]'"""
+        )
+        return [task_from_row(r) for r in found]
 
     @override
     @writes

@@ -4,14 +4,17 @@ The supervisor calls :meth:`TaskIsolation.prepare` after it reserved a task and 
 :meth:`TaskIsolation.finish` when the CLI has exited. In between, the CLI works in the worktree: the broker hands
 it the worktree's directory as the task's ``working_dir``.
 
-- **Before**: a task waits until its dependencies' changes are merged, and until every task claimed before it
-  whose declared ``files`` overlap its own is finished and merged (it reports why as progress, which renews its
-  lease and shows in ``get_task``). Tasks claimed later never hold up earlier ones, so waits cannot form a cycle.
-- **Base**: the submitter's HEAD recorded at submit time; a task that waited (dependencies, overlaps) starts from
-  the target branch as it is then, so it sees what it waited for.
+- **Before**: the broker does not let a task run while a dependency's work is unmerged or a task claimed before
+  it holds overlapping declared ``files``: the claim hands it back and it waits without an agent. Should a claim
+  still get through (brokers sharing a database, a launch racing a merge), the attempt waits here, reporting why
+  as progress, by the same rule (:func:`aiswarm_server.isolation.why_task_waits`).
+- **Base**: the submitter's HEAD recorded at submit time; a task that waited, has dependencies or resolves a
+  conflict starts from the target branch as it is then, so it sees what it followed. A conflict-resolution task
+  (``resolves``) then has the conflicting branch brought in with its conflict markers left in the files.
 - **After**: only the attempt whose fence completed the task commits; its worktree is removed (the branch keeps
-  the work) and the broker's merge queue merges it (``auto``) or keeps the branch for ``aiswarm merge``
-  (``manual``). Any other attempt's worktree is discarded, never merged.
+  the work) and the broker's merge queue merges it (``auto``), keeps the branch for ``aiswarm merge``
+  (``manual``), or the merge hook gets it (``hook``, e.g. to open a pull request). Any other attempt's worktree
+  is discarded, never merged.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from pathlib import Path
 
 from aiswarm_server.broker_calls import BrokerCallError, BrokerCalls
 from aiswarm_server.broker_client import BrokerClient
+from aiswarm_server.isolation import why_task_waits
 from aiswarm_server.models import Isolation, MergeState, Task, TaskStatus
-from launcher.isolation.files import first_overlap, normalize_declared
-from launcher.isolation.repository import GitContext, branch_tip, git_context
+from launcher.isolation.git import GitError
+from launcher.isolation.hook import MergeHook
+from launcher.isolation.repository import branch_tip, git_context
 from launcher.isolation.worktrees import Worktree, Worktrees
 
 log = logging.getLogger("aiswarm.launcher")
@@ -38,10 +43,12 @@ POLL_SECONDS = 1.0
 
 
 class MergeMode(StrEnum):
-    """What happens to a completed task's branch: merged at once, or kept for ``aiswarm merge``."""
+    """What happens to a completed task's branch: merged at once, kept for ``aiswarm merge``, or handed to the
+    merge hook (a pull-request flow: ``merge_hook`` in config.toml)."""
 
     AUTO = "auto"
     MANUAL = "manual"
+    HOOK = "hook"
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class TaskIsolation:
     worktrees: Worktrees
     isolate_by_default: bool
     merge_mode: MergeMode = MergeMode.AUTO
+    hook: MergeHook | None = None
     note: Callable[[str, str], None] = field(default=lambda agent, line: log.info("%s: %s", agent, line))
 
     def wants_worktree(self, task: Task) -> bool:
@@ -84,17 +92,31 @@ class TaskIsolation:
                 agent, f"task #{task_id}: {task.working_dir} is no longer in a git checkout; runs in place"
             )
             return Workspace(None)
-        waited = await self._wait_for_predecessors(agent, admin, worker, task, fence, context)
+        waited = await self._wait_for_predecessors(agent, admin, worker, task, fence)
         if waited is None:
             return None
         base = task.base_commit or context.head
-        if waited and task.target_branch:
+        # what it waited for (or depends on, or resolves a conflict with) is on the target now, not at submit
+        follows = waited or task.waited_on or task.depends_on or task.resolves is not None
+        if follows and task.target_branch:
             base = await branch_tip(context.common_dir, task.target_branch) or base
         worktree, problems = await self.worktrees.create(
             checkout=context.checkout, common_dir=context.common_dir, task_id=task_id, fence=fence, base=base
         )
         for problem in problems:
             self.note(agent, problem)
+        if task.resolves is not None:
+            original = (await admin.get_task(task.resolves)).task
+            if original.branch is None:
+                raise GitError(
+                    ("merge",), context.checkout, 1, f"task #{original.id} has no branch to resolve"
+                )
+            marked = await self.worktrees.bring_in(worktree, original.branch)
+            self.note(
+                agent,
+                f"task #{task_id}: {original.branch} brought onto {base[:10]}; conflict markers in "
+                f"{', '.join(marked) or 'no file'}",
+            )
         directory = worktree.directory(context.subdir)
         directory.mkdir(parents=True, exist_ok=True)
         try:
@@ -147,7 +169,18 @@ class TaskIsolation:
         self.note(
             agent, f"task #{task.id}: committed on {worktree.branch} ({commit.diff_stat or 'no changes'})"
         )
-        if manual:
+        if not manual:
+            await self._merge_or_hand_over(agent, admin, task, worktree.branch, worktree.checkout, fence)
+
+    async def _merge_or_hand_over(
+        self, agent: str, admin: BrokerClient, task: Task, branch: str, checkout: Path, fence: int
+    ) -> None:
+        """Give a committed branch to the merge queue, or (``hook`` mode) to the merge hook instead."""
+        if self.merge_mode is MergeMode.HOOK and self.hook is not None:
+            outcome = await self.hook.run(task, branch, checkout)
+            state = MergeState.PROPOSED if outcome.ok else MergeState.HOOK_FAILED
+            await admin.record_isolation(task.id, fence, merge_state=state, merge_detail=outcome.detail)
+            self.note(agent, f"task #{task.id}: merge hook: {state}: {outcome.detail}")
             return
         merged = (await admin.merge_task(task.id)).task
         self.note(agent, f"task #{task.id}: {merged.merge_state}: {merged.merge_detail}")
@@ -193,10 +226,11 @@ class TaskIsolation:
                 and task.id not in tasks
                 and task.id not in busy
             ):
-                merged = (await admin.merge_task(task.id)).task
-                self.note(
-                    task.claimed_by or "launcher",
-                    f"task #{task.id}: {merged.merge_state}: {merged.merge_detail}",
+                context = await git_context(Path(task.working_dir)) if task.working_dir else None
+                checkout = context.checkout if context else Path(task.working_dir or ".")
+                agent = task.claimed_by or "launcher"
+                await self._merge_or_hand_over(
+                    agent, admin, task, task.branch or "", checkout, task.fence_token
                 )
 
         return await self.worktrees.prune(lambda task_id, fence: _live(tasks.get(task_id), fence))
@@ -208,13 +242,12 @@ class TaskIsolation:
         worker: BrokerClient,
         task: Task,
         fence: int,
-        context: GitContext,
     ) -> bool | None:
         """Wait while something the task must follow is unmerged; True if it waited, None if the task was lost."""
         waited = False
         told = ""
         while True:
-            why = await self._blocker(admin, task, context)
+            why = await self._blocker(admin, task)
             if why is None:
                 return waited
             waited = True
@@ -227,37 +260,15 @@ class TaskIsolation:
                 return None  # no longer ours: cancelled, or the lease went to another attempt
             await asyncio.sleep(POLL_SECONDS)
 
-    async def _blocker(self, admin: BrokerClient, task: Task, context: GitContext) -> str | None:
-        """Why ``task`` cannot start yet, or None."""
-        for dependency in task.depends_on:
-            other = (await admin.get_task(dependency)).task
-            if other.merge_state in (MergeState.PENDING, MergeState.MANUAL):
-                return (
-                    f"task #{other.id} ({other.title}), a dependency, is not merged yet ({other.merge_state})"
-                )
-        if not task.files:
-            return None
-        ours = [normalize_declared(f, context.subdir) for f in task.files]
-        candidates = (await admin.list_tasks(TaskStatus.CLAIMED.value, limit=500)).tasks
-        completed = (await admin.list_tasks(TaskStatus.COMPLETED.value, limit=500)).tasks
-        candidates += [t for t in completed if t.merge_state is MergeState.PENDING]
-        mine = (task.claimed_at or 0.0, task.id)
-        for other in candidates:
-            if other.id == task.id or not other.files or other.working_dir is None:
-                continue
-            if other.status is TaskStatus.CLAIMED and (other.claimed_at or 0.0, other.id) > mine:
-                continue  # claimed after this task: it waits for this one, not the other way round
-            other_context = await git_context(Path(other.working_dir))
-            if other_context is None or other_context.common_dir != context.common_dir:
-                continue
-            theirs = [normalize_declared(f, other_context.subdir) for f in other.files]
-            overlap = first_overlap(ours, theirs)
-            if overlap is not None:
-                return (
-                    f"task #{other.id} ({other.title}) declares {overlap[1]}, which overlaps {overlap[0]}; "
-                    "this task starts once that one is merged"
-                )
-        return None
+    async def _blocker(self, admin: BrokerClient, task: Task) -> str | None:
+        """Why ``task`` cannot start yet, or None (the broker's rule; its claim normally answered it already)."""
+        dependencies = [(await admin.get_task(d)).task for d in task.depends_on]
+        holders: list[Task] = []
+        if task.files:
+            holders = (await admin.list_tasks(TaskStatus.CLAIMED.value, limit=500)).tasks
+            completed = (await admin.list_tasks(TaskStatus.COMPLETED.value, limit=500)).tasks
+            holders += [t for t in completed if t.merge_unsettled]
+        return await why_task_waits(task, dependencies, holders)
 
 
 def _live(task: Task | None, fence: int) -> bool:

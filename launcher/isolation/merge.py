@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from launcher.isolation.git import commit_identity, git, last_line
-from launcher.isolation.repository import branch_tip, task_branch
+from launcher.isolation.repository import branch_tip
 from launcher.isolation.worktrees import Worktrees, changes, delete_task_branch, remove_worktree_dir
 
 _IN_PROGRESS = {
@@ -45,7 +45,8 @@ class MergeResult:
     """The outcome of merging one task's branch.
 
     ``files``: merged, the files the task changed; conflict, the files in the way. ``commit`` is the target's new
-    tip when merged. ``reason`` is one line for the primary and the user.
+    tip when merged. ``reason`` is one line for the primary and the user. ``resolvable``: the conflict is between
+    the task's changes and the target's (not the user's uncommitted work), so another task could resolve it.
     """
 
     outcome: MergeOutcome
@@ -57,6 +58,7 @@ class MergeResult:
     commit: str | None = None
     diff_stat: str = ""
     checkouts_updated: tuple[Path, ...] = field(default=())
+    resolvable: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,11 @@ class _Checkout:
 
 
 class _Conflict(Exception):
-    def __init__(self, reason: str, files: tuple[str, ...] = ()) -> None:
+    def __init__(self, reason: str, files: tuple[str, ...] = (), *, resolvable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.files = files
+        self.resolvable = resolvable
 
 
 class _TargetMoved(Exception):
@@ -81,14 +84,20 @@ async def merge_task(worktrees: Worktrees, *, common_dir: Path, task_id: int, ta
 
     The task's worktree must be gone (its work committed): a branch checked out in a worktree is not rebased.
     """
-    branch = task_branch(task_id)
+    branch = worktrees.branch(task_id)
     async with worktrees.lock(common_dir).held():
         for _ in range(_ATTEMPTS):
             try:
                 return await _merge_once(worktrees, common_dir, task_id, branch, target)
             except _Conflict as conflict:
                 return MergeResult(
-                    MergeOutcome.CONFLICT, task_id, branch, target, conflict.reason, conflict.files
+                    MergeOutcome.CONFLICT,
+                    task_id,
+                    branch,
+                    target,
+                    conflict.reason,
+                    conflict.files,
+                    resolvable=conflict.resolvable,
                 )
             except _TargetMoved:
                 continue
@@ -115,7 +124,7 @@ async def _merge_once(
         raise _Conflict(f"{branch} is checked out in a worktree; remove it, then aiswarm merge {task_id}")
     fork = (await git("merge-base", target_tip, task_tip, cwd=common_dir)).stdout.strip()
     if fork == task_tip:
-        await delete_task_branch(common_dir, task_id)
+        await delete_task_branch(common_dir, branch)
         return MergeResult(
             MergeOutcome.MERGED,
             task_id,
@@ -142,7 +151,7 @@ async def _merge_once(
         )
         if not moved.ok:
             raise _TargetMoved
-    await delete_task_branch(common_dir, task_id)
+    await delete_task_branch(common_dir, branch)
     how = "fast-forward" if fork == target_tip else f"rebased onto {target_tip[:10]}, then fast-forward"
     return MergeResult(
         MergeOutcome.MERGED,
@@ -175,8 +184,9 @@ async def _rebase(
             where = ", ".join(files) if files else last_line(rebased.stderr)
             raise _Conflict(
                 f"the task's changes conflict with {target} ({target_tip[:10]}) in {where}; "
-                f"its branch {task_branch(task_id)} is kept",
+                f"its branch {worktrees.branch(task_id)} is kept",
                 files,
+                resolvable=bool(files),
             )
         return (await git("rev-parse", "HEAD", cwd=scratch)).stdout.strip()
     finally:

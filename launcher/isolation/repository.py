@@ -9,12 +9,23 @@ from pathlib import Path
 
 from launcher.isolation.git import git
 
-TASK_BRANCH_PREFIX = "aiswarm/task-"
+
+def home_tag(home: Path) -> str:
+    """A short tag unique to one aiswarm home (a hash of where it is), part of every branch it makes.
+
+    Two homes (two brokers) working on one repository both have a task 7; their branches must not meet.
+    """
+    return hashlib.sha256(str(home.expanduser().resolve()).encode()).hexdigest()[:8]
 
 
-def task_branch(task_id: int) -> str:
-    """The branch a task's work lands on: ``aiswarm/task-<id>``."""
-    return f"{TASK_BRANCH_PREFIX}{task_id}"
+def task_branch_prefix(tag: str) -> str:
+    """What every task branch of the home tagged ``tag`` starts with: ``aiswarm/<tag>/task-``."""
+    return f"aiswarm/{tag}/task-"
+
+
+def task_branch(task_id: int, tag: str) -> str:
+    """The branch a task's work lands on: ``aiswarm/<home tag>/task-<id>``."""
+    return f"{task_branch_prefix(tag)}{task_id}"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from launcher.isolation.git import GitError, commit_identity, git
 from launcher.isolation.include import read_include, seed_worktree
-from launcher.isolation.repository import TASK_BRANCH_PREFIX, repository_key, task_branch
+from launcher.isolation.repository import home_tag, repository_key, task_branch, task_branch_prefix
 
 _ATTEMPT = re.compile(r"^task-(?P<task>\d+)-(?P<fence>\d+)$")
 
@@ -110,6 +110,11 @@ class Worktrees:
 
     def __init__(self, home: Path) -> None:
         self.root = home / "worktrees"
+        self.tag = home_tag(home)
+
+    def branch(self, task_id: int) -> str:
+        """The branch of ``task_id`` in this home: ``aiswarm/<home tag>/task-<id>``."""
+        return task_branch(task_id, self.tag)
 
     def repository_dir(self, common_dir: Path) -> Path:
         """This home's directory for the repository whose git directory is ``common_dir``."""
@@ -149,7 +154,7 @@ class Worktrees:
             for earlier in self._attempts_of(common_dir, task_id):
                 await self._remove(common_dir, earlier)
             path = directory / f"task-{task_id}-{fence}"
-            branch = task_branch(task_id)
+            branch = self.branch(task_id)
             await git("worktree", "add", "--quiet", "-B", branch, str(path), base, cwd=common_dir)
             include = read_include(checkout)
             seeded = await seed_worktree(checkout, path, include)
@@ -183,12 +188,25 @@ class Worktrees:
         files, stat = await changes(worktree.path, worktree.base, head)
         return Commit(head, committed, files, stat)
 
+    async def bring_in(self, worktree: Worktree, branch: str) -> tuple[str, ...]:
+        """Bring ``branch``'s changes into the worktree uncommitted (a squash merge), the conflicts left in.
+
+        For a task that resolves another task's conflict: the files that conflict carry git's conflict markers,
+        and are returned; the launcher's commit after the run makes one ordinary commit on top of the base.
+        """
+        identity = await commit_identity(worktree.path)
+        merged = await git(*identity, "merge", "--squash", "--quiet", branch, cwd=worktree.path, check=False)
+        unmerged = await git("diff", "--name-only", "--diff-filter=U", "-z", cwd=worktree.path)
+        if not merged.ok and not unmerged.entries():
+            raise GitError(("merge", "--squash", branch), worktree.path, merged.returncode, merged.stderr)
+        return tuple(unmerged.entries())
+
     async def discard(self, worktree: Worktree, *, delete_branch: bool = False) -> None:
         """Remove the attempt's worktree and record; with ``delete_branch``, its branch too (never merged)."""
         async with self.lock(worktree.common_dir).held():
             await self._remove(worktree.common_dir, worktree)
             if delete_branch:
-                await delete_task_branch(worktree.common_dir, worktree.task_id)
+                await delete_task_branch(worktree.common_dir, worktree.branch)
 
     async def prune(self, keep: Callable[[int, int], bool]) -> list[Path]:
         """Remove every attempt's worktree that ``keep(task_id, fence)`` does not keep, in every repository.
@@ -241,17 +259,17 @@ async def remove_worktree_dir(common_dir: Path, path: Path) -> None:
     await git("worktree", "prune", cwd=common_dir, check=False)
 
 
-async def delete_task_branch(common_dir: Path, task_id: int) -> None:
-    """Delete the task's ``aiswarm/task-<id>`` branch if it exists (a branch checked out somewhere stays)."""
-    await git("branch", "-D", "--quiet", task_branch(task_id), cwd=common_dir, check=False)
+async def delete_task_branch(common_dir: Path, branch: str) -> None:
+    """Delete a task's branch if it exists (a branch checked out somewhere stays)."""
+    await git("branch", "-D", "--quiet", branch, cwd=common_dir, check=False)
 
 
-async def kept_branches(common_dir: Path) -> list[str]:
-    """The ``aiswarm/task-*`` branches in the repository (kept for a merge, or left by a conflict)."""
+async def kept_branches(common_dir: Path, tag: str) -> list[str]:
+    """The task branches of the home tagged ``tag`` in the repository (kept for a merge, or left by a conflict)."""
     if not common_dir.is_dir():
         return []
     listed = await git(
-        "branch", "--list", "--format=%(refname:short)", f"{TASK_BRANCH_PREFIX}*", cwd=common_dir
+        "branch", "--list", "--format=%(refname:short)", f"{task_branch_prefix(tag)}*", cwd=common_dir
     )
     return listed.lines()
 

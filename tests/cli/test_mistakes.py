@@ -108,6 +108,16 @@ def test_a_missing_directory_is_refused_naming_the_option(tmp_path: Path) -> Non
     assert ran.code == 2 and "'--dir'" in ran.err_lines[-1] and "does not exist" in ran.err_lines[-1]
 
 
+def test_a_merge_hook_launch_without_a_hook_says_what_to_put_in_the_config(tmp_path: Path) -> None:
+    ran = aiswarm("launch", "--merge", "hook", home=tmp_path / "home")
+    assert ran.code != 0 and len(ran.err_lines) == 1, ran.err_lines
+    assert "--merge hook needs merge_hook in" in ran.err_lines[0] and "config.toml" in ran.err_lines[0]
+    (tmp_path / "home").mkdir(exist_ok=True)
+    (tmp_path / "home" / "config.toml").write_text('merge_hook = "gh pr create --head {pr}"\n')
+    ran = aiswarm("launch", "--merge", "hook", home=tmp_path / "home")
+    assert ran.code != 0 and "merge_hook names {pr}" in ran.err_lines[-1], ran.err_lines
+
+
 def test_version_prints_the_version() -> None:
     from aiswarm_server import __version__
 

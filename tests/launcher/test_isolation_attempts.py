@@ -11,7 +11,8 @@ import pytest
 
 from aiswarm_server.broker_client import BrokerClient
 from aiswarm_server.models import MergeState
-from launcher.isolation.attempt import TaskIsolation
+from launcher.isolation.attempt import MergeMode, TaskIsolation, prune_orphans
+from launcher.isolation.hook import MergeHook, MergeHookError
 from launcher.isolation.worktrees import Worktrees
 from tests.broker_harness import BrokerProcess
 
@@ -145,3 +146,166 @@ async def test_work_a_crashed_launcher_left_is_landed_at_the_next_start(
     task = (await admin.get_task(task_id)).task
     assert task.merge_state is MergeState.MERGED, task.merge_detail
     assert (repo / "d.txt").read_text() == "delta\n"
+
+
+async def run_to_landing(
+    broker: BrokerProcess,
+    admin: BrokerClient,
+    repo: Path,
+    agent: str,
+    path: str,
+    text: str,
+    iso: TaskIsolation,
+) -> int:
+    """One task through an isolated attempt that writes ``text`` to ``path``, completed and landed by ``iso``."""
+    task_id = await submit(admin, repo, path)
+    worker = await worker_client(broker, admin, agent)
+    try:
+        claim = await worker.claim_task(task_id)
+        assert claim.fence_token is not None
+        workspace = await iso.prepare(agent, admin, worker, task_id, claim.fence_token)
+        assert workspace is not None and workspace.directory is not None
+        (workspace.directory / path).write_text(text)
+        await worker.report_task_completion(task_id, claim.fence_token, success=True, result="ok")
+        await iso.finish(agent, admin, workspace, claim.fence_token)
+    finally:
+        await worker.__aexit__(None, None, None)
+    return task_id
+
+
+HOOK_SCRIPT = """#!/bin/sh
+# a pull-request hook: records what it was given, says what it opened
+printf '%s|%s|%s|%s|%s|%s\\n' "$AISWARM_BRANCH" "$AISWARM_TASK_ID" "$AISWARM_TASK_TITLE" \\
+  "$AISWARM_TARGET_BRANCH" "$AISWARM_REPOSITORY" "$1" >> "$(dirname "$0")/calls.txt"
+if [ "$AISWARM_TASK_TITLE" = "write refused.txt" ]; then
+  echo "pushing..."; echo "remote: permission denied" >&2; exit 3
+fi
+echo "pushing $AISWARM_BRANCH"
+echo "https://forge.example.test/pulls/$AISWARM_TASK_ID"
+"""
+
+
+async def test_the_merge_hook_runs_instead_of_a_merge_and_its_output_or_failure_is_kept(
+    live_broker: BrokerProcess, admin: BrokerClient, repo: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "hooks" / "open-pr.sh"
+    script.parent.mkdir()
+    script.write_text(HOOK_SCRIPT)
+    script.chmod(0o755)
+    hook = MergeHook(f"{script} {{title}}")
+    iso = TaskIsolation(
+        Worktrees(live_broker.home),
+        isolate_by_default=True,
+        merge_mode=MergeMode.HOOK,
+        hook=hook,
+        note=lambda agent, line: None,
+    )
+    head = run_git(repo, "rev-parse", "HEAD")
+    proposed = await run_to_landing(live_broker, admin, repo, "iso-5", "p.txt", "pr\n", iso)
+    task = (await admin.get_task(proposed)).task
+    assert task.merge_state is MergeState.PROPOSED, task.merge_detail
+    assert task.merge_detail == f"https://forge.example.test/pulls/{proposed}"
+    assert run_git(repo, "rev-parse", "HEAD") == head and not (repo / "p.txt").exists()  # nothing merged
+    assert (
+        task.branch and run_git(repo, "show", f"{task.branch}:p.txt") == "pr"
+    )  # the branch is kept for the PR
+    calls = (script.parent / "calls.txt").read_text().splitlines()
+    assert calls == [f"{task.branch}|{proposed}|write p.txt|main|{repo.resolve()}|write p.txt"]
+    refused = await run_to_landing(live_broker, admin, repo, "iso-6", "refused.txt", "no\n", iso)
+    failed = (await admin.get_task(refused)).task
+    assert failed.merge_state is MergeState.HOOK_FAILED
+    assert failed.merge_detail == "merge hook exited 3: remote: permission denied"
+    assert failed.branch and run_git(repo, "branch", "--list", failed.branch) != ""
+    waited = await admin.wait_for_tasks([proposed, refused], timeout_seconds=5)
+    assert waited.done and "merge hook failed: merge hook exited 3" in waited.message
+
+
+def test_a_merge_hook_naming_an_unknown_placeholder_is_refused_in_one_line() -> None:
+    with pytest.raises(MergeHookError, match=r"\{pr_title\}; the placeholders are \{branch\}"):
+        MergeHook("gh pr create --title {pr_title}")
+    assert MergeHook("echo {branch} ${HOME}").command_for({"branch": "a b"}) == "echo 'a b' ${HOME}"
+
+
+async def test_a_kept_conflicting_branch_outlives_clean_ups_until_it_is_discarded(
+    live_broker: BrokerProcess, admin: BrokerClient, repo: Path
+) -> None:
+    iso = isolation(live_broker)
+    task_id = await submit(admin, repo, "a.txt")
+    worker = await worker_client(live_broker, admin, "iso-7")
+    try:
+        claim = await worker.claim_task(task_id)
+        assert claim.fence_token is not None
+        workspace = await iso.prepare("iso-7", admin, worker, task_id, claim.fence_token)
+        assert workspace is not None and workspace.directory is not None
+        (workspace.directory / "a.txt").write_text("alpha, by the task\n")
+        (repo / "a.txt").write_text("alpha, by the user\n")
+        run_git(repo, "commit", "-q", "-am", "the user moved on")
+        await worker.report_task_completion(task_id, claim.fence_token, success=True, result="ok")
+        await iso.finish("iso-7", admin, workspace, claim.fence_token)
+    finally:
+        await worker.__aexit__(None, None, None)
+    task = (await admin.get_task(task_id)).task
+    assert task.merge_state is MergeState.CONFLICT and task.conflict_files == ["a.txt"], task.merge_detail
+    assert task.branch is not None
+    # a crashed launcher's leftovers next to it; the next start and `aiswarm worktrees --prune` clean up
+    orphan = Worktrees(live_broker.home).repository_dir(repo / ".git") / f"task-{task_id}-9"
+    run_git(repo, "worktree", "add", "-q", "--detach", str(orphan))
+    assert orphan in await iso.recover(admin, {"iso-7"})
+    await prune_orphans(Worktrees(live_broker.home), admin)
+    assert run_git(repo, "branch", "--list", task.branch) != ""  # kept: the conflict is not resolved yet
+    discarded = (await admin.merge_task(task_id, discard=True)).task
+    assert discarded.merge_state is MergeState.DISCARDED
+    assert run_git(repo, "branch", "--list", task.branch) == ""
+
+
+async def test_a_resolution_task_starts_with_the_conflict_markers_and_its_landing_resolves_the_original(
+    repo: Path, tmp_path: Path
+) -> None:
+    broker = BrokerProcess(tmp_path / "home", {"AISWARM_RESOLVE_CONFLICTS": "1"}).start()
+    try:
+        async with BrokerClient(broker.url, broker.admin_token) as admin:
+            iso = isolation(broker)
+            first, second = await submit(admin, repo, "a.txt"), await submit(admin, repo, "a.txt")
+            for task_id, agent, text in ((first, "r-1", "alpha one\n"), (second, "r-2", "alpha two\n")):
+                worker = await worker_client(broker, admin, agent)
+                try:
+                    claim = await worker.claim_task(task_id)
+                    assert claim.fence_token is not None
+                    workspace = await iso.prepare(agent, admin, worker, task_id, claim.fence_token)
+                    assert workspace is not None and workspace.directory is not None
+                    (workspace.directory / "a.txt").write_text(text)
+                    await worker.report_task_completion(task_id, claim.fence_token, success=True, result="ok")
+                    await iso.finish(agent, admin, workspace, claim.fence_token)
+                finally:
+                    await worker.__aexit__(None, None, None)
+            conflicting = (await admin.get_task(second)).task
+            assert conflicting.merge_state is MergeState.CONFLICT, conflicting.merge_detail
+            [resolver] = (await admin.list_tasks("pending", limit=10)).tasks
+            assert resolver.resolves == second
+            worker = await worker_client(broker, admin, "r-3")
+            try:
+                claim = await worker.claim_task(resolver.id)
+                assert claim.fence_token is not None
+                workspace = await iso.prepare("r-3", admin, worker, resolver.id, claim.fence_token)
+                assert workspace is not None and workspace.directory is not None
+                marked = (workspace.directory / "a.txt").read_text()
+                assert "<<<<<<<" in marked and "alpha one" in marked and "alpha two" in marked
+                (workspace.directory / "a.txt").write_text("alpha one and two\n")
+                await worker.report_task_completion(resolver.id, claim.fence_token, success=True, result="ok")
+                await iso.finish("r-3", admin, workspace, claim.fence_token)
+            finally:
+                await worker.__aexit__(None, None, None)
+            assert (await admin.get_task(resolver.id)).task.merge_state is MergeState.MERGED
+            original = (await admin.get_task(second)).task
+            assert original.merge_state is MergeState.RESOLVED, original.merge_detail
+    finally:
+        broker.stop()
+    assert (repo / "a.txt").read_text() == "alpha one and two\n"
+    assert run_git(repo, "log", "--format=%s", "-3").splitlines() == [
+        f"aiswarm task {resolver.id}: Resolve the merge conflict of task #{second}",
+        f"aiswarm task {first}: write a.txt",
+        "initial",
+    ]
+    assert (
+        run_git(repo, "status", "--porcelain") == "" and run_git(repo, "branch", "--list", "aiswarm/*") == ""
+    )

@@ -14,7 +14,7 @@ from launcher.isolation.files import first_overlap, normalize_declared
 from launcher.isolation.include import parse_include
 from launcher.isolation.merge import MergeOutcome, merge_task
 from launcher.isolation.repository import GitContext, git_context, repository_key
-from launcher.isolation.worktrees import Worktree, Worktrees
+from launcher.isolation.worktrees import Worktree, Worktrees, kept_branches
 
 pytestmark = pytest.mark.anyio
 
@@ -140,10 +140,10 @@ async def test_worktree_lives_under_the_home_on_its_branch_from_the_recorded_bas
     run_git(repo, "commit", "-q", "-am", "user commit after submit")
     worktree = await new_worktree(worktrees, ctx, task_id=7, fence=2)
     assert worktree.path == home / "worktrees" / repository_key(ctx.common_dir) / "task-7-2"
-    assert worktree.branch == "aiswarm/task-7"
+    assert worktree.branch == worktrees.branch(7)
     assert run_git(worktree.path, "rev-parse", "HEAD") == ctx.head  # the submitter's HEAD, not the tip now
     assert (worktree.path / "a.txt").read_text() == "alpha\n"
-    assert run_git(worktree.path, "symbolic-ref", "--short", "HEAD") == "aiswarm/task-7"
+    assert run_git(worktree.path, "symbolic-ref", "--short", "HEAD") == worktrees.branch(7)
     assert status(repo) == []  # the user's checkout does not see it
     assert worktree.directory("src") == worktree.path / "src"
 
@@ -211,11 +211,35 @@ async def test_discard_removes_worktree_and_optionally_the_branch(repo: Path, wo
     write(worktree.path / "scratch.txt", "untracked\n")
     await worktrees.discard(worktree)
     assert not worktree.path.exists()
-    assert run_git(repo, "branch", "--list", "aiswarm/task-11") != ""
+    assert run_git(repo, "branch", "--list", worktrees.branch(11)) != ""
     worktree = await new_worktree(worktrees, ctx, task_id=11, fence=2)
     await worktrees.discard(worktree, delete_branch=True)
-    assert run_git(repo, "branch", "--list", "aiswarm/task-11") == ""
+    assert run_git(repo, "branch", "--list", worktrees.branch(11)) == ""
     assert run_git(repo, "worktree", "list").count("\n") == 0  # only the user's checkout
+
+
+async def test_two_homes_on_one_repository_never_share_a_task_branch(
+    repo: Path, worktrees: Worktrees, tmp_path: Path
+) -> None:
+    ctx = await context(repo)
+    other = Worktrees(tmp_path / "another-home")  # a second broker's home: its task 7 is another task
+    ours = await new_worktree(worktrees, ctx, task_id=7)
+    theirs = await new_worktree(other, ctx, task_id=7)
+    assert (
+        ours.branch != theirs.branch and ours.branch.endswith("/task-7") and theirs.branch.endswith("/task-7")
+    )
+    write(ours.path / "a.txt", "ours\n")
+    write(theirs.path / "a.txt", "theirs\n")
+    await finish(worktrees, ours, "ours")
+    await finish(other, theirs, "theirs")
+    assert await kept_branches(ctx.common_dir, worktrees.tag) == [ours.branch]
+    assert await kept_branches(ctx.common_dir, other.tag) == [theirs.branch]
+    result = await merge_task(worktrees, common_dir=ctx.common_dir, task_id=7, target="main")
+    assert result.outcome is MergeOutcome.MERGED and (repo / "a.txt").read_text() == "ours\n"
+    assert run_git(repo, "show", f"{theirs.branch}:a.txt") == "theirs"  # the other home's work is untouched
+    assert (
+        Worktrees(tmp_path / "aiswarm-home" / ".." / "aiswarm-home").tag == worktrees.tag
+    )  # the path, resolved
 
 
 async def test_prune_removes_unkept_attempts_and_what_a_crash_left(repo: Path, worktrees: Worktrees) -> None:
@@ -314,7 +338,7 @@ async def test_fast_forward_updates_the_users_checkout_and_keeps_their_edit_to_a
     assert (repo / "a.txt").read_text() == "alpha, by the task\n"  # the user's files follow the branch
     assert (repo / "b.txt").read_text() == "beta, the user's unsaved work\n"
     assert sorted(status(repo)) == [" M b.txt", "M  src/app.py"]
-    assert run_git(repo, "branch", "--list", "aiswarm/task-1") == ""
+    assert run_git(repo, "branch", "--list", worktrees.branch(1)) == ""
 
 
 async def test_a_moved_target_is_rebased_onto_and_history_stays_linear(
@@ -352,12 +376,12 @@ async def test_same_lines_conflict_keeps_the_branch_names_the_files_and_touches_
         await merge_task(worktrees, common_dir=ctx.common_dir, task_id=1, target="main")
     ).outcome == "merged"
     head = run_git(repo, "rev-parse", "HEAD")
-    branch_tip = run_git(repo, "rev-parse", "aiswarm/task-2")
+    branch_tip = run_git(repo, "rev-parse", worktrees.branch(2))
     result = await merge_task(worktrees, common_dir=ctx.common_dir, task_id=2, target="main")
     assert result.outcome is MergeOutcome.CONFLICT
-    assert result.files == ("a.txt",) and "a.txt" in result.reason and "aiswarm/task-2" in result.reason
+    assert result.files == ("a.txt",) and "a.txt" in result.reason and worktrees.branch(2) in result.reason
     assert run_git(repo, "rev-parse", "HEAD") == head
-    assert run_git(repo, "rev-parse", "aiswarm/task-2") == branch_tip
+    assert run_git(repo, "rev-parse", worktrees.branch(2)) == branch_tip
     assert (repo / "a.txt").read_text() == "alpha, the first task's way\n"
     assert (repo / "b.txt").read_text() == "the user's own edit\n"
     assert status(repo) == [" M b.txt"]
@@ -380,7 +404,7 @@ async def test_uncommitted_user_changes_to_a_touched_file_block_the_merge(
     assert run_git(repo, "rev-parse", "HEAD") == ctx.head
     assert (repo / "a.txt").read_text() == "alpha, the user is editing this\n"
     assert (repo / "fresh.txt").read_text() == "the user's own untracked file\n"
-    assert run_git(repo, "branch", "--list", "aiswarm/task-1") != ""
+    assert run_git(repo, "branch", "--list", worktrees.branch(1)) != ""
     run_git(repo, "checkout", "-q", "--", "a.txt")
     (repo / "fresh.txt").unlink()
     again = await merge_task(worktrees, common_dir=ctx.common_dir, task_id=1, target="main")

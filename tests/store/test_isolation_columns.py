@@ -1,4 +1,4 @@
-"""Isolation fields on tasks (migration 0004), in every store (the ``store`` fixture): recorded at submit,
+"""Isolation fields on tasks (migrations 0004 and 0006), in every store (the ``store`` fixture): recorded at submit,
 updated under the fence."""
 
 from __future__ import annotations
@@ -65,3 +65,34 @@ async def test_isolation_updates_need_the_current_fence_and_leave_unset_fields_a
         "/wt/task-1-1",
     )
     assert after.status is TaskStatus.CLAIMED and after.updated_at == NOW + 3
+
+
+async def test_a_deferred_task_waits_holding_no_agent_until_its_wait_is_ended(store: Store) -> None:
+    (task, resolver) = (
+        await store.create_tasks(
+            [
+                NewTask(title="t", prompt="p", files=["src/"], base_commit="c" * 40),
+                NewTask(title="r", prompt="p", resolves=1, base_commit="c" * 40),
+            ],
+            NOW,
+        )
+    ).created
+    assert resolver.resolves == task.id and task.resolves is None
+    claim = (await store.claim("w", task.id, NOW, 30)).claim
+    assert claim is not None
+    assert [t.id for t in await store.isolation_holders()] == [task.id]  # claimed, with declared files
+    deferred = (await store.defer("w", task.id, claim.fence_token, "task #9 holds src/", NOW + 1)).task
+    assert deferred is not None and deferred.waiting and deferred.claimed_by is None
+    assert deferred.progress == "waiting: task #9 holds src/" and deferred.failures == 0
+    assert (await store.get_agent("w")).current_task_id is None  # type: ignore[union-attr]
+    assert [t.id for t in await store.waiting_tasks(10)] == [task.id]
+    assert await store.isolation_holders() == []
+    assert (await store.claim("v", task.id, NOW + 2, 30)).claim is None  # blocked: not claimable
+    change = await store.end_waits([task.id, resolver.id], NOW + 3)
+    assert [t.id for t in change.claimable] == [task.id]  # only what was waiting
+    again = (await store.claim("v", task.id, NOW + 4, 30)).claim
+    assert again is not None and again.fence_token == claim.fence_token + 1
+    held = await store.get_task(task.id)
+    assert held is not None and held.waited_on == "task #9 holds src/" and held.claimed_at == NOW + 4
+    assert [a.outcome.value for a in held.attempts] == ["released", "running"]
+    assert await store.waiting_tasks(10) == []
