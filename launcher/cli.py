@@ -152,6 +152,15 @@ def launch(
             "`aiswarm logs --task N` (a broker this starts does the same).",
         ),
     ] = "text",
+    warm_pool: Annotated[
+        bool,
+        typer.Option(
+            "--warm-pool/--no-warm-pool",
+            envvar="AISWARM_WARM_POOL",
+            help="Per-task mode: start each agent's next CLI ahead of its task, past its start-up (gemini, qwen), "
+            "so a task reaches the model in a fraction of a second.",
+        ),
+    ] = True,
     home: HomeOption = None,
 ) -> None:
     """Start worker agent CLIs and supervise them until Ctrl-C (which drains them gracefully)."""
@@ -220,6 +229,7 @@ def launch(
         isolation="worktree" if isolation == "worktree" else "none" if isolation == "none" else "auto",
         merge_mode=MergeMode(merge),
         log_format="json" if log_format == "json" else "text",
+        warm_pool=warm_pool,
     )
     errors = Console(stderr=True)
     supervisor = Supervisor(config)

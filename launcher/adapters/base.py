@@ -271,6 +271,14 @@ class CliAdapter(ABC):
         binary = str(agent_home.binary) if agent_home.binary else self.binary_name
         return [binary, *self._arguments(agent_home, prompt, model or chosen_model(agent_home.spec))]
 
+    def warm_command(self, agent_home: AgentHome, *, model: str | None = None) -> list[str] | None:
+        """The argv of a run whose prompt is read from stdin only after the CLI's start-up, or None when the CLI
+        reads its input first (then nothing is gained by starting it early): see :mod:`launcher.warm_pool`."""
+        arguments = self._warm_arguments(agent_home, model or chosen_model(agent_home.spec))
+        if arguments is None:
+            return None
+        return [str(agent_home.binary) if agent_home.binary else self.binary_name, *arguments]
+
     def env(self, agent_home: AgentHome, *, base_env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The full environment for a headless run: ``base_env`` plus Node on PATH, redirection, endpoint, privacy."""
         env = runtime_env(agent_home.spec.aiswarm_home, base_env)
@@ -371,6 +379,10 @@ class CliAdapter(ABC):
     @abstractmethod
     def _arguments(self, agent_home: AgentHome, prompt: str, model: str | None) -> list[str]:
         """The arguments after the binary."""
+
+    def _warm_arguments(self, agent_home: AgentHome, model: str | None) -> list[str] | None:
+        """The arguments of a warm start (the prompt comes on stdin), or None: the CLI cannot start warm."""
+        return None
 
     @abstractmethod
     def _credential_files(self, user_home: Path, env: Mapping[str, str]) -> Iterable[tuple[str, Path]]:
