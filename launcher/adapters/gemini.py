@@ -56,6 +56,7 @@ class GeminiAdapter(CliAdapter):
             "gemini refused an untrusted folder (exit 55): GEMINI_CLI_TRUST_WORKSPACE missing",
         ),
     }
+    starts_warm: ClassVar[bool] = True
     rate_limit_lines: ClassVar[tuple[re.Pattern[str], ...]] = (re.compile(r"Retrying after", re.I),)
 
     def user_config_dir(self, user_home: Path, env: Mapping[str, str] | None = None) -> Path:
@@ -118,7 +119,7 @@ class GeminiAdapter(CliAdapter):
         args = ["-p", prompt, "--output-format", "json", "--yolo"]
         return [*args, "--model", model] if model else args
 
-    def _warm_arguments(self, agent_home: AgentHome, model: str | None) -> list[str] | None:
+    def _warm_arguments(self, agent_home: AgentHome, model: str | None) -> list[str]:
         # Without -p, gemini reads its prompt from a piped stdin after config.initialize() (settings, MCP servers,
         # tools): measured 0.1-0.2 s from the prompt to the first model request, against 1.1 s for a cold start.
         args = ["--output-format", "json", "--yolo"]

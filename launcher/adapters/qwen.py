@@ -79,6 +79,7 @@ class QwenAdapter(CliAdapter):
         53: (OutcomeKind.TURN_LIMIT, "qwen stopped at the session turn limit (exit 53)"),
         55: (OutcomeKind.TURN_LIMIT, "qwen stopped at the wall-time or tool-call limit (exit 55)"),
     }
+    starts_warm: ClassVar[bool] = True
     rate_limit_lines: ClassVar[tuple[re.Pattern[str], ...]] = (re.compile(r"Retrying in \d+\s*s", re.I),)
 
     def user_config_dir(self, user_home: Path, env: Mapping[str, str] | None = None) -> Path:
@@ -146,7 +147,7 @@ class QwenAdapter(CliAdapter):
         args = ["-p", prompt, "--yolo", "--output-format", "json"]
         return [*args, "--model", model] if model else args
 
-    def _warm_arguments(self, agent_home: AgentHome, model: str | None) -> list[str] | None:
+    def _warm_arguments(self, agent_home: AgentHome, model: str | None) -> list[str]:
         # Without -p, qwen reads its prompt from a piped stdin after config.initialize() and the MCP servers.
         args = ["--yolo", "--output-format", "json"]
         return [*args, "--model", model] if model else args
