@@ -179,7 +179,10 @@ class WarmPool:
         """SIGKILL the process's group, and reap it in the background."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        reap = asyncio.create_task(_reap(process))
+        try:
+            reap = asyncio.get_running_loop().create_task(_reap(process))
+        except RuntimeError:  # no loop (a stop from outside one): the kill is what matters
+            return
         self._reaping.add(reap)
         reap.add_done_callback(self._reaping.discard)
 
