@@ -888,11 +888,21 @@ def bench(
     json_out: Annotated[
         Path | None, typer.Option("--json-out", help="Write the results as JSON here.")
     ] = None,
+    swarm: Annotated[
+        bool,
+        typer.Option(
+            "--swarm/--no-swarm",
+            envvar="AISWARM_BENCH_SWARM",
+            help="Also run the installed agent CLIs against the scripted model: dispatch latency cold and warm, "
+            "model requests per task, tasks per minute.",
+        ),
+    ] = True,
 ) -> None:
-    """Measure the broker against its own transport over real HTTP (see docs/BENCHMARK.md)."""
+    """Measure the broker against its own transport over real HTTP, and the swarm of real agent CLIs against the
+    scripted model (see docs/BENCHMARK.md)."""
     from aiswarm_server.bench import render, run_bench
 
-    render(run_bench(quick, json_out))
+    render(run_bench(quick, json_out, swarm=swarm))
 
 
 # ------------------------------------------------------------------------------------------------ tokens

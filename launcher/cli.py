@@ -149,6 +149,15 @@ def launch(
             "`aiswarm logs --task N` (a broker this starts does the same).",
         ),
     ] = "text",
+    warm_pool: Annotated[
+        bool,
+        typer.Option(
+            "--warm-pool/--no-warm-pool",
+            envvar="AISWARM_WARM_POOL",
+            help="Per-task mode: start each agent's next CLI ahead of its task, past its start-up (gemini, qwen), "
+            "so a task reaches the model in a fraction of a second.",
+        ),
+    ] = True,
     home: HomeOption = None,
 ) -> None:
     """Start worker agent CLIs and supervise them until Ctrl-C (which drains them gracefully)."""
@@ -234,6 +243,7 @@ def launch(
         merge_mode=MergeMode(merge),
         merge_hook=merge_hook,
         log_format="json" if log_format == "json" else "text",
+        warm_pool=warm_pool,
     )
     errors = Console(stderr=True)
     supervisor = Supervisor(config)

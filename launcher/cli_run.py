@@ -4,7 +4,8 @@ A :class:`CliRun` is given everything from outside: the adapter and the agent's 
 :class:`RunPlace` (working directory and environment), a time limit and the launcher's :class:`Drain`. While the
 CLI runs it copies stderr to the agent's log and stops the CLI at the first rate-limit line, writes the prompt to
 stdin (for CLIs that read it there), kills the CLI at its deadline, drains it on a stop (SIGTERM, then SIGKILL to
-the whole group after the grace period) and carries a refreshed login back to the user now and then.
+the whole group after the grace period) and carries a refreshed login back to the user now and then. A process of
+the warm pool (:mod:`launcher.warm_pool`) is adopted instead of started, and is then run exactly like a cold one.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class CliRun:
         drain: Drain,
         log: AgentLog,
         login_seconds: float,
+        warm: asyncio.subprocess.Process | None = None,
     ) -> None:
         self.adapter = adapter
         self.home = home
@@ -129,15 +131,26 @@ class CliRun:
         self._killed = asyncio.Event()
         self._started = 0.0
         self._process: asyncio.subprocess.Process | None = None
+        self._warm = warm
+        """A process of the warm pool, already past its start-up and waiting for the prompt on stdin."""
 
     @property
     def pid(self) -> int | None:
         """The CLI's process id (its process group's too) once started."""
         return self._process.pid if self._process is not None else None
 
+    @property
+    def warm(self) -> bool:
+        """Whether the run adopts a process the warm pool started (see :mod:`launcher.warm_pool`)."""
+        return self._warm is not None
+
     async def start(self) -> None:
-        """Start the CLI in its own session, so the whole tree it starts is killed together."""
+        """Start the CLI in its own session, so the whole tree it starts is killed together; a warm process
+        (started the same way) is adopted instead, its deadline counted from now."""
         self._started = time.monotonic()
+        if self._warm is not None:
+            self._process = self._warm
+            return
         self._process = await asyncio.create_subprocess_exec(
             *self.adapter.command(self.home, self.prompt),
             cwd=str(self.place.cwd),

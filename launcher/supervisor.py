@@ -86,6 +86,7 @@ from launcher.providers import (
     public_base_url,
 )
 from launcher.quota import PoolState, QuotaPool
+from launcher.warm_pool import WarmPool, WarmSpec
 
 log = logging.getLogger("aiswarm.launcher")
 
@@ -174,6 +175,8 @@ class LaunchConfig:
     """The command ``merge_mode`` hook runs for a completed task's branch (``merge_hook`` in config.toml)."""
     log_format: Literal["text", "json"] = "text"
     """json: each agent's log lines also go to logs/<agent>.jsonl with the task, attempt, fence and CLI."""
+    warm_pool: bool = True
+    """Per-task mode: start each agent's next CLI ahead of its task, for CLIs that allow it (launcher.warm_pool)."""
 
     @property
     def provider(self) -> str:
@@ -271,6 +274,10 @@ class Supervisor:
             hook=self.config.merge_hook,
             note=self._note,
         )
+        self.warm_pool = (
+            WarmPool(note=self._note) if self.config.warm_pool and self.config.mode == "per-task" else None
+        )
+        """Each agent's next CLI, started ahead of its task (None: every run starts cold)."""
         self.tokens: dict[str, str] = {}
         self._task_of: dict[str, tuple[int, int]] = {}  # agent -> (task id, fence) of the task it runs
         """The token issued to each agent by this launch (every earlier one is revoked)."""
@@ -314,6 +321,8 @@ class Supervisor:
         if self._drain.stopping.is_set():
             self._drain.killed.set()  # a second Ctrl-C: do not wait out the grace period
         self._drain.stopping.set()
+        if self.warm_pool is not None:
+            self.warm_pool.close()
 
     @property
     def stopping(self) -> bool:
@@ -430,6 +439,8 @@ class Supervisor:
                     await asyncio.gather(*loops, return_exceptions=True)
                     for cli_run in list(self._running.values()):
                         cli_run.kill()
+                    if self.warm_pool is not None:
+                        await self.warm_pool.aclose()
                     await asyncio.gather(*self._saving, return_exceptions=True)
                     with contextlib.suppress(BrokerCallError, BrokerUnreachable, OSError):
                         await admin.mark_agents_offline([p.name for p in self.config.agents])
@@ -541,6 +552,8 @@ class Supervisor:
         held = (await agent.worker.get_agent_status()).current_task
         if held is not None:  # a relaunch finds its agent still holding a task: carry on with it
             await self._run_claimed(agent, await agent.worker.claim_task(held.id))
+        else:
+            await self._warm_up(agent, None)
         while not self.stopping:
             if not await self._ready(agent):
                 continue
@@ -984,9 +997,11 @@ class Supervisor:
         plan, view = agent.plan, agent.view
         home = agent.adapter.prepare_agent_home(agent.spec)
         place = self._place(agent, home, workdir)
+        warm_spec = self._warm_spec(agent, home, place)
+        warm = self.warm_pool.take(plan.name, warm_spec) if self.warm_pool and warm_spec else None
         log = self._log(plan.name)
         view.runs += 1
-        log.note(f"run {view.runs}: starting {plan.cli} in {place.cwd}")
+        log.note(f"run {view.runs}: starting {plan.cli} in {place.cwd}{' (warm)' if warm else ''}")
         cli_run = CliRun(
             agent.adapter,
             home,
@@ -996,6 +1011,7 @@ class Supervisor:
             drain=self._drain,
             log=log,
             login_seconds=HEARTBEAT_SECONDS,
+            warm=warm,
         )
         try:
             await cli_run.start()
@@ -1009,6 +1025,7 @@ class Supervisor:
             self._running.pop(plan.name, None)
             view.pid = None
             cli_run.return_logins()  # once more, now that the CLI has exited
+        await self._warm_up(agent, place.cwd)
         if result.usage is not None:
             view.tokens += result.usage.total_tokens
             log.note(f"usage: {json.dumps(result.usage.model_dump())}")
@@ -1020,6 +1037,24 @@ class Supervisor:
         env = agent.adapter.env(home, base_env=self.config.base_env)
         env["PWD"] = str(cwd)  # opencode takes its working directory from PWD, not from the process's cwd
         return RunPlace(cwd=cwd, env=env)
+
+    def _warm_spec(self, agent: AgentRun, home: AgentHome, place: RunPlace) -> WarmSpec | None:
+        """What a warm process must have been started with to serve a run at ``place`` (None: the CLI cannot)."""
+        argv = agent.adapter.warm_command(home) if self.warm_pool is not None else None
+        return None if argv is None else WarmSpec.of(argv, place.cwd, place.env, home.settings_path)
+
+    async def _warm_up(self, agent: AgentRun, cwd: Path | None) -> None:
+        """Start the agent's next CLI ahead of its task: in ``cwd`` (the last run's directory) unless it is gone
+        or a task's worktree (never used twice), else in the launch directory."""
+        if self.warm_pool is None or self.stopping:
+            return
+        if cwd is not None and cwd.is_relative_to(self.isolation.worktrees.root):
+            cwd = None
+        cwd = _existing_dir(str(cwd) if cwd else None)
+        home = agent.adapter.prepare_agent_home(agent.spec)
+        spec = self._warm_spec(agent, home, self._place(agent, home, cwd))
+        if spec is not None:
+            await self.warm_pool.start(agent.name, spec)
 
     async def _heartbeats(self, worker: BrokerClient) -> None:
         while True:

@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def run_bench(quick: bool, json_out: Path | None) -> dict[str, Any]:
-    """Run the benchmark (``quick``: small counts, a CI smoke test); return the results, write them as JSON."""
+def run_bench(quick: bool, json_out: Path | None, *, swarm: bool = True) -> dict[str, Any]:
+    """Run the benchmark (``quick``: small counts, a CI smoke test; ``swarm``: with the real agent CLIs); return
+    the results, write them as JSON."""
     from aiswarm_server.bench.runner import run_bench as run
 
-    return run(quick, json_out)
+    return run(quick, json_out, swarm=swarm)
 
 
 def render(results: dict[str, Any], console: Console | None = None) -> None:

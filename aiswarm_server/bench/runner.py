@@ -21,6 +21,7 @@ from aiswarm_server.bench.cli_start import measure_cli_start
 from aiswarm_server.bench.processes import BenchBroker, NoopServer
 from aiswarm_server.bench.rawmcp import LEGACY_PROTOCOL_VERSION, PROTOCOL_VERSION, Protocol
 from aiswarm_server.bench.store import measure_store
+from aiswarm_server.bench.swarm import SwarmPlan, measure_swarm
 from aiswarm_server.bench.targets import judge
 
 # The parked agents' protocol per section: 2026-07-28 (the Python SDK's) and 2025-11-25 (gemini-cli's, qwen-code's).
@@ -55,16 +56,17 @@ class Plan:
         return max(1, -(-agents // self.agents_per_process))
 
 
-def run_bench(quick: bool, json_out: Path | None) -> dict[str, Any]:
-    """Run the benchmark (``quick``: small counts for CI) and return the results; write them to ``json_out``."""
-    results = asyncio.run(_run(Plan.for_mode(quick), quick))
+def run_bench(quick: bool, json_out: Path | None, *, swarm: bool = True) -> dict[str, Any]:
+    """Run the benchmark (``quick``: small counts for CI; ``swarm``: the real CLIs' section too) and return the
+    results; write them to ``json_out``."""
+    results = asyncio.run(_run(Plan.for_mode(quick), quick, swarm))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
 
 
-async def _run(plan: Plan, quick: bool) -> dict[str, Any]:
+async def _run(plan: Plan, quick: bool, swarm: bool) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="aiswarm-bench-"))
     started = time.time()
     results: dict[str, Any] = {"meta": _meta(quick, plan)}
@@ -144,6 +146,10 @@ async def _run(plan: Plan, quick: bool) -> dict[str, Any]:
                 noop.port, ["-"] * floor.CONCURRENCY, "ping", plan.floor_seconds, plan.floor_max_calls
             )
         results["store"] = await measure_store(workdir / "store", plan.store_seconds, 1_000_000)
+        if swarm:
+            results["swarm"] = await load.with_timeout(
+                measure_swarm(workdir / "swarm", SwarmPlan.for_mode(quick)), 3600
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["meta"]["seconds"] = round(time.time() - started, 1)

@@ -19,6 +19,8 @@ SCALE_RSS_MB = 150.0
 SCALE_WAKE_ALL_S = 1.0
 STORE_RATIO = 0.50
 CLI_START_CPU_MS = 300.0  # the one absolute target: a person waits for it, whatever the broker's speed
+WARM_DISPATCH_P50_S = 0.5
+"""Submit -> the worker's first model request, p50, for a CLI started by the warm pool (seconds)."""
 
 
 def noop_floor(results: dict[str, Any]) -> dict[str, float]:
@@ -127,6 +129,19 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             "SqliteStore / plain sqlite3 lifecycles", store.get("store_vs_plain"), STORE_RATIO, at_most=False
         )
     )
+    for cli, row in results.get("swarm", {}).get("clis", {}).items():
+        dispatch = row.get("warm", {}).get("dispatch")
+        if dispatch is not None:
+            p50 = dispatch["p50_ms"] / 1e3 if dispatch["n"] else None
+            judged.append(
+                _target(
+                    f"swarm: {cli} warm, submit -> first model request p50 (s)",
+                    p50,
+                    WARM_DISPATCH_P50_S,
+                    at_most=True,
+                    unit=" s",
+                )
+            )
     return judged
 
 
@@ -209,6 +224,7 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
             f"{store['plain']['lifecycles_per_s']:.0f} per s",
             f"statements per lifecycle {store['statements_per_lifecycle']}",
         )
+    _swarm_rows(table, results.get("swarm", {}))
     console.print(table)
     targets = Table(title=f"Targets (ratios to the no-op floor: p50 {noop_floor(results)['p50_ms']:.2f} ms)")
     for column in ("target", "value", "limit", "result"):
@@ -247,3 +263,45 @@ def _scale_row(table: Table, scale: dict[str, Any], suffix: str) -> None:
         f"RSS {rss['before']} -> {rss['parked']} MB (+{scale['rss_above_idle_mb']}), fds {fds['before']} -> "
         f"{fds['parked']}; completed {scale['completed']}, errors {scale['error_count']}",
     )
+
+
+def _swarm_rows(table: Table, swarm: dict[str, Any]) -> None:
+    """The swarm section's rows: per CLI and mode, dispatch and end to end; then the four agents' throughput."""
+    if "error" in swarm:
+        table.add_row("swarm of real CLIs", "", "", "", "", swarm["error"])
+    for cli, row in swarm.get("clis", {}).items():
+        if "skipped" in row:
+            table.add_row(f"swarm: {cli}", "", "", "", "", row["skipped"])
+            continue
+        for mode in ("cold", "warm"):
+            section = row.get(mode, {})
+            if "dispatch" not in section:
+                table.add_row(
+                    f"swarm: {cli} {mode}", "", "", "", "", section.get("skipped") or section.get("error", "")
+                )
+                continue
+            dispatch, end = section["dispatch"], section["end_to_end"]
+            requests = ", ".join(f"{k} {v}" for k, v in section["requests_per_task"].items())
+            table.add_row(
+                f"swarm: {cli} {mode}, submit -> first model request",
+                str(dispatch["n"]),
+                f"{dispatch['p50_ms']:.0f}",
+                f"{dispatch['p99_ms']:.0f}",
+                f"end to end p50 {end['p50_ms'] / 1e3:.1f} s",
+                f"completed {section['completed']}/{section['tasks']}, warm runs {section['warm_runs']}; "
+                f"model requests per task: {requests}",
+            )
+    throughput = swarm.get("throughput", {})
+    if "tasks_per_minute" in throughput:
+        table.add_row(
+            f"swarm: {throughput['agents']} {throughput['cli']} agents drain {throughput['tasks']} tasks",
+            str(throughput["completed"]),
+            "",
+            "",
+            f"{throughput['tasks_per_minute']:.1f} tasks/min",
+            f"{throughput['seconds']} s",
+        )
+    elif throughput:
+        table.add_row(
+            "swarm: throughput", "", "", "", "", throughput.get("skipped") or throughput.get("error", "")
+        )

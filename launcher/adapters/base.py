@@ -179,6 +179,9 @@ class CliAdapter(ABC):
     """CLI-specific stderr lines that mean the model is rate limiting right now."""
     prompt_on_stdin: ClassVar[bool] = False
     """The headless prompt goes to the CLI's stdin instead of its argv (the supervisor writes it, then closes)."""
+    starts_warm: ClassVar[bool] = False
+    """The CLI reads a prompt on stdin only after its start-up, so it can be started ahead of its task
+    (:meth:`warm_command`, :mod:`launcher.warm_pool`)."""
 
     @property
     def pin(self) -> CliPin:
@@ -270,6 +273,14 @@ class CliAdapter(ABC):
         """
         binary = str(agent_home.binary) if agent_home.binary else self.binary_name
         return [binary, *self._arguments(agent_home, prompt, model or chosen_model(agent_home.spec))]
+
+    def warm_command(self, agent_home: AgentHome, *, model: str | None = None) -> list[str] | None:
+        """The argv of a run whose prompt is read from stdin only after the CLI's start-up, or None when the CLI
+        reads its input first (then nothing is gained by starting it early): see :mod:`launcher.warm_pool`."""
+        if not self.starts_warm:
+            return None
+        arguments = self._warm_arguments(agent_home, model or chosen_model(agent_home.spec))
+        return [str(agent_home.binary) if agent_home.binary else self.binary_name, *arguments]
 
     def env(self, agent_home: AgentHome, *, base_env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The full environment for a headless run: ``base_env`` plus Node on PATH, redirection, endpoint, privacy."""
@@ -376,6 +387,10 @@ class CliAdapter(ABC):
     @abstractmethod
     def _arguments(self, agent_home: AgentHome, prompt: str, model: str | None) -> list[str]:
         """The arguments after the binary."""
+
+    def _warm_arguments(self, agent_home: AgentHome, model: str | None) -> list[str]:
+        """The arguments of a warm start (the prompt comes on stdin); called only when ``starts_warm``."""
+        raise NotImplementedError(f"{self.name} does not start warm")
 
     @abstractmethod
     def _credential_files(self, user_home: Path, env: Mapping[str, str]) -> Iterable[tuple[str, Path]]:

@@ -127,9 +127,20 @@ def node_path(home: Path) -> Path | None:
     return bin_dir if (bin_dir / "node").exists() else None
 
 
+def node_compile_cache(home: Path) -> Path:
+    """``$AISWARM_HOME/cache/node-compile``: Node's on-disk cache of compiled CLI code, shared by every agent."""
+    return home / "cache" / "node-compile"
+
+
 def runtime_env(home: Path, base_env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``base_env`` (default: this process's environment) with the private Node first on PATH, if installed."""
+    """``base_env`` (default: this process's environment) with the private Node first on PATH, if installed,
+    and Node's compile cache under the aiswarm home (unless the user chose one).
+
+    The compile cache lets Node (22.1+) skip compiling a CLI's bundle again at every start: measured 2.3 s -> 1.7 s
+    to gemini's first model request; runtimes other than Node ignore the variable.
+    """
     env = dict(os.environ if base_env is None else base_env)
+    env.setdefault("NODE_COMPILE_CACHE", str(node_compile_cache(home)))
     bin_dir = node_path(home)
     if bin_dir is not None:
         env["PATH"] = os.pathsep.join(p for p in (str(bin_dir), env.get("PATH", "")) if p)

@@ -27,7 +27,7 @@ SECTIONS = (
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    return run_bench(quick=True, json_out=out), out
+    return run_bench(quick=True, json_out=out, swarm=False), out  # the swarm section: tests/launcher
 
 
 @pytest.mark.slow

@@ -117,6 +117,9 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(tmp_path: Pat
         def command(self, home: object, prompt: str) -> list[str]:
             return [sys.executable, "-c", script]
 
+        def warm_command(self, home: object) -> None:
+            return None  # every run starts cold
+
         def env(self, home: object, base_env: object = None) -> dict[str, str]:
             return dict(os.environ)
 
@@ -197,6 +200,9 @@ def test_a_prompt_on_stdin_reaches_the_cli_whole(tmp_path: Path) -> None:
         def command(self, home: object, prompt: str) -> list[str]:
             return [sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read())"]
 
+        def warm_command(self, home: object) -> None:
+            return None  # every run starts cold
+
         def env(self, home: object, base_env: object = None) -> dict[str, str]:
             return dict(os.environ)
 
@@ -249,6 +255,9 @@ def test_refreshed_logins_are_returned_while_the_cli_runs_and_after(
 
         def command(self, home: object, prompt: str) -> list[str]:
             return [sys.executable, "-c", "import time; time.sleep(1)"]
+
+        def warm_command(self, home: object) -> None:
+            return None  # every run starts cold
 
         def env(self, home: object, base_env: object = None) -> dict[str, str]:
             return dict(os.environ)
