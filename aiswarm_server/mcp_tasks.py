@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aiswarm_server.broker import Broker, BrokerNews
 from aiswarm_server.errors import BrokerError
-from aiswarm_server.models import Task, TaskStatus
+from aiswarm_server.models import Question, Task, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,53 @@ def mcp_task_state(tasks: Sequence[Task]) -> McpTaskState:
     the extension keeps ``failed`` for JSON-RPC errors, so a failed or dead broker task is a completed MCP task
     whose result is an error (``isError``), as a failed synchronous tool call would be.
     """
-    unfinished = [t for t in tasks if not t.status.is_terminal]
+    unfinished = [t for t in tasks if not t.status.is_terminal or t.merge_unsettled]
+    asked = [t.question for t in unfinished if t.question is not None]
+    if asked:
+        return McpTaskState("input_required", "; ".join(_asks_line(q) for q in asked))
     if unfinished:
         return McpTaskState("working", "; ".join(_working_line(t) for t in unfinished))
     if all(t.status is TaskStatus.CANCELLED for t in tasks):
         return McpTaskState("cancelled", "; ".join(f"#{t.id} cancelled: {t.error}" for t in tasks))
     return McpTaskState("completed", "; ".join(_finished_line(t) for t in tasks))
+
+
+def _asks_line(question: Question) -> str:
+    return f"#{question.task_id}'s worker {question.agent} asks: {question.question}"
+
+
+def input_request_key(question: Question) -> str:
+    """The key of a question's input request in ``inputRequests`` / ``inputResponses`` (unique per question)."""
+    return f"question-{question.id}"
+
+
+def input_request(question: Question) -> dict[str, Any]:
+    """A worker's open question as the extension's input request: an elicitation of one ``answer`` field."""
+    answer: dict[str, Any] = {
+        "type": "string",
+        "title": "Answer",
+        "description": "The decision the worker asked for.",
+    }
+    if question.options:
+        answer["enum"] = list(question.options)
+    return {
+        "method": "elicitation/create",
+        "params": {
+            "mode": "form",
+            "message": _asks_line(question),
+            "requestedSchema": {"type": "object", "properties": {"answer": answer}, "required": ["answer"]},
+        },
+    }
+
+
+def _answer_of(response: Any) -> str | None:
+    """The answer text in an elicitation result (``{"action": "accept", "content": {"answer": ...}}``); None for a
+    declined or cancelled one (the question's deadline then decides)."""
+    if not isinstance(response, dict) or response.get("action") != "accept":
+        return None
+    content = response.get("content")
+    answer = content.get("answer") if isinstance(content, dict) else None
+    return answer if isinstance(answer, str) else None
 
 
 def _working_line(task: Task) -> str:
@@ -232,9 +273,26 @@ class BrokerTasks(Extension):
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams) -> HandlerResult:
         require_client_extension(ctx, TASKS_EXTENSION)
-        self._resolve(_require_bearer(ctx), params.task_id)
-        # No broker task asks its submitter anything yet, so no input request is ever outstanding: the spec has
-        # the server ignore responses to keys it did not issue.
+        token = _require_bearer(ctx)
+        ids = self._resolve(token, params.task_id)
+        broker = self._broker()
+        identity = broker.tokens.authenticate_cached(token)
+        if identity is None:
+            raise MCPError(INVALID_REQUEST, "Send your aiswarm token as `Authorization: Bearer <token>`.")
+        open_questions = {
+            input_request_key(t.question): t.id
+            for t in await broker.store.get_tasks(ids)
+            if t.question is not None
+        }
+        # The spec has the server ignore responses to keys it did not issue (or no longer has outstanding).
+        for key, response in params.input_responses.items():
+            answer = _answer_of(response)
+            if key not in open_questions or answer is None:
+                continue
+            try:
+                await broker.answer_question(identity, open_questions[key], answer)
+            except BrokerError as error:
+                raise MCPError(INVALID_PARAMS, f"Failed to answer {key}: {error}") from error
         return {"resultType": "complete"}
 
     async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskHandleParams) -> HandlerResult:
@@ -269,6 +327,12 @@ class BrokerTasks(Extension):
             "ttlMs": TTL_MS,
             "pollIntervalMs": POLL_INTERVAL_MS,
         }
+        if state.status == "input_required":
+            detailed["inputRequests"] = {
+                input_request_key(t.question): input_request(t.question)
+                for t in tasks
+                if t.question is not None
+            }
         if with_payload and state.status == "completed":
             reply = await self._broker().wait_for_tasks(ids, "all", 0)
             failed = any(t.status is not TaskStatus.COMPLETED for t in reply.tasks)
@@ -364,7 +428,11 @@ class TaskListenHandler:
         if not self._streams:
             return
         change = news.change
-        ids = {t.id for t in (*change.created, *change.claimable)} | set(change.finished)
+        ids = (
+            {t.id for t in (*change.created, *change.claimable)}
+            | set(change.finished)
+            | set(change.questions)
+        )
         if change.task is not None:
             ids.add(change.task.id)
         if not ids:

@@ -354,3 +354,55 @@ def test_a_handle_names_its_tasks_only_for_the_token_that_made_it() -> None:
     assert handle_task_ids("token-b", handle) is None
     assert handle_task_ids("token-a", "12.14-" + handle.rsplit("-", 1)[1]) is None
     assert handle_task_ids("token-a", "nonsense") is None
+
+
+async def test_a_workers_question_is_input_required_and_tasks_update_answers_it(
+    live_broker: BrokerProcess, http: httpx.AsyncClient
+) -> None:
+    primary = Raw(http, live_broker.url, live_broker.primary_token, declare=True)
+    handle = (await primary.tool("submit_task", _task("tasks ext asks")))["taskId"]
+    (task_id,) = handle_task_ids(live_broker.primary_token, handle) or []
+    worker = await _worker(live_broker, "tasks-ext-asker")
+    asked: list[Any] = []
+    pushed: dict[str, Any] = {}
+    try:
+        claim = await worker.claim_task(task_id)
+        assert claim.claimed and claim.fence_token is not None
+        with anyio.fail_after(WAIT):
+            stream = primary.listen([handle])
+            await anext(stream)  # acknowledged
+            await anext(stream)  # the state at subscription time
+            async with anyio.create_task_group() as group:
+
+                async def ask() -> None:
+                    asked.append(
+                        await worker.ask_primary(
+                            task_id, claim.fence_token or 0, "Keep the old API?", options=["keep", "break"]
+                        )
+                    )
+
+                group.start_soon(ask)
+                async for message in stream:  # the question is pushed as input_required
+                    if message["params"]["status"] == "input_required":
+                        pushed = message["params"]
+                        break
+                await stream.aclose()
+                polled = await primary.get(handle)
+                assert polled["status"] == "input_required" and "Keep the old API?" in polled["statusMessage"]
+                [(key, request)] = polled["inputRequests"].items()
+                assert pushed["inputRequests"] == polled["inputRequests"]
+                assert request["method"] == "elicitation/create"
+                schema = request["params"]["requestedSchema"]
+                assert schema["properties"]["answer"]["enum"] == ["keep", "break"]
+
+                declined = {key: {"action": "decline"}, "question-999999": {"action": "accept"}}
+                await primary.call("tasks/update", {"taskId": handle, "inputResponses": declined}, handle)
+                assert (await primary.get(handle))["status"] == "input_required"  # a decline leaves it open
+
+                accepted = {key: {"action": "accept", "content": {"answer": "keep"}}}
+                await primary.call("tasks/update", {"taskId": handle, "inputResponses": accepted}, handle)
+        assert asked[0].answer == "keep"
+        after = await primary.get(handle)
+        assert after["status"] == "working" and "inputRequests" not in after, after
+    finally:
+        await worker.__aexit__(None, None, None)
