@@ -32,6 +32,7 @@ from aiswarm_server.isolation import (
 from aiswarm_server.limits import (
     ANSWER_MAX_CHARS,
     CURSOR_MAX_CHARS,
+    JSON_REPLY_WAIT_MAX_SECONDS,
     LABEL_MAX_CHARS,
     LIST_LIMIT_MAX,
     MAX_ATTEMPTS_LIMIT,
@@ -406,6 +407,15 @@ class Broker:
             message=f"Registered as {name}.{held} Next: call wait_for_next_event with this cursor to get work.",
         )
 
+    def _longest_wait(self) -> float:
+        """How long this call may wait: ``max_wait_seconds``, and at most :data:`JSON_REPLY_WAIT_MAX_SECONDS` in a
+        2025-11-25 call (answered as one JSON reply, which Node's fetch stops waiting for after 300 s). A wait that
+        ends early answers "nothing yet" with a cursor, so a shorter one costs the caller nothing but a new call."""
+        longest = float(self.settings.max_wait_seconds)
+        if EXCHANGE_OVER.get() is not None:
+            longest = min(longest, float(JSON_REPLY_WAIT_MAX_SECONDS))
+        return longest
+
     async def wait_for_next_event(
         self, identity: Identity, cursor: str | None, timeout_seconds: float
     ) -> WaitReply:
@@ -419,7 +429,7 @@ class Broker:
         broker did not give out."""
         name = self.agent_of(identity)
         ack, sequence = parse_cursor(cursor)
-        timeout = min(max(timeout_seconds, 0.0), float(self.settings.max_wait_seconds))
+        timeout = min(max(timeout_seconds, 0.0), self._longest_wait())
         deadline = self.clock() + timeout
         exchange_over = EXCHANGE_OVER.get()
         while True:
@@ -617,7 +627,7 @@ class Broker:
         )
         self._apply(result.change, "question", name)
         current = result.question
-        deadline = self.clock() + min(max(wait_seconds, 0.0), float(self.settings.max_wait_seconds))
+        deadline = self.clock() + min(max(wait_seconds, 0.0), self._longest_wait())
         while current.status is QuestionStatus.OPEN:
             # Park before reading, so an answer committed after the read still wakes this wait.
             with self.answer_waiters.park(name) as woken:
@@ -1094,7 +1104,7 @@ class Broker:
         missing = await self.store.missing_tasks(ids)
         if missing:
             raise NotFound(f"Task(s) {missing} do not exist. Use the ids returned by submit_task.")
-        timeout = min(max(timeout_seconds, 0.0), float(self.settings.max_wait_seconds))
+        timeout = min(max(timeout_seconds, 0.0), self._longest_wait())
         deadline = self.clock() + timeout
         while True:
             with self.task_watchers.watch(ids) as changed:

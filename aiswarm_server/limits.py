@@ -24,6 +24,10 @@ QUESTION_MAX_CHARS = 4000  # a worker's question to the primary
 QUESTION_OPTIONS_MAX = 10  # choices a question may offer
 OPTION_MAX_CHARS = 200
 ANSWER_MAX_CHARS = 20_000
+JSON_REPLY_WAIT_MAX_SECONDS = 280
+"""The longest wait in a 2025-11-25 call. Those calls are answered as one JSON reply with nothing sent before it, and
+Node's fetch (undici: gemini-cli's, qwen-code's and opencode's MCP client) gives up on a response whose headers
+have not come within 300 s; the 2026-07-28 path streams and has no such bound."""
 ANSWER_WAIT_DEFAULT_SECONDS = 50  # ask_primary's own wait: inside every client's tool-call cap (Codex: 60 s)
 ANSWER_WITHIN_DEFAULT_SECONDS = 600  # how long a question stays open unless the worker asks for less or more
 ANSWER_WITHIN_MAX_SECONDS = 86_400

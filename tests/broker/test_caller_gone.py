@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from aiswarm_server.broker import Broker
+from aiswarm_server.limits import JSON_REPLY_WAIT_MAX_SECONDS
 from aiswarm_server.models import TaskRequest
 from aiswarm_server.replies import WaitReply
 from aiswarm_server.waiters import EXCHANGE_OVER
@@ -65,3 +66,14 @@ async def test_a_wait_whose_caller_left_before_it_parked_takes_nothing(abroker: 
     assert reply.events == [] and not abroker.agent_waiters.has_parked()
     answered = await abroker.wait_for_next_event(worker("gone-2"), None, 0)  # the agent's next call sees it
     assert [(e.kind, e.task_id) for e in answered.events] == [("task_available", task.id)]
+
+
+async def test_a_2025_11_25_call_waits_at_most_what_nodes_fetch_waits_for_its_reply(abroker: Broker) -> None:
+    abroker.settings.max_wait_seconds = 590
+    longest = abroker._longest_wait  # pyright: ignore[reportPrivateUsage]
+    assert longest() == 590  # the 2026-07-28 path streams: no bound of its own
+    in_exchange = contextvars.copy_context()
+    in_exchange.run(EXCHANGE_OVER.set, asyncio.get_running_loop().create_future())
+    assert in_exchange.run(longest) == JSON_REPLY_WAIT_MAX_SECONDS < 300
+    abroker.settings.max_wait_seconds = 60
+    assert in_exchange.run(longest) == 60
