@@ -257,10 +257,11 @@ def cli_version(binary: Path, env: Mapping[str, str]) -> str | None:
     """The version ``binary --version`` prints, or None if it fails.
 
     It runs with ``env`` (its ``PATH`` finds Node) but in a scratch home, deleted afterwards: whatever the CLI
-    writes on start-up stays out of the user's own directories.
+    writes on start-up stays out of the user's own directories, and Node keeps no compile cache for it (the
+    launcher's cache in the aiswarm home is for the runs that do work).
     """
     with tempfile.TemporaryDirectory(prefix="aiswarm-version-", ignore_cleanup_errors=True) as scratch:
-        run_env = {k: v for k, v in env.items() if k not in CLI_HOME_VARIABLES}
+        run_env = {k: v for k, v in env.items() if k not in CLI_HOME_VARIABLES and k != "NODE_COMPILE_CACHE"}
         run_env["HOME"] = scratch
         run_env |= {name: str(Path(scratch) / name.lower()) for name in XDG_DIRECTORIES}
         try:

@@ -196,6 +196,9 @@ class _WarmAdapter:
     def parse_usage(self, stdout: str) -> None:
         self.outputs.append(stdout)
 
+    def final_answer(self, stdout: str) -> str:
+        return stdout.strip()
+
     def return_logins(self, home: object) -> list[Path]:
         return []
 
