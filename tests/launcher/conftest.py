@@ -5,6 +5,8 @@ scripted model (``launch_swarm``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +26,17 @@ from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis, clis
 
-__all__ = ["InstalledClis", "LaunchedSwarm", "clis", "launch_swarm", "poll", "started_by"]
+__all__ = [
+    "InstalledClis",
+    "LaunchedSwarm",
+    "clis",
+    "delegation_prompt",
+    "install_client",
+    "launch_swarm",
+    "poll",
+    "run_primary",
+    "started_by",
+]
 
 T = TypeVar("T")
 TASK_WAIT = 300.0
@@ -129,6 +141,8 @@ class LaunchedSwarm:
         for agent in self.agents:
             if self.agent_log(agent).exists():
                 parts.append(f"--- {agent}\n" + self.agent_log(agent).read_text(errors="replace")[-4000:])
+        if self.broker.log_path is not None and self.broker.log_path.exists():
+            parts.append("--- broker\n" + self.broker.log_path.read_text(errors="replace")[-2000:])
         return "\n".join(parts)
 
     def cli_process(self, agent: str) -> psutil.Process | None:
@@ -227,3 +241,85 @@ def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) 
     finally:
         for swarm in reversed(started):
             swarm.stop()
+
+
+def install_client(
+    client: str, swarm: LaunchedSwarm, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``aiswarm install-client CLIENT`` against the swarm's broker with a primary's ``env``; asserts success."""
+    done = subprocess.run(
+        [sys.executable, "-m", "aiswarm_server", "install-client", client, "--url", swarm.broker.url],
+        env={**env, "PATH": os.environ.get("PATH", "")},  # aiswarm runs with the test's Python
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def delegation_prompt(files: dict[str, str], workdir: Path) -> str:
+    """A primary's prompt: delegate one task per file (path → content) through ``submit_tasks``, then wait."""
+    tasks = [
+        {
+            "title": f"write {path}",
+            "prompt": f"Create the file {path} containing exactly: {content}",
+            "working_dir": str(workdir),
+        }
+        for path, content in files.items()
+    ]
+    block = json.dumps({"tasks": tasks}, indent=2)
+    return (
+        "You are the primary agent. Delegate these tasks to the aiswarm workers: call submit_tasks with them, "
+        "then wait_for_tasks (mode all) with the returned ids, and summarise the results.\n"
+        f"```json\n{block}\n```\n"
+    )
+
+
+@dataclass
+class PrimaryRun:
+    """How a primary agent's CLI process ended."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_primary(
+    name: str,
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float,
+    swarm: LaunchedSwarm,
+    stdin: str | None = None,
+) -> PrimaryRun:
+    """Run a primary agent's CLI in its own process group until it exits; fail (with the swarm's logs) after
+    ``timeout`` seconds. Whatever it leaves in its group is killed."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(
+            f"{name} did not finish in {timeout:.0f}s\n{stdout[-3000:]}\n{stderr[-3000:]}\n{swarm.tail()}"
+        ) from None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything it left behind in its group
+        if process.poll() is None:
+            process.wait()
+    print(f"{name} ran {time.monotonic() - started:.0f}s")
+    return PrimaryRun(process.returncode, stdout, stderr)

@@ -21,7 +21,7 @@ from aiswarm_server.models import QuestionStatus, Task
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis
-from tests.launcher.test_launch_e2e import started_by
+from tests.launcher.conftest import started_by
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

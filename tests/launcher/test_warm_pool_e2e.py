@@ -23,7 +23,7 @@ from aiswarm_server.models import Task
 from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis
-from tests.launcher.test_launch_e2e import poll, started_by
+from tests.launcher.conftest import poll, started_by
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
