@@ -145,16 +145,22 @@ class LaunchedSwarm:
             parts.append("--- broker\n" + self.broker.log_path.read_text(errors="replace")[-2000:])
         return "\n".join(parts)
 
-    def cli_process(self, agent: str) -> psutil.Process | None:
-        """The running CLI of ``agent``: the launcher's child whose environment points at the agent's home."""
+    def cli_processes(self, agent: str) -> list[psutil.Process]:
+        """The running CLIs of ``agent`` (working or warm): the launcher's children whose environment points at
+        the agent's home."""
         root = str(self.home / "agents" / agent)
+        found: list[psutil.Process] = []
         for child in psutil.Process(self.launcher.pid).children():
             try:
                 if root in child.environ().values():
-                    return child
+                    found.append(child)
             except psutil.Error:
                 continue
-        return None
+        return found
+
+    def cli_process(self, agent: str) -> psutil.Process | None:
+        """The running CLI of ``agent`` (the first, if a warm one runs beside it)."""
+        return next(iter(self.cli_processes(agent)), None)
 
     def stop(self) -> None:
         """SIGINT the launcher (killed if it lingers), kill what its agents left, then stop what it owns (once)."""
