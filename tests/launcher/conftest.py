@@ -125,10 +125,20 @@ class LaunchedSwarm:
             self.check_alive()
         raise AssertionError(f"tasks {ids} not done in {timeout:.0f}s; launcher log:\n{self.tail()}")
 
+    def task(self, task_id: int) -> Task:
+        """The task as ``get_task`` shows it now."""
+        return self.call(lambda b: b.get_task(task_id)).task
+
     def wait_parked(self, count: int | None = None, timeout: float = 120.0) -> None:
-        """Wait until ``count`` agents (default: all of this launch's) are parked in ``wait_for_next_event``."""
+        """Wait until ``count`` agents (default: all of this launch's) are parked in ``wait_for_next_event``;
+        fail at once if the launcher exits."""
         wanted = len(self.agents) if count is None else count
-        poll(lambda: self.call(lambda b: b.broker_status()).parked_waits >= wanted, timeout, "agents parked")
+
+        def parked() -> bool:
+            self.check_alive()
+            return self.call(lambda b: b.broker_status()).parked_waits >= wanted
+
+        poll(parked, timeout, "agents parked")
 
     def check_alive(self) -> None:
         """Fail with the launcher's output if it exited."""
@@ -193,7 +203,9 @@ def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) 
 
     ``launch_swarm(cli="qwen,gemini", agents=("qwen-1", "gemini-1"))`` starts a new broker and model for that
     launch; pass ``broker=`` and ``model=`` to share running ones between launches. ``args`` are added to the
-    command line, ``broker_env`` to the broker's. Every launch is stopped when the module ends.
+    command line, ``broker_env`` and ``launcher_env`` to the broker's and the launcher's environment; ``config``
+    is the new broker home's ``config.toml``; ``workdir`` (default: a new empty directory) is the launch's
+    ``--dir``. Every launch is stopped when the module ends.
     """
     started: list[LaunchedSwarm] = []
 
@@ -205,14 +217,22 @@ def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) 
         broker: BrokerProcess | None = None,
         model: ScriptedModelServer | None = None,
         broker_env: dict[str, str] | None = None,
+        launcher_env: dict[str, str] | None = None,
+        config: str | None = None,
+        workdir: Path | None = None,
         name: str = "launch",
     ) -> LaunchedSwarm:
         root = tmp_path_factory.mktemp(name)
-        workdir, user_home = root / "work", root / "user"
-        for directory in (workdir, user_home):
-            directory.mkdir()
+        user_home = root / "user"
+        user_home.mkdir()
+        if workdir is None:
+            workdir = root / "work"
+            workdir.mkdir()
         owns = broker is None
         if broker is None:
+            if config is not None:
+                (root / "home").mkdir()
+                (root / "home" / "config.toml").write_text(config)
             env = {"AISWARM_LEASE_SECONDS": "120", "AISWARM_LOG_FORMAT": "json", **(broker_env or {})}
             broker = BrokerProcess(root / "home", env).start()
         model = model or ScriptedModelServer().start()
@@ -223,6 +243,7 @@ def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) 
             "AISWARM_HOME": str(broker.home),
             "NO_COLOR": "1",
             "AISWARM_LOG_FORMAT": "json",
+            **(launcher_env or {}),
         }
         env.pop("AISWARM_TOKEN", None)
         launcher_log = root / "launcher.log"
