@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,10 @@ from a2a.helpers.proto_helpers import get_artifact_text
 from a2a.types import Message, Part, Role, SendMessageRequest, StreamResponse, TaskState
 
 from aiswarm_server.broker_client import BrokerClient
-from aiswarm_server.models import Task
-from tests.launcher.conftest import LaunchedSwarm, LaunchSwarm
+from launcher.scripted_model import ScriptedModelServer
+from tests.broker_harness import BrokerProcess
+from tests.clis import InstalledClis
+from tests.launcher.conftest import started_by
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,73 +37,111 @@ EXAMPLES = ROOT / "examples"
 SECRET = "gateway-secret-e2e-51d0"
 
 
-AGENTS = ("qwen-1", "gemini-1")
-Swarm = LaunchedSwarm
+@dataclass
+class Swarm:
+    """A broker, the scripted model and a launcher with an implementer and a reviewer."""
 
+    broker: BrokerProcess
+    home: Path
+    workdir: Path
+    env: dict[str, str]
+    launcher_log: Path
 
-def run_flow(swarm: Swarm, flow: Path) -> tuple[int, dict[str, Any]]:
-    """``aiswarm run FLOW --json``; returns the exit code and the summary."""
-    done = subprocess.run(
-        [sys.executable, "-m", "aiswarm_server", "run", str(flow), "--json", "--dir", str(swarm.workdir)],
-        capture_output=True,
-        text=True,
-        env={**swarm.env, "AISWARM_URL": swarm.broker.url},
-        timeout=600,
-    )
-    assert done.stdout.strip(), f"{done.stderr}\n{swarm.launcher_log.read_text()[-3000:]}"
-    return done.returncode, json.loads(done.stdout)
+    def run_flow(self, flow: Path) -> tuple[int, dict[str, Any]]:
+        """``aiswarm run FLOW --json``; returns the exit code and the summary."""
+        done = subprocess.run(
+            [sys.executable, "-m", "aiswarm_server", "run", str(flow), "--json", "--dir", str(self.workdir)],
+            capture_output=True,
+            text=True,
+            env={**self.env, "AISWARM_URL": self.broker.url},
+            timeout=600,
+        )
+        assert done.stdout.strip(), f"{done.stderr}\n{self.launcher_log.read_text()[-3000:]}"
+        return done.returncode, json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
-def swarm(launch_swarm: LaunchSwarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     """``aiswarm launch --cli qwen,gemini --persona implementer,reviewer`` against a broker and the scripted model."""
-    port_file = tmp_path_factory.mktemp("a2a") / "remote-port"
+    root = tmp_path_factory.mktemp("flow")
+    home, workdir, user_home = root / "home", root / "work", root / "user"
+    for d in (workdir, user_home):
+        d.mkdir()
+    home.mkdir(parents=True)
+    port_file = root / "remote-port"
     remote = subprocess.Popen(
         [sys.executable, "-m", "tests.a2a.remote_agent", "--port-file", str(port_file)], cwd=ROOT
     )
+    while not (port_file.exists() and port_file.read_text()):
+        assert remote.poll() is None, "the remote A2A agent did not start"
+        time.sleep(0.05)
+    command = json.dumps([sys.executable, "-m", "tests.gateway.upstream_server"])
+    (home / "config.toml").write_text(
+        f'[mcp_servers.files]\ncommand = {command}\ncwd = "{ROOT}"\n'
+        'env = { UPSTREAM_TOKEN = "${TEST_UPSTREAM_SECRET}" }\n'
+        f'[a2a_agents.shouter]\nurl = "http://127.0.0.1:{port_file.read_text()}"\npersona = "shouter"\n'
+        'token_env = "SHOUTER_TOKEN"\n'
+    )
+    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120", "TEST_UPSTREAM_SECRET": SECRET}).start()
+    model = ScriptedModelServer().start()
+    env = {
+        **os.environ,
+        "PATH": clis.path_env(),
+        "HOME": str(user_home),
+        "AISWARM_HOME": str(home),
+        "NO_COLOR": "1",
+        "SHOUTER_TOKEN": "remote-secret",
+    }
+    env.pop("AISWARM_TOKEN", None)
+    launcher_log = root / "launcher.log"
+    with open(launcher_log, "wb") as out:
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aiswarm_server",
+                "launch",
+                "--agents",
+                "2",
+                "--cli",
+                "qwen,gemini",
+                "--persona",
+                "implementer,reviewer",
+                "--url",
+                broker.url,
+                "--model-endpoint",
+                model.url,
+                "--dir",
+                str(workdir),
+                "--no-ui",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     try:
-        while not (port_file.exists() and port_file.read_text()):
-            assert remote.poll() is None, "the remote A2A agent did not start"
-            time.sleep(0.05)
-        command = json.dumps([sys.executable, "-m", "tests.gateway.upstream_server"])
-        config = (
-            f'[mcp_servers.files]\ncommand = {command}\ncwd = "{ROOT}"\n'
-            'env = { UPSTREAM_TOKEN = "${TEST_UPSTREAM_SECRET}" }\n'
-            f'[a2a_agents.shouter]\nurl = "http://127.0.0.1:{port_file.read_text()}"\npersona = "shouter"\n'
-            'token_env = "SHOUTER_TOKEN"\n'
-        )
-        swarm = launch_swarm(
-            cli="qwen,gemini",
-            agents=AGENTS,
-            args=("--persona", "implementer,reviewer"),
-            broker_env={"TEST_UPSTREAM_SECRET": SECRET},
-            launcher_env={"SHOUTER_TOKEN": "remote-secret"},
-            config=config,
-            name="flow",
-        )
-        yield swarm
-        swarm.stop()  # before the remote agent it forwards to
+        yield Swarm(broker, home, workdir, env, launcher_log)
     finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGINT)
+            try:
+                launcher.wait(30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
+        broker_pid = broker.process.pid if broker.process else None
+        for proc in started_by(home):
+            if proc.pid != broker_pid:
+                proc.kill()
+        model.stop()
+        broker.stop()
         remote.terminate()
         remote.wait(10)
 
 
-def _delegate(swarm: Swarm, title: str, prompt: str, **fields: Any) -> Task:
-    """Submit one task as the primary and wait (as the primary) until it is done; the task read in full."""
-
-    async def run() -> Task:
-        async with BrokerClient(swarm.broker.url, swarm.broker.primary_token) as primary:
-            reply = await primary.submit_task(title, prompt, **fields)
-            task_id = reply.tasks[0].id
-            while not (await primary.wait_for_tasks([task_id], timeout_seconds=30)).done:
-                pass
-            return (await primary.get_task(task_id)).task
-
-    return asyncio.run(run())
-
-
 def test_a_reviewed_flow_completes_on_real_clis_and_a_rerun_submits_nothing(swarm: Swarm) -> None:
-    code, summary = run_flow(swarm, EXAMPLES / "review-loop.yaml")
+    code, summary = swarm.run_flow(EXAMPLES / "review-loop.yaml")
     assert code == 0, summary
     steps = {s["key"]: s for s in summary["steps"]}
     assert steps["module"]["outcome"] == "completed" and steps["module"]["reviews"] == 1
@@ -106,13 +149,13 @@ def test_a_reviewed_flow_completes_on_real_clis_and_a_rerun_submits_nothing(swar
     assert (swarm.workdir / "greeting.py").read_text().startswith("def greet(name: str) -> str:")
     assert (swarm.workdir / "NOTES.md").exists()
 
-    code, again = run_flow(swarm, EXAMPLES / "review-loop.yaml")
+    code, again = swarm.run_flow(EXAMPLES / "review-loop.yaml")
     assert code == 0 and all(s["reused"] for s in again["steps"])
     assert [s["task_ids"] for s in again["steps"]] == [s["task_ids"] for s in summary["steps"]]
 
 
 def test_a_reviewer_that_never_approves_ends_review_exhausted_on_real_clis(swarm: Swarm) -> None:
-    code, summary = run_flow(swarm, EXAMPLES / "review-exhausted.yaml")
+    code, summary = swarm.run_flow(EXAMPLES / "review-exhausted.yaml")
     assert code == 1
     steps = {s["key"]: s for s in summary["steps"]}
     assert steps["parser"]["outcome"] == "review_exhausted" and steps["parser"]["reviews"] == 2
@@ -152,13 +195,20 @@ def test_an_a2a_client_hands_the_swarm_a_task_that_a_real_cli_does(swarm: Swarm)
 
 
 def test_a_real_cli_calls_an_upstream_mcp_tool_through_the_gateway(swarm: Swarm) -> None:
-    task = _delegate(
-        swarm,
-        "Call the upstream echo tool",
-        'CALL files__echo {"text": "through the gateway"}\nCALL files__has_credential',
-        persona="implementer",
-        working_dir=str(swarm.workdir),
-    )
+    async def run() -> Any:
+        async with BrokerClient(swarm.broker.url, swarm.broker.primary_token) as primary:
+            reply = await primary.submit_task(
+                "Call the upstream echo tool",
+                'CALL files__echo {"text": "through the gateway"}\nCALL files__has_credential',
+                persona="implementer",
+                working_dir=str(swarm.workdir),
+            )
+            task_id = reply.tasks[0].id
+            while not (await primary.wait_for_tasks([task_id], timeout_seconds=30)).done:
+                pass
+            return (await primary.get_task(task_id)).task
+
+    task = asyncio.run(run())
     assert task.status.value == "completed", (task.error, swarm.launcher_log.read_text()[-3000:])
     result = task.result or ""  # the CLI hands the scripted model the tool's structured answer
     assert 'files__echo: {"result":"echo: through the gateway"}' in result
@@ -169,6 +219,14 @@ def test_a_real_cli_calls_an_upstream_mcp_tool_through_the_gateway(swarm: Swarm)
 
 
 def test_launch_forwards_a_task_for_a_remote_persona_to_its_a2a_agent(swarm: Swarm) -> None:
-    task = _delegate(swarm, "Shout", "forwarded by the launcher", persona="shouter")
+    async def run() -> Any:
+        async with BrokerClient(swarm.broker.url, swarm.broker.primary_token) as primary:
+            reply = await primary.submit_task("Shout", "forwarded by the launcher", persona="shouter")
+            task_id = reply.tasks[0].id
+            while not (await primary.wait_for_tasks([task_id], timeout_seconds=30)).done:
+                pass
+            return (await primary.get_task(task_id)).task
+
+    task = asyncio.run(run())
     assert task.status.value == "completed", (task.error, swarm.launcher_log.read_text()[-3000:])
     assert task.result == "FORWARDED BY THE LAUNCHER" and task.attempts[-1].agent == "a2a-shouter"
