@@ -5,6 +5,8 @@ scripted model (``launch_swarm``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +26,17 @@ from launcher.scripted_model import ScriptedModelServer
 from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis, clis
 
-__all__ = ["InstalledClis", "LaunchedSwarm", "clis", "launch_swarm", "poll", "started_by"]
+__all__ = [
+    "InstalledClis",
+    "LaunchedSwarm",
+    "clis",
+    "delegation_prompt",
+    "install_client",
+    "launch_swarm",
+    "poll",
+    "run_primary",
+    "started_by",
+]
 
 T = TypeVar("T")
 TASK_WAIT = 300.0
@@ -113,10 +125,20 @@ class LaunchedSwarm:
             self.check_alive()
         raise AssertionError(f"tasks {ids} not done in {timeout:.0f}s; launcher log:\n{self.tail()}")
 
+    def task(self, task_id: int) -> Task:
+        """The task as ``get_task`` shows it now."""
+        return self.call(lambda b: b.get_task(task_id)).task
+
     def wait_parked(self, count: int | None = None, timeout: float = 120.0) -> None:
-        """Wait until ``count`` agents (default: all of this launch's) are parked in ``wait_for_next_event``."""
+        """Wait until ``count`` agents (default: all of this launch's) are parked in ``wait_for_next_event``;
+        fail at once if the launcher exits."""
         wanted = len(self.agents) if count is None else count
-        poll(lambda: self.call(lambda b: b.broker_status()).parked_waits >= wanted, timeout, "agents parked")
+
+        def parked() -> bool:
+            self.check_alive()
+            return self.call(lambda b: b.broker_status()).parked_waits >= wanted
+
+        poll(parked, timeout, "agents parked")
 
     def check_alive(self) -> None:
         """Fail with the launcher's output if it exited."""
@@ -129,18 +151,26 @@ class LaunchedSwarm:
         for agent in self.agents:
             if self.agent_log(agent).exists():
                 parts.append(f"--- {agent}\n" + self.agent_log(agent).read_text(errors="replace")[-4000:])
+        if self.broker.log_path is not None and self.broker.log_path.exists():
+            parts.append("--- broker\n" + self.broker.log_path.read_text(errors="replace")[-2000:])
         return "\n".join(parts)
 
-    def cli_process(self, agent: str) -> psutil.Process | None:
-        """The running CLI of ``agent``: the launcher's child whose environment points at the agent's home."""
+    def cli_processes(self, agent: str) -> list[psutil.Process]:
+        """The running CLIs of ``agent`` (working or warm): the launcher's children whose environment points at
+        the agent's home."""
         root = str(self.home / "agents" / agent)
+        found: list[psutil.Process] = []
         for child in psutil.Process(self.launcher.pid).children():
             try:
                 if root in child.environ().values():
-                    return child
+                    found.append(child)
             except psutil.Error:
                 continue
-        return None
+        return found
+
+    def cli_process(self, agent: str) -> psutil.Process | None:
+        """The running CLI of ``agent`` (the first, if a warm one runs beside it)."""
+        return next(iter(self.cli_processes(agent)), None)
 
     def stop(self) -> None:
         """SIGINT the launcher (killed if it lingers), kill what its agents left, then stop what it owns (once)."""
@@ -173,7 +203,9 @@ def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) 
 
     ``launch_swarm(cli="qwen,gemini", agents=("qwen-1", "gemini-1"))`` starts a new broker and model for that
     launch; pass ``broker=`` and ``model=`` to share running ones between launches. ``args`` are added to the
-    command line, ``broker_env`` to the broker's. Every launch is stopped when the module ends.
+    command line, ``broker_env`` and ``launcher_env`` to the broker's and the launcher's environment; ``config``
+    is the new broker home's ``config.toml``; ``workdir`` (default: a new empty directory) is the launch's
+    ``--dir``. Every launch is stopped when the module ends.
     """
     started: list[LaunchedSwarm] = []
 
@@ -185,14 +217,22 @@ def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) 
         broker: BrokerProcess | None = None,
         model: ScriptedModelServer | None = None,
         broker_env: dict[str, str] | None = None,
+        launcher_env: dict[str, str] | None = None,
+        config: str | None = None,
+        workdir: Path | None = None,
         name: str = "launch",
     ) -> LaunchedSwarm:
         root = tmp_path_factory.mktemp(name)
-        workdir, user_home = root / "work", root / "user"
-        for directory in (workdir, user_home):
-            directory.mkdir()
+        user_home = root / "user"
+        user_home.mkdir()
+        if workdir is None:
+            workdir = root / "work"
+            workdir.mkdir()
         owns = broker is None
         if broker is None:
+            if config is not None:
+                (root / "home").mkdir()
+                (root / "home" / "config.toml").write_text(config)
             env = {"AISWARM_LEASE_SECONDS": "120", "AISWARM_LOG_FORMAT": "json", **(broker_env or {})}
             broker = BrokerProcess(root / "home", env).start()
         model = model or ScriptedModelServer().start()
@@ -203,6 +243,7 @@ def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) 
             "AISWARM_HOME": str(broker.home),
             "NO_COLOR": "1",
             "AISWARM_LOG_FORMAT": "json",
+            **(launcher_env or {}),
         }
         env.pop("AISWARM_TOKEN", None)
         launcher_log = root / "launcher.log"
@@ -227,3 +268,85 @@ def launch_swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) 
     finally:
         for swarm in reversed(started):
             swarm.stop()
+
+
+def install_client(
+    client: str, swarm: LaunchedSwarm, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``aiswarm install-client CLIENT`` against the swarm's broker with a primary's ``env``; asserts success."""
+    done = subprocess.run(
+        [sys.executable, "-m", "aiswarm_server", "install-client", client, "--url", swarm.broker.url],
+        env={**env, "PATH": os.environ.get("PATH", "")},  # aiswarm runs with the test's Python
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def delegation_prompt(files: dict[str, str], workdir: Path) -> str:
+    """A primary's prompt: delegate one task per file (path → content) through ``submit_tasks``, then wait."""
+    tasks = [
+        {
+            "title": f"write {path}",
+            "prompt": f"Create the file {path} containing exactly: {content}",
+            "working_dir": str(workdir),
+        }
+        for path, content in files.items()
+    ]
+    block = json.dumps({"tasks": tasks}, indent=2)
+    return (
+        "You are the primary agent. Delegate these tasks to the aiswarm workers: call submit_tasks with them, "
+        "then wait_for_tasks (mode all) with the returned ids, and summarise the results.\n"
+        f"```json\n{block}\n```\n"
+    )
+
+
+@dataclass
+class PrimaryRun:
+    """How a primary agent's CLI process ended."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_primary(
+    name: str,
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float,
+    swarm: LaunchedSwarm,
+    stdin: str | None = None,
+) -> PrimaryRun:
+    """Run a primary agent's CLI in its own process group until it exits; fail (with the swarm's logs) after
+    ``timeout`` seconds. Whatever it leaves in its group is killed."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(
+            f"{name} did not finish in {timeout:.0f}s\n{stdout[-3000:]}\n{stderr[-3000:]}\n{swarm.tail()}"
+        ) from None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # anything it left behind in its group
+        if process.poll() is None:
+            process.wait()
+    print(f"{name} ran {time.monotonic() - started:.0f}s")
+    return PrimaryRun(process.returncode, stdout, stderr)

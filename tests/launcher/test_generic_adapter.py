@@ -4,15 +4,9 @@ through ``aiswarm launch``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import signal
 import stat
-import subprocess
-import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +15,6 @@ from typing import Any
 import pytest
 
 import launcher.adapters
-from aiswarm_server.broker_client import BrokerClient
 from launcher.adapters import (
     AgentSpec,
     GenericCliError,
@@ -32,9 +25,7 @@ from launcher.adapters import (
     register_configured_clis,
 )
 from launcher.adapters.generic import configured_adapters, generic_adapters
-from launcher.scripted_model import ScriptedModelServer
-from tests.broker_harness import BrokerProcess
-from tests.clis import InstalledClis
+from tests.launcher.conftest import LaunchedSwarm, LaunchSwarm, poll
 
 BROKER = "http://127.0.0.1:8765/mcp"
 TOKEN = "agent-token-123"
@@ -367,93 +358,41 @@ def test_the_readme_example_is_a_valid_description(tmp_path: Path) -> None:
 @pytest.fixture(
     params=[("qwen-plain", QWEN_DESCRIBED), ("opencode-plain", OPENCODE_DESCRIBED)], ids=["qwen", "opencode"]
 )
-def described_swarm(
-    request: pytest.FixtureRequest, clis: InstalledClis, tmp_path: Path
-) -> Iterator[tuple[str, BrokerProcess, ScriptedModelServer, Path, Path]]:
+def described_swarm(request: pytest.FixtureRequest, launch_swarm: LaunchSwarm) -> Iterator[LaunchedSwarm]:
     """A broker, the scripted model and ``aiswarm launch --cli NAME``, NAME described in config.toml only."""
     cli, description = request.param
-    home, workdir, user_home = tmp_path / "home", tmp_path / "work", tmp_path / "user"
-    for d in (home, workdir, user_home):
-        d.mkdir()
-    (home / "config.toml").write_text(description)
-    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120"}).start()
-    model = ScriptedModelServer().start()
-    env = {
-        **os.environ,
-        "PATH": clis.path_env(),
-        "HOME": str(user_home),
-        "AISWARM_HOME": str(home),
-        "NO_COLOR": "1",
-    }
-    env.pop("AISWARM_TOKEN", None)
-    log = tmp_path / "launcher.log"
-    with open(log, "wb") as out:
-        launcher = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aiswarm_server", "launch", "--agents", "1", "--cli", cli),
-                *("--url", broker.url, "--model-endpoint", model.url, "--dir", str(workdir), "--no-ui"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    try:
-        yield cli, broker, model, workdir, log
-    finally:
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGINT)
-            try:
-                launcher.wait(60)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.wait()
-        model.stop()
-        broker.stop()
+    swarm = launch_swarm(cli=cli, agents=(f"{cli}-1",), config=description, name=cli)
+    yield swarm
+    swarm.stop()
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_a_real_cli_described_only_in_the_config_file_does_tasks_through_launch(
-    described_swarm: tuple[str, BrokerProcess, ScriptedModelServer, Path, Path],
+    described_swarm: LaunchedSwarm,
 ) -> None:
-    cli, broker, model, workdir, log = described_swarm
-    agent = f"{cli}-1"
-    agent_log = broker.home / "logs" / f"{agent}.log"
+    swarm = described_swarm
+    [agent] = swarm.agents
+    agent_log = swarm.agent_log(agent)
 
-    def tail() -> str:
-        logs = [log, agent_log]
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
-
-    async def run() -> list[Any]:
-        async with BrokerClient(broker.url, broker.admin_token) as admin:
-            deadline = time.monotonic() + 120
-            while (await admin.broker_status()).parked_waits < 1:
-                assert time.monotonic() < deadline, f"{agent} never parked:\n{tail()}"
-                await asyncio.sleep(0.2)
-            async with BrokerClient(broker.url, broker.primary_token) as primary:
-                specs = [
-                    {
-                        "title": "block",
-                        "prompt": "WRITE out/a.txt\n```\nfrom a CLI\nin the config file\n```\n",
-                    },
-                    {"title": "line", "prompt": "Create the file out/b.txt containing exactly: described"},
-                ]
-                reply = await primary.submit_tasks([{**s, "working_dir": str(workdir)} for s in specs])
-            ids = [t.id for t in reply.tasks]
-            deadline = time.monotonic() + 240
-            while not (await admin.wait_for_tasks(ids, mode="all", timeout_seconds=20)).done:
-                assert time.monotonic() < deadline, f"tasks not done:\n{tail()}"
-            return [(await admin.get_task(i)).task for i in ids]
-
-    tasks = asyncio.run(run())
-    assert [t.status.value for t in tasks] == ["completed", "completed"], tail()
+    swarm.wait_parked(1, timeout=120)
+    ids = swarm.submit_specs(
+        [
+            {"title": "block", "prompt": "WRITE out/a.txt\n```\nfrom a CLI\nin the config file\n```\n"},
+            {"title": "line", "prompt": "Create the file out/b.txt containing exactly: described"},
+        ]
+    )
+    tasks = swarm.wait_done(ids, timeout=240)
+    assert [t.status.value for t in tasks] == ["completed", "completed"], swarm.tail()
     assert {t.attempts[-1].agent for t in tasks} == {agent}
-    assert (workdir / "out" / "a.txt").read_text() == "from a CLI\nin the config file\n"
-    assert (workdir / "out" / "b.txt").read_text() == "described"
-    assert model.stats()["agents"][agent]["work"] == 2  # the header from the described settings
-    deadline = time.monotonic() + 60  # the report reaches the broker before the CLI has exited
-    while len(usages := re.findall(r'usage: \{.*"total_tokens": (\d+)', agent_log.read_text())) < 2:
-        assert time.monotonic() < deadline, tail()
-        time.sleep(0.2)
-    assert all(int(total) > 0 for total in usages), tail()
+    assert (swarm.workdir / "out" / "a.txt").read_text() == "from a CLI\nin the config file\n"
+    assert (swarm.workdir / "out" / "b.txt").read_text() == "described"
+    assert swarm.model.stats()["agents"][agent]["work"] == 2  # the header from the described settings
+
+    def usage_reports() -> list[str] | None:
+        found = re.findall(r'usage: \{.*"total_tokens": (\d+)', agent_log.read_text())
+        return found if len(found) >= 2 else None
+
+    # the report reaches the broker before the CLI has exited
+    usages = poll(usage_reports, 60, f"{agent}'s two usage reports")
+    assert all(int(total) > 0 for total in usages), swarm.tail()

@@ -159,6 +159,21 @@ async def run_to_landing(
 ) -> int:
     """One task through an isolated attempt that writes ``text`` to ``path``, completed and landed by ``iso``."""
     task_id = await submit(admin, repo, path)
+    await land(broker, admin, task_id, agent, path, text, iso)
+    return task_id
+
+
+async def land(
+    broker: BrokerProcess,
+    admin: BrokerClient,
+    task_id: int,
+    agent: str,
+    path: str,
+    text: str,
+    iso: TaskIsolation,
+) -> None:
+    """``agent`` claims the submitted task, writes ``text`` to ``path`` in its isolated attempt and completes it;
+    ``iso`` lands it."""
     worker = await worker_client(broker, admin, agent)
     try:
         claim = await worker.claim_task(task_id)
@@ -170,7 +185,6 @@ async def run_to_landing(
         await iso.finish(agent, admin, workspace, claim.fence_token)
     finally:
         await worker.__aexit__(None, None, None)
-    return task_id
 
 
 HOOK_SCRIPT = """#!/bin/sh
@@ -267,17 +281,7 @@ async def test_a_resolution_task_starts_with_the_conflict_markers_and_its_landin
             iso = isolation(broker)
             first, second = await submit(admin, repo, "a.txt"), await submit(admin, repo, "a.txt")
             for task_id, agent, text in ((first, "r-1", "alpha one\n"), (second, "r-2", "alpha two\n")):
-                worker = await worker_client(broker, admin, agent)
-                try:
-                    claim = await worker.claim_task(task_id)
-                    assert claim.fence_token is not None
-                    workspace = await iso.prepare(agent, admin, worker, task_id, claim.fence_token)
-                    assert workspace is not None and workspace.directory is not None
-                    (workspace.directory / "a.txt").write_text(text)
-                    await worker.report_task_completion(task_id, claim.fence_token, success=True, result="ok")
-                    await iso.finish(agent, admin, workspace, claim.fence_token)
-                finally:
-                    await worker.__aexit__(None, None, None)
+                await land(broker, admin, task_id, agent, "a.txt", text, iso)
             conflicting = (await admin.get_task(second)).task
             assert conflicting.merge_state is MergeState.CONFLICT, conflicting.merge_detail
             [resolver] = (await admin.list_tasks("pending", limit=10)).tasks

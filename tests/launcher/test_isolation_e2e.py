@@ -7,33 +7,26 @@ checkout clean for the next. Isolation is on by default because the launch runs 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
 
-from aiswarm_server.broker_client import BrokerClient
 from aiswarm_server.models import MergeState, Task
-from launcher.scripted_model import ScriptedModelServer
-from tests.broker_harness import BrokerProcess
-from tests.clis import InstalledClis
+from tests.launcher.conftest import LaunchedSwarm, LaunchSwarm, poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-T = TypeVar("T")
 AGENTS = ("qwen-1", "gemini-1", "qwen-2", "gemini-2")
 TASK_WAIT = 300.0
 SETTLED = (MergeState.MERGED, MergeState.CONFLICT, MergeState.MANUAL, MergeState.DISCARDED)
+Swarm = LaunchedSwarm
 
 
 def git(repo: Path, *args: str) -> str:
@@ -42,121 +35,47 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.rstrip("\n")
 
 
-def poll(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
-    """Poll until ``condition()`` is truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+def wait_settled(swarm: Swarm, ids: list[int], timeout: float = TASK_WAIT) -> list[Task]:
+    """Wait until every task finished and its merge (if it had one) is settled."""
 
-
-@dataclass
-class Swarm:
-    """The running swarm and the user's checkout it works on."""
-
-    broker: BrokerProcess
-    model: ScriptedModelServer
-    launcher: subprocess.Popen[bytes]
-    home: Path
-    repo: Path
-    env: dict[str, str]
-    launcher_log: Path
-
-    def call(self, action: Callable[[BrokerClient], Awaitable[T]], token: str | None = None) -> T:
-        """One broker call as the admin (or the given token)."""
-
-        async def run() -> T:
-            async with BrokerClient(self.broker.url, token or self.broker.admin_token) as client:
-                return await action(client)
-
-        return asyncio.run(run())
-
-    def submit(self, specs: list[dict[str, Any]]) -> list[int]:
-        """Submit tasks as the primary, in the user's checkout; returns their ids."""
-        full = [{"working_dir": str(self.repo), **spec} for spec in specs]
-        reply = self.call(lambda b: b.submit_tasks(full), token=self.broker.primary_token)
-        return [t.id for t in reply.tasks]
-
-    def task(self, task_id: int) -> Task:
-        """The task as get_task shows it."""
-        return self.call(lambda b: b.get_task(task_id)).task
-
-    def wait_settled(self, ids: list[int], timeout: float = TASK_WAIT) -> list[Task]:
-        """Wait until every task finished and its merge (if it had one) is settled."""
-
-        def settled() -> list[Task] | None:
-            self.check_alive()
-            tasks = [self.task(i) for i in ids]
-            done = all(
-                t.status.is_terminal and (t.merge_state is None or t.merge_state in SETTLED) for t in tasks
-            )
-            return tasks if done else None
-
-        try:
-            return poll(settled, timeout, f"tasks {ids} to finish and merge", every=1.0)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.tail()}") from None
-
-    def wait_parked(self, count: int = len(AGENTS), timeout: float = 120.0) -> None:
-        """Wait until ``count`` agents are parked, ready for work."""
-
-        def parked() -> bool:
-            self.check_alive()
-            return self.call(lambda b: b.broker_status()).parked_waits >= count
-
-        poll(parked, timeout, "agents parked")
-
-    def check_alive(self) -> None:
-        """Fail with the launcher's output if it exited."""
-        if self.launcher.poll() is not None:
-            raise AssertionError(f"launcher exited {self.launcher.returncode}:\n{self.tail()}")
-
-    def logs(self) -> str:
-        """Every agent's log."""
-        return "\n".join(
-            (self.home / "logs" / f"{a}.log").read_text(errors="replace")
-            for a in AGENTS
-            if (self.home / "logs" / f"{a}.log").exists()
+    def settled() -> list[Task] | None:
+        swarm.check_alive()
+        tasks = [swarm.task(i) for i in ids]
+        done = all(
+            t.status.is_terminal and (t.merge_state is None or t.merge_state in SETTLED) for t in tasks
         )
+        return tasks if done else None
 
-    def tail(self) -> str:
-        """The end of the launcher's output and of each agent log."""
-        parts = [self.launcher_log.read_text(errors="replace")[-3000:]]
-        for agent in AGENTS:
-            log = self.home / "logs" / f"{agent}.log"
-            if log.exists():
-                parts.append(f"--- {agent}\n" + log.read_text(errors="replace")[-2500:])
-        return "\n".join(parts)
+    try:
+        return poll(settled, timeout, f"tasks {ids} to finish and merge", every=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{swarm.tail()}") from None
 
-    def cli_process(self, agent: str) -> psutil.Process | None:
-        """The running CLI of ``agent``."""
-        root = str(self.home / "agents" / agent)
-        for child in psutil.Process(self.launcher.pid).children():
-            try:
-                if root in child.environ().values():
-                    return child
-            except psutil.Error:
-                continue
-        return None
 
-    def status(self) -> list[str]:
-        """``git status --porcelain`` of the user's checkout."""
-        done = subprocess.run(["git", "status", "--porcelain"], cwd=self.repo, capture_output=True, text=True)
-        return done.stdout.splitlines()
+def agent_logs(swarm: Swarm) -> str:
+    """Every agent's log."""
+    return "\n".join(
+        swarm.agent_log(a).read_text(errors="replace") for a in AGENTS if swarm.agent_log(a).exists()
+    )
 
-    def task_commits(self, task_id: int) -> list[str]:
-        """The commits on the user's branch whose message names the task."""
-        return git(self.repo, "log", "--format=%H", f"--grep=^aiswarm task {task_id}:").split()
 
-    def worktrees_left(self) -> list[str]:
-        """Task worktrees git or the home still has."""
-        listed = git(self.repo, "worktree", "list", "--porcelain")
-        in_git = [line for line in listed.splitlines() if line.startswith("worktree ")][1:]
-        on_disk = [p.name for p in (self.home / "worktrees").glob("*/task-*")]
-        return in_git + on_disk
+def checkout_status(swarm: Swarm) -> list[str]:
+    """``git status --porcelain`` of the user's checkout."""
+    done = subprocess.run(["git", "status", "--porcelain"], cwd=swarm.workdir, capture_output=True, text=True)
+    return done.stdout.splitlines()
+
+
+def task_commits(swarm: Swarm, task_id: int) -> list[str]:
+    """The commits on the user's branch whose message names the task."""
+    return git(swarm.workdir, "log", "--format=%H", f"--grep=^aiswarm task {task_id}:").split()
+
+
+def worktrees_left(swarm: Swarm) -> list[str]:
+    """Task worktrees git or the home still has."""
+    listed = git(swarm.workdir, "worktree", "list", "--porcelain")
+    in_git = [line for line in listed.splitlines() if line.startswith("worktree ")][1:]
+    on_disk = [p.name for p in (swarm.home / "worktrees").glob("*/task-*")]
+    return in_git + on_disk
 
 
 def write_task(path: str, content: str, **extra: Any) -> dict[str, Any]:
@@ -165,10 +84,10 @@ def write_task(path: str, content: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+def swarm(launch_swarm: LaunchSwarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
     """The user's repository (branch main), a broker, the scripted model and ``aiswarm launch --agents 4``."""
     root = tmp_path_factory.mktemp("isolation")
-    home, repo, user_home = root / "home", root / "project", root / "user"
+    repo, user_home = root / "project", root / "user"
     for d in (repo, user_home):
         d.mkdir()
     git_env = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": str(user_home / ".gitconfig")}
@@ -184,116 +103,72 @@ def swarm(clis: InstalledClis, tmp_path_factory: pytest.TempPathFactory) -> Iter
     (repo / ".worktreeinclude").write_text("node_modules\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "initial")
-    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120", **git_env}).start()
-    model = ScriptedModelServer().start()
-    env = {
-        **os.environ,
-        **git_env,
-        "PATH": clis.path_env(),
-        "HOME": str(user_home),
-        "AISWARM_HOME": str(home),
-        "NO_COLOR": "1",
-    }
-    env.pop("AISWARM_TOKEN", None)
-    launcher_log = root / "launcher.log"
-    with open(launcher_log, "wb") as out:
-        launcher = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aiswarm_server",
-                "launch",
-                "--agents",
-                "4",
-                "--cli",
-                "qwen:2,gemini:2",
-                "--url",
-                broker.url,
-                "--model-endpoint",
-                model.url,
-                "--dir",
-                str(repo),
-                "--cool-down",
-                "20",
-                "--grace",
-                "5",
-                "--no-ui",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    swarm = Swarm(broker, model, launcher, home, repo, env, launcher_log)
-    try:
-        yield swarm
-    finally:
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGINT)
-            try:
-                launcher.wait(30)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.wait()
-        model.stop()
-        broker.stop()
+    yield launch_swarm(
+        cli="qwen:2,gemini:2",
+        agents=AGENTS,
+        args=("--cool-down", "20"),
+        broker_env=git_env,
+        launcher_env=git_env,
+        workdir=repo,
+        name="isolation-launch",
+    )
 
 
 def test_four_tasks_on_four_agents_all_merge_onto_the_users_branch(swarm: Swarm) -> None:
     swarm.wait_parked()
-    base = git(swarm.repo, "rev-parse", "HEAD")
-    ids = swarm.submit([write_task(f"four/part{i}.txt", f"part {i}") for i in range(4)])
-    tasks = swarm.wait_settled(ids)
+    base = git(swarm.workdir, "rev-parse", "HEAD")
+    ids = swarm.submit_specs([write_task(f"four/part{i}.txt", f"part {i}") for i in range(4)])
+    tasks = wait_settled(swarm, ids)
     assert [t.status.value for t in tasks] == ["completed"] * 4, swarm.tail()
     assert [t.merge_state for t in tasks] == [MergeState.MERGED] * 4, [t.merge_detail for t in tasks]
     assert {t.attempts[-1].agent for t in tasks} == set(AGENTS)  # one task per agent, in parallel
     for i, task in enumerate(tasks):
-        assert (swarm.repo / f"four/part{i}.txt").read_text() == f"part {i}\n"
+        assert (swarm.workdir / f"four/part{i}.txt").read_text() == f"part {i}\n"
         assert task.branch and task.branch.endswith(f"/task-{task.id}") and task.base_commit == base
         assert task.diff_stat and "1 file changed" in task.diff_stat
-        assert len(swarm.task_commits(task.id)) == 1
-    assert swarm.status() == []  # the merged changes are committed; nothing else changed
-    assert git(swarm.repo, "rev-list", "--merges", "HEAD") == ""  # linear: fast-forwards and rebases
-    assert git(swarm.repo, "rev-list", "--count", f"{base}..HEAD") == "4"
-    assert swarm.worktrees_left() == []
-    assert git(swarm.repo, "branch", "--list", "aiswarm/*") == ""
-    assert (swarm.repo / "node_modules" / "dep.js").is_file()  # linked into worktrees, never removed
+        assert len(task_commits(swarm, task.id)) == 1
+    assert checkout_status(swarm) == []  # the merged changes are committed; nothing else changed
+    assert git(swarm.workdir, "rev-list", "--merges", "HEAD") == ""  # linear: fast-forwards and rebases
+    assert git(swarm.workdir, "rev-list", "--count", f"{base}..HEAD") == "4"
+    assert worktrees_left(swarm) == []
+    assert git(swarm.workdir, "branch", "--list", "aiswarm/*") == ""
+    assert (swarm.workdir / "node_modules" / "dep.js").is_file()  # linked into worktrees, never removed
 
 
 def test_two_tasks_on_the_same_lines_one_merges_one_conflicts_and_the_users_edit_survives(
     swarm: Swarm,
 ) -> None:
     swarm.wait_parked()
-    (swarm.repo / "notes.txt").write_text("the user's notes, edited and not committed\n")
-    ids = swarm.submit(
+    (swarm.workdir / "notes.txt").write_text("the user's notes, edited and not committed\n")
+    ids = swarm.submit_specs(
         [
             write_task("shared.txt", "changed by the first task"),
             write_task("shared.txt", "changed by the second"),
         ]
     )
-    tasks = swarm.wait_settled(ids)
+    tasks = wait_settled(swarm, ids)
     assert [t.status.value for t in tasks] == ["completed"] * 2, swarm.tail()
     states = sorted(t.merge_state or "" for t in tasks)
     assert states == [MergeState.CONFLICT, MergeState.MERGED], [t.merge_detail for t in tasks]
     merged = next(t for t in tasks if t.merge_state is MergeState.MERGED)
     conflict = next(t for t in tasks if t.merge_state is MergeState.CONFLICT)
     assert conflict.conflict_files == ["shared.txt"] and "shared.txt" in (conflict.merge_detail or "")
-    assert conflict.branch and git(swarm.repo, "branch", "--list", conflict.branch).strip() != ""
-    assert git(swarm.repo, "show", f"{conflict.branch}:shared.txt") == "changed by the second" or (
+    assert conflict.branch and git(swarm.workdir, "branch", "--list", conflict.branch).strip() != ""
+    assert git(swarm.workdir, "show", f"{conflict.branch}:shared.txt") == "changed by the second" or (
         merged.id > conflict.id
     )
     winner = "changed by the first task" if merged.id == ids[0] else "changed by the second"
-    assert (swarm.repo / "shared.txt").read_text() == winner + "\n"
-    assert (swarm.repo / "notes.txt").read_text() == "the user's notes, edited and not committed\n"
-    assert swarm.status() == [" M notes.txt"]
-    assert swarm.worktrees_left() == []
-    git(swarm.repo, "checkout", "-q", "--", "notes.txt")
-    git(swarm.repo, "branch", "-D", "-q", conflict.branch)
+    assert (swarm.workdir / "shared.txt").read_text() == winner + "\n"
+    assert (swarm.workdir / "notes.txt").read_text() == "the user's notes, edited and not committed\n"
+    assert checkout_status(swarm) == [" M notes.txt"]
+    assert worktrees_left(swarm) == []
+    git(swarm.workdir, "checkout", "-q", "--", "notes.txt")
+    git(swarm.workdir, "branch", "-D", "-q", conflict.branch)
 
 
 def test_a_worker_killed_mid_task_leaves_no_worktree_and_the_retry_merges_once(swarm: Swarm) -> None:
     swarm.wait_parked()
-    [task_id] = swarm.submit([write_task("killed/result.txt", "survived")])
+    [task_id] = swarm.submit_specs([write_task("killed/result.txt", "survived")])
     holder: str = poll(lambda: swarm.task(task_id).claimed_by, 60, "the task to be reserved")
     fault = swarm.model.inject_fault(status=None, delay_seconds=300, agent=holder)
     try:
@@ -303,42 +178,42 @@ def test_a_worker_killed_mid_task_leaves_no_worktree_and_the_retry_merges_once(s
             lambda: list((swarm.home / "worktrees").glob(f"*/task-{task_id}-{first_fence}")), 60, "worktree"
         )
         cli.kill()
-        [task] = swarm.wait_settled([task_id])
+        [task] = wait_settled(swarm, [task_id])
     finally:
         swarm.model.clear_faults(fault_id=fault)
     assert task.status.value == "completed" and task.merge_state is MergeState.MERGED, swarm.tail()
     assert task.fence_token != first_fence and not first[0].exists()
-    assert (swarm.repo / "killed/result.txt").read_text() == "survived\n"
-    assert len(swarm.task_commits(task_id)) == 1
-    assert f"task #{task_id}: worktree discarded, never merged" in swarm.logs()
-    assert swarm.worktrees_left() == [] and swarm.status() == []
+    assert (swarm.workdir / "killed/result.txt").read_text() == "survived\n"
+    assert len(task_commits(swarm, task_id)) == 1
+    assert f"task #{task_id}: worktree discarded, never merged" in agent_logs(swarm)
+    assert worktrees_left(swarm) == [] and checkout_status(swarm) == []
 
 
 def test_a_dependent_task_starts_from_its_dependencys_merged_changes(swarm: Swarm) -> None:
     swarm.wait_parked()
-    ids = swarm.submit(
+    ids = swarm.submit_specs(
         [
             {**write_task("deps/api.txt", "def api(): ..."), "key": "api"},
             {**write_task("deps/use.txt", "api()"), "depends_on": ["api"]},
         ]
     )
-    api, use = swarm.wait_settled(ids)
+    api, use = wait_settled(swarm, ids)
     assert (api.merge_state, use.merge_state) == (MergeState.MERGED, MergeState.MERGED), swarm.tail()
-    [api_commit] = swarm.task_commits(api.id)
-    [use_commit] = swarm.task_commits(use.id)
-    assert git(swarm.repo, "rev-parse", f"{use_commit}^") == api_commit  # built on top of the merged api
+    [api_commit] = task_commits(swarm, api.id)
+    [use_commit] = task_commits(swarm, use.id)
+    assert git(swarm.workdir, "rev-parse", f"{use_commit}^") == api_commit  # built on top of the merged api
     assert "fast-forward" in (use.merge_detail or "")  # its worktree already had the dependency's change
-    assert git(swarm.repo, "show", f"{use_commit}:deps/api.txt") == "def api(): ..."
+    assert git(swarm.workdir, "show", f"{use_commit}:deps/api.txt") == "def api(): ..."
 
 
 def test_overlapping_declared_files_serialize_and_disjoint_ones_run_in_parallel(swarm: Swarm) -> None:
     swarm.wait_parked()
-    [first] = swarm.submit([write_task("overlap/a.txt", "first", files=["overlap/"])])
+    [first] = swarm.submit_specs([write_task("overlap/a.txt", "first", files=["overlap/"])])
     holder: str = poll(lambda: swarm.task(first).claimed_by, 60, "the first task to be reserved")
     fault = swarm.model.inject_fault(status=None, delay_seconds=15, agent=holder, count=1)
     try:
         poll(lambda: swarm.cli_process(holder), 60, f"{holder}'s CLI to start")
-        later, disjoint = swarm.submit(
+        later, disjoint = swarm.submit_specs(
             [
                 write_task("overlap/b.txt", "later", files=["overlap/b.txt"]),
                 write_task("elsewhere/c.txt", "disjoint", files=["elsewhere/*.txt"]),
@@ -354,20 +229,20 @@ def test_overlapping_declared_files_serialize_and_disjoint_ones_run_in_parallel(
         # it waits without an agent: its claim was handed back, no failure counted, its agent free for other work
         assert held_back.status.value == "blocked" and held_back.claimed_by is None, held_back
         assert held_back.failures == 0 and held_back.attempts[-1].outcome.value == "released"
-        tasks = swarm.wait_settled([first, later, disjoint])
+        tasks = wait_settled(swarm, [first, later, disjoint])
     finally:
         swarm.model.clear_faults(fault_id=fault)
     assert [t.merge_state for t in tasks] == [MergeState.MERGED] * 3, [t.merge_detail for t in tasks]
     assert f"#{first}" in (tasks[1].waited_on or "") and tasks[2].waited_on is None
     assert tasks[1].attempts[-1].outcome.value == "completed"
-    logs = swarm.logs()
-    [first_commit] = swarm.task_commits(first)
+    logs = agent_logs(swarm)
+    [first_commit] = task_commits(swarm, first)
     started = re.search(rf"task #{later}: worktree \S+ on \S+ from ([0-9a-f]+)", logs)
     assert started, logs[-3000:]
-    base = git(swarm.repo, "rev-parse", started.group(1))
-    ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", first_commit, base], cwd=swarm.repo)
+    base = git(swarm.workdir, "rev-parse", started.group(1))
+    ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", first_commit, base], cwd=swarm.workdir)
     assert ancestor.returncode == 0, "the later task did not start from the first one's merged work"
-    assert swarm.worktrees_left() == [] and swarm.status() == []
+    assert worktrees_left(swarm) == [] and checkout_status(swarm) == []
 
 
 def test_worktrees_command_lists_and_prunes(swarm: Swarm) -> None:

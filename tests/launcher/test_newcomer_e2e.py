@@ -28,7 +28,7 @@ import pytest
 
 from launcher.scripted_model import ScriptedModelServer
 from tests.clis import InstalledClis
-from tests.launcher.test_launch_e2e import poll, started_by
+from tests.launcher.conftest import poll, started_by
 from tests.readme_blocks import code_blocks, commands, section
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]

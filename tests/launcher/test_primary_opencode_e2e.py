@@ -9,27 +9,17 @@ that do the tasks. Everything talks over 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from aiswarm_server.broker_client import BrokerClient
-from aiswarm_server.models import Task
 from launcher.scripted_model import ScriptedModelServer
-from tests.broker_harness import BrokerProcess
 from tests.clis import InstalledClis
+from tests.launcher.conftest import LaunchedSwarm, LaunchSwarm, delegation_prompt, install_client, run_primary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
@@ -37,94 +27,13 @@ AGENTS = ("qwen-1", "gemini-1")
 PRIMARY = "primary"
 FILES = {"out/alpha.txt": "alpha from the swarm", "out/beta.txt": "beta from the swarm"}
 OPENCODE_TIMEOUT = 900.0
+Swarm = LaunchedSwarm
 
 
-@dataclass
-class Swarm:
+@pytest.fixture(scope="module")
+def swarm(launch_swarm: LaunchSwarm) -> Iterator[Swarm]:
     """A broker, the scripted model and ``aiswarm launch`` with one qwen and one gemini worker."""
-
-    root: Path
-    broker: BrokerProcess
-    model: ScriptedModelServer
-    launcher: subprocess.Popen[bytes]
-    home: Path
-    workdir: Path
-    launcher_log: Path
-
-    def tail(self) -> str:
-        """The end of the launcher's output, of each agent log and of the broker log."""
-        parts = [f"--- launcher\n{self.launcher_log.read_text(errors='replace')[-3000:]}"]
-        for agent in AGENTS:
-            log = self.home / "logs" / f"{agent}.log"
-            if log.exists():
-                parts.append(f"--- {agent}\n" + log.read_text(errors="replace")[-3000:])
-        if self.broker.log_path is not None and self.broker.log_path.exists():
-            parts.append("--- broker\n" + self.broker.log_path.read_text(errors="replace")[-2000:])
-        return "\n".join(parts)
-
-
-def _stop_group(process: subprocess.Popen[bytes], first: int, grace: float) -> None:
-    """Send ``first`` to ``process``, wait ``grace`` seconds, then kill its whole process group."""
-    if process.poll() is None:
-        try:
-            process.send_signal(first)
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # started with start_new_session: its own group
-    if process.poll() is None:
-        process.wait(10)
-
-
-def _started_by(home: Path) -> list[psutil.Process]:
-    """Live processes whose environment or command line mentions ``home`` (the workers' CLIs)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if any(str(home) in v for v in proc.environ().values()) or str(home) in " ".join(proc.cmdline()):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-@pytest.fixture
-def swarm(clis: InstalledClis, tmp_path: Path) -> Iterator[Swarm]:
-    home, workdir, user_home = tmp_path / "aiswarm-home", tmp_path / "work", tmp_path / "launcher-user"
-    for d in (workdir, user_home):
-        d.mkdir()
-    broker = BrokerProcess(home, {"AISWARM_LEASE_SECONDS": "120"}).start()
-    model = ScriptedModelServer().start()
-    env = {**os.environ, "PATH": clis.path_env(), "HOME": str(user_home), "AISWARM_HOME": str(home)}
-    env["NO_COLOR"] = "1"
-    env.pop("AISWARM_TOKEN", None)
-    launcher_log = tmp_path / "launcher.log"
-    with open(launcher_log, "wb") as out:
-        launcher = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aiswarm_server", "launch", "--agents", "2", "--cli", "qwen,gemini"),
-                *("--url", broker.url, "--model-endpoint", model.url, "--dir", str(workdir)),
-                *("--cool-down", "20", "--grace", "5", "--no-ui"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        yield Swarm(tmp_path, broker, model, launcher, home, workdir, launcher_log)
-    finally:
-        _stop_group(launcher, signal.SIGINT, 60)
-        broker_pid = broker.process.pid if broker.process else None
-        for proc in _started_by(home):
-            if proc.pid != broker_pid:
-                proc.kill()
-        model.stop()
-        broker.stop()
+    yield launch_swarm(cli="qwen,gemini", agents=AGENTS, args=("--cool-down", "20"))
 
 
 def _opencode_env(clis: InstalledClis, user_home: Path, swarm: Swarm) -> dict[str, str]:
@@ -155,14 +64,7 @@ def _opencode_env(clis: InstalledClis, user_home: Path, swarm: Swarm) -> dict[st
 
 def _install_client(env: dict[str, str], swarm: Swarm) -> Path:
     """``aiswarm install-client opencode`` into the private XDG config; returns the file it wrote."""
-    done = subprocess.run(
-        [sys.executable, "-m", "aiswarm_server", "install-client", "opencode", "--url", swarm.broker.url],
-        env={**env, "PATH": os.environ.get("PATH", "")},  # aiswarm runs with the test's Python
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = install_client("opencode", swarm, env)
     path = Path(env["XDG_CONFIG_HOME"]) / "opencode" / "opencode.json"
     assert path.exists(), done.stdout
     config = json.loads(path.read_text())
@@ -196,23 +98,6 @@ def _add_scripted_model(path: Path, model: ScriptedModelServer) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
-def _prompt(workdir: Path) -> str:
-    tasks = [
-        {
-            "title": f"write {path}",
-            "prompt": f"Create the file {path} containing exactly: {content}",
-            "working_dir": str(workdir),
-        }
-        for path, content in FILES.items()
-    ]
-    block = json.dumps({"tasks": tasks}, indent=2)
-    return (
-        "You are the primary agent. Delegate these tasks to the aiswarm workers: call submit_tasks with them, "
-        "then wait_for_tasks (mode all) with the returned ids, and summarise the results.\n"
-        f"```json\n{block}\n```\n"
-    )
-
-
 def _tool_uses(stdout: str) -> list[dict[str, Any]]:
     """opencode's ``tool_use`` events (``--format json``), as their ``part``."""
     parts = []
@@ -238,52 +123,28 @@ def _output(part: dict[str, Any]) -> dict[str, Any]:
     return json.loads(output[output.index("{") : output.rindex("}") + 1])
 
 
-def _get_task(swarm: Swarm, task_id: int) -> Task:
-    async def run() -> Task:
-        async with BrokerClient(swarm.broker.url, swarm.broker.primary_token) as client:
-            return (await client.get_task(task_id)).task
-
-    return asyncio.run(run())
-
-
 def test_opencode_primary_delegates_to_launched_workers_and_waits_for_their_results(
-    swarm: Swarm, clis: InstalledClis
+    swarm: Swarm, clis: InstalledClis, tmp_path: Path
 ) -> None:
-    env = _opencode_env(clis, swarm.root / "opencode-user", swarm)
+    env = _opencode_env(clis, tmp_path / "opencode-user", swarm)
     config_path = _install_client(env, swarm)
     _add_scripted_model(config_path, swarm.model)
-    project = swarm.root / "project"
+    project = tmp_path / "project"
     project.mkdir()
 
     # The prompt goes in on stdin: `opencode run` re-quotes each message argument holding a space and
     # backslash-escapes its double quotes, which would break the ```json block the scripted model reads.
-    started = time.monotonic()
-    opencode = subprocess.Popen(
+    opencode = run_primary(
+        "opencode",
         [str(clis.bin / "opencode"), "run", "--format", "json", "--title", "t"],
-        cwd=project,
         env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        cwd=project,
+        timeout=OPENCODE_TIMEOUT,
+        swarm=swarm,
+        stdin=delegation_prompt(FILES, swarm.workdir),
     )
-    try:
-        stdout, stderr = opencode.communicate(_prompt(swarm.workdir), timeout=OPENCODE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(opencode.pid, signal.SIGKILL)
-        stdout, stderr = opencode.communicate()
-        raise AssertionError(
-            f"opencode did not finish in {OPENCODE_TIMEOUT:.0f}s\n{stdout[-3000:]}\n{stderr[-3000:]}\n"
-            f"{swarm.tail()}"
-        ) from None
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(opencode.pid, signal.SIGKILL)  # anything opencode left behind in its group
-        if opencode.poll() is None:
-            opencode.wait()
-    print(f"opencode ran {time.monotonic() - started:.0f}s")
-    (swarm.root / "opencode.stdout").write_text(stdout)
+    stdout, stderr = opencode.stdout, opencode.stderr
+    (tmp_path / "opencode.stdout").write_text(stdout)
     diagnostics = (
         f"exit {opencode.returncode}\nstdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-3000:]}\n{swarm.tail()}"
     )
@@ -310,7 +171,7 @@ def test_opencode_primary_delegates_to_launched_workers_and_waits_for_their_resu
         assert (swarm.workdir / path).read_text() == content
 
     for task_id in ids:
-        task = _get_task(swarm, task_id)
+        task = swarm.call(lambda b, i=task_id: b.get_task(i), token=swarm.broker.primary_token).task
         assert task.status.value == "completed", task
         assert task.attempts and task.attempts[-1].agent in AGENTS, task.attempts
         assert task.attempts[-1].outcome.value == "completed", task.attempts

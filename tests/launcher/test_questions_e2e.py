@@ -5,76 +5,26 @@ and the scripted model; the task's prompt says to ask (``ASK``), a plain primary
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from aiswarm_server.broker_client import BrokerClient
 from aiswarm_server.models import QuestionStatus, Task
-from launcher.scripted_model import ScriptedModelServer
-from tests.broker_harness import BrokerProcess
-from tests.clis import InstalledClis
-from tests.launcher.test_launch_e2e import started_by
+from tests.launcher.conftest import LaunchedSwarm, LaunchSwarm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 TASK_WAIT = 300.0
 ANSWER = "hello from the primary"
+Launch = LaunchedSwarm
 
 
-@dataclass
-class Launch:
+@pytest.fixture(scope="module")
+def launch(launch_swarm: LaunchSwarm) -> Iterator[Launch]:
     """A broker, the scripted model and ``aiswarm launch`` with one gemini agent in per-task mode."""
-
-    broker: BrokerProcess
-    workdir: Path
-    launcher: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-@pytest.fixture
-def launch(clis: InstalledClis, tmp_path: Path) -> Iterator[Launch]:
-    home, workdir, user_home = tmp_path / "home", tmp_path / "work", tmp_path / "user"
-    for directory in (workdir, user_home):
-        directory.mkdir()
-    broker = BrokerProcess(home).start()
-    model = ScriptedModelServer().start()
-    env = {**os.environ, "PATH": clis.path_env(), "HOME": str(user_home), "AISWARM_HOME": str(home)}
-    env.pop("AISWARM_TOKEN", None)
-    log = tmp_path / "launcher.log"
-    command = [sys.executable, "-m", "aiswarm_server", "launch", "--agents", "1", "--cli", "gemini"]
-    command += ["--mode", "per-task", "--url", broker.url, "--model-endpoint", model.url]
-    command += ["--dir", str(workdir), "--grace", "5", "--no-ui"]
-    with open(log, "wb") as out:
-        launcher = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
-    try:
-        yield Launch(broker, workdir, launcher, log)
-    finally:
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGINT)
-            try:
-                launcher.wait(30)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-                launcher.wait()
-        broker_pid = broker.process.pid if broker.process else None
-        for process in started_by(home):
-            if process.pid != broker_pid:
-                process.kill()
-        model.stop()
-        broker.stop()
+    yield launch_swarm(cli="gemini", agents=("gemini-1",), args=("--mode", "per-task"), name="questions")
 
 
 async def delegate_and_answer(launch: Launch) -> tuple[Task, list[str]]:
