@@ -166,16 +166,28 @@ def test_two_tasks_on_the_same_lines_one_merges_one_conflicts_and_the_users_edit
     git(swarm.workdir, "branch", "-D", "-q", conflict.branch)
 
 
+def _cwd(process: psutil.Process) -> Path | None:
+    try:
+        return Path(process.cwd())
+    except psutil.Error:
+        return None
+
+
 def test_a_worker_killed_mid_task_leaves_no_worktree_and_the_retry_merges_once(swarm: Swarm) -> None:
     swarm.wait_parked()
     [task_id] = swarm.submit_specs([write_task("killed/result.txt", "survived")])
     holder: str = poll(lambda: swarm.task(task_id).claimed_by, 60, "the task to be reserved")
     fault = swarm.model.inject_fault(status=None, delay_seconds=300, agent=holder)
     try:
-        cli: psutil.Process = poll(lambda: swarm.cli_process(holder), 60, f"{holder}'s CLI to start")
         first_fence = swarm.task(task_id).fence_token
         first = poll(
             lambda: list((swarm.home / "worktrees").glob(f"*/task-{task_id}-{first_fence}")), 60, "worktree"
+        )
+        # the CLI working in the worktree, not the agent's warm CLI for the launch directory (the pool kills that one)
+        cli: psutil.Process = poll(
+            lambda: next((p for p in swarm.cli_processes(holder) if _cwd(p) == first[0].resolve()), None),
+            60,
+            f"{holder}'s CLI to start in the task's worktree",
         )
         cli.kill()
         [task] = wait_settled(swarm, [task_id])
